@@ -1,0 +1,897 @@
+//! The conversation actor, its per-node registry and its supervisor.
+//!
+//! One actor per active conversation serializes every mutation of it. Each
+//! handler checks the caller's right against the member table the actor holds
+//! and performs the write before the next message is looked at, and the
+//! store's statement repeats the same condition. So an edit can never slip in
+//! between a member's removal and the moment it takes effect, on this node or
+//! any other.
+//!
+//! Actors start on demand, stop after `conversation_idle_timeout`, and are
+//! restarted after a panic under a [`RestartTracker`]'s bounds: lazily, by the
+//! next request, once the backoff has passed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ractor::concurrency::JoinHandle;
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use switchboard_protocol::{
+    ConversationKind, EditMessage, Event, Member, Message, Role, SendMessage,
+};
+use switchboard_storage::{
+    DeleteMessage, EditMessage as StoreEdit, NewMessage, Rejection, SendOutcome, StoreError,
+};
+use switchboard_supervisors::RestartTracker;
+use tokio::sync::{Mutex, oneshot};
+use uuid::Uuid;
+
+use crate::ActorError;
+use crate::hub::EncodedEvent;
+use crate::mailbox::{Mailbox, MailboxError, Permit};
+use crate::node::Shared;
+
+/// How a conversation actor answers a command.
+#[derive(Debug)]
+pub(crate) enum Outcome<T> {
+    /// The command ran (or was refused by the rules).
+    Done(Result<T, ActorError>),
+    /// The actor is stopping and did not look at the command: send it again.
+    Closing,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Outcome<T>>;
+
+/// The mutations a conversation actor serializes.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Send {
+        user: Uuid,
+        input: SendMessage,
+        reply: Reply<(Message, bool)>,
+    },
+    Edit {
+        user: Uuid,
+        message_id: Uuid,
+        input: EditMessage,
+        reply: Reply<Message>,
+    },
+    Delete {
+        user: Uuid,
+        message_id: Uuid,
+        reply: Reply<()>,
+    },
+    MarkRead {
+        user: Uuid,
+        seq: i64,
+        reply: Reply<()>,
+    },
+    AddMember {
+        user: Uuid,
+        target: Uuid,
+        role: Role,
+        reply: Reply<Member>,
+    },
+    ChangeRole {
+        user: Uuid,
+        target: Uuid,
+        role: Role,
+        reply: Reply<()>,
+    },
+    RemoveMember {
+        user: Uuid,
+        target: Uuid,
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    fn refuse(self) {
+        match self {
+            Self::Send { reply, .. } => drop(reply.send(Outcome::Closing)),
+            Self::Edit { reply, .. } => drop(reply.send(Outcome::Closing)),
+            Self::Delete { reply, .. }
+            | Self::MarkRead { reply, .. }
+            | Self::ChangeRole { reply, .. }
+            | Self::RemoveMember { reply, .. } => drop(reply.send(Outcome::Closing)),
+            Self::AddMember { reply, .. } => drop(reply.send(Outcome::Closing)),
+        }
+    }
+}
+
+/// What a conversation actor handles.
+#[derive(Debug)]
+pub(crate) enum ConversationMsg {
+    /// A mutation, holding its mailbox slot.
+    Command(Command, Permit),
+    /// Timer: stop if nothing happened for the idle timeout.
+    IdleCheck,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    /// The running actor of each active conversation.
+    by_conversation: HashMap<Uuid, Mailbox<ConversationMsg>>,
+    /// The conversation of each running actor.
+    by_actor: HashMap<ActorId, Uuid>,
+}
+
+/// The node's conversation actors: finds the running one or starts it.
+#[derive(Debug)]
+pub(crate) struct Conversations {
+    /// Never held across an await.
+    live: RwLock<Live>,
+    /// Serializes starts, so one conversation never gets two actors.
+    starting: Mutex<()>,
+    /// Failure history of conversations whose actors failed recently.
+    failures: std::sync::Mutex<HashMap<Uuid, RestartTracker>>,
+    /// The supervisor new actors are linked to; set once at node start.
+    supervisor: std::sync::OnceLock<ActorCell>,
+}
+
+impl Conversations {
+    pub(crate) fn new() -> Self {
+        Self {
+            live: RwLock::default(),
+            starting: Mutex::new(()),
+            failures: std::sync::Mutex::default(),
+            supervisor: std::sync::OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn set_supervisor(&self, cell: ActorCell) {
+        let _ = self.supervisor.set(cell);
+    }
+
+    fn get(&self, id: Uuid) -> Option<Mailbox<ConversationMsg>> {
+        self.live
+            .read()
+            .expect("registry lock")
+            .by_conversation
+            .get(&id)
+            .cloned()
+    }
+
+    /// The running actor of `id`, started if needed.
+    async fn mailbox(
+        &self,
+        shared: &Arc<Shared>,
+        id: Uuid,
+    ) -> Result<Mailbox<ConversationMsg>, ActorError> {
+        if let Some(mailbox) = self.get(id) {
+            return Ok(mailbox);
+        }
+        let _starting = self.starting.lock().await;
+        if let Some(mailbox) = self.get(id) {
+            return Ok(mailbox);
+        }
+        let now = shared.clock.monotonic();
+        {
+            let mut failures = self.failures.lock().expect("failures lock");
+            if let Some(tracker) = failures.get(&id) {
+                if !tracker.may_run(now) {
+                    return Err(ActorError::Unavailable(
+                        "conversation is recovering from a failure; retry shortly".into(),
+                    ));
+                }
+                if tracker.is_quiet(now) {
+                    failures.remove(&id);
+                }
+            }
+        }
+        if self.live.read().expect("registry lock").by_actor.len()
+            >= shared.limits.conversation_actors_max
+        {
+            shared
+                .metrics
+                .mailbox_full_total
+                .with_label_values(&["conversation_registry"])
+                .inc();
+            return Err(ActorError::Overloaded(
+                "too many active conversations on this node",
+            ));
+        }
+        let supervisor = self
+            .supervisor
+            .get()
+            .cloned()
+            .ok_or_else(|| ActorError::Unavailable("node is not running".into()))?;
+        let slots = crate::connection::slots(shared.limits.conversation_mailbox_len_max);
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            ConversationActor,
+            ConversationArgs {
+                id,
+                shared: Arc::clone(shared),
+            },
+            supervisor,
+        )
+        .await
+        .map_err(|e| ActorError::Internal(format!("cannot start conversation actor: {e}")))?;
+        let mailbox = Mailbox::new(actor.clone(), slots);
+        let mut live = self.live.write().expect("registry lock");
+        live.by_conversation.insert(id, mailbox.clone());
+        live.by_actor.insert(actor.get_id(), id);
+        shared.metrics.conversation_actors_active.inc();
+        Ok(mailbox)
+    }
+
+    /// Stops routing new commands of `id` to `actor_id`, so the next command
+    /// starts a successor. The actor stays counted until it terminates.
+    fn retire(&self, id: Uuid, actor_id: ActorId) {
+        let mut live = self.live.write().expect("registry lock");
+        if live
+            .by_conversation
+            .get(&id)
+            .is_some_and(|m| m.actor().get_id() == actor_id)
+        {
+            live.by_conversation.remove(&id);
+        }
+    }
+
+    /// Removes a terminated actor; returns its conversation if it was
+    /// registered. Only the supervisor calls this, once per actor.
+    fn forget(&self, shared: &Shared, actor_id: ActorId) -> Option<Uuid> {
+        let id = self
+            .live
+            .write()
+            .expect("registry lock")
+            .by_actor
+            .remove(&actor_id)?;
+        self.retire(id, actor_id);
+        shared.metrics.conversation_actors_active.dec();
+        Some(id)
+    }
+
+    fn record_failure(&self, shared: &Shared, id: Uuid) {
+        let now = shared.clock.monotonic();
+        let mut failures = self.failures.lock().expect("failures lock");
+        // Bounded: only conversations that failed within a restart window stay.
+        failures.retain(|_, tracker| !tracker.is_quiet(now));
+        let decision = failures
+            .entry(id)
+            .or_insert_with(|| RestartTracker::new(shared.limits.restart))
+            .on_failure(now);
+        let delay = decision.restart_at.saturating_sub(now);
+        if decision.exhausted {
+            tracing::error!(conversation = %id, ?delay, "conversation actor keeps failing; holding it back");
+        } else {
+            tracing::warn!(conversation = %id, ?delay, "conversation actor failed; restarting on next request");
+        }
+    }
+
+    /// Runs a command on the conversation's actor and waits for its answer.
+    /// A command that reaches an actor as it stops for idleness is sent again
+    /// to its successor; nothing else is retried, so nothing runs twice.
+    pub(crate) async fn call<T>(
+        &self,
+        shared: &Arc<Shared>,
+        id: Uuid,
+        command: impl Fn(Reply<T>) -> Command,
+    ) -> Result<T, ActorError> {
+        const ATTEMPTS_MAX: usize = 3;
+        for _ in 0..ATTEMPTS_MAX {
+            let mailbox = self.mailbox(shared, id).await?;
+            let (reply, answer) = oneshot::channel();
+            match mailbox.try_send(|permit| ConversationMsg::Command(command(reply), permit)) {
+                Ok(()) => {}
+                Err(MailboxError::Full) => {
+                    shared
+                        .metrics
+                        .mailbox_full_total
+                        .with_label_values(&["conversation"])
+                        .inc();
+                    return Err(ActorError::Overloaded(
+                        "conversation is busy; retry shortly",
+                    ));
+                }
+                Err(MailboxError::Closed) => {
+                    self.retire(id, mailbox.actor().get_id());
+                    continue;
+                }
+            }
+            match tokio::time::timeout(shared.limits.call_timeout, answer).await {
+                Ok(Ok(Outcome::Done(result))) => return result,
+                Ok(Ok(Outcome::Closing)) => continue,
+                Ok(Err(_)) => {
+                    return Err(ActorError::Unavailable(
+                        "conversation actor failed; retry shortly".into(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(ActorError::Unavailable("conversation timed out".into()));
+                }
+            }
+        }
+        Err(ActorError::Unavailable(
+            "conversation is restarting; retry shortly".into(),
+        ))
+    }
+
+    /// Stops every conversation actor after it finishes what it has queued.
+    pub(crate) async fn drain(&self, timeout: Duration) {
+        if let Some(supervisor) = self.supervisor.get() {
+            supervisor.drain_children_and_wait(Some(timeout)).await;
+        }
+    }
+}
+
+pub(crate) struct ConversationArgs {
+    id: Uuid,
+    shared: Arc<Shared>,
+}
+
+/// The conversation's state as the actor caches it, loaded on first use.
+#[derive(Debug)]
+struct Loaded {
+    kind: ConversationKind,
+    /// Members and roles; kept in step with every membership event the actor
+    /// commits.
+    members: HashMap<Uuid, Role>,
+    /// The newest `seq` committed.
+    last_seq: i64,
+}
+
+pub(crate) struct ConversationState {
+    id: Uuid,
+    shared: Arc<Shared>,
+    loaded: Option<Loaded>,
+    /// Monotonic time of the last command.
+    last_active: Duration,
+    /// Set once the actor decided to stop; commands are refused from then on.
+    closing: bool,
+    /// The idle-check timer, aborted on stop.
+    timer: Option<JoinHandle<()>>,
+}
+
+/// The conversation actor.
+#[derive(Debug)]
+pub(crate) struct ConversationActor;
+
+impl Actor for ConversationActor {
+    type Msg = ConversationMsg;
+    type State = ConversationState;
+    type Arguments = ConversationArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let period = args.shared.limits.conversation_idle_timeout / 2;
+        let timer = myself.send_interval(period.max(Duration::from_millis(10)), || {
+            ConversationMsg::IdleCheck
+        });
+        Ok(ConversationState {
+            id: args.id,
+            last_active: args.shared.clock.monotonic(),
+            shared: args.shared,
+            loaded: None,
+            closing: false,
+            timer: Some(timer),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ConversationMsg::IdleCheck => {
+                let idle = state
+                    .shared
+                    .clock
+                    .monotonic()
+                    .saturating_sub(state.last_active);
+                if !state.closing && idle >= state.shared.limits.conversation_idle_timeout {
+                    state.close(&myself);
+                }
+            }
+            ConversationMsg::Command(command, _permit) => {
+                if state.closing {
+                    command.refuse();
+                    return Ok(());
+                }
+                state.last_active = state.shared.clock.monotonic();
+                match state.load().await {
+                    Ok(true) => state.execute(command).await,
+                    Ok(false) => {
+                        reply_all(command, ActorError::NotFound("conversation not found"));
+                        state.close(&myself);
+                    }
+                    Err(error) => reply_all(command, error),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn reply_all(command: Command, error: ActorError) {
+    match command {
+        Command::Send { reply, .. } => drop(reply.send(Outcome::Done(Err(error)))),
+        Command::Edit { reply, .. } => drop(reply.send(Outcome::Done(Err(error)))),
+        Command::AddMember { reply, .. } => drop(reply.send(Outcome::Done(Err(error)))),
+        Command::Delete { reply, .. }
+        | Command::MarkRead { reply, .. }
+        | Command::ChangeRole { reply, .. }
+        | Command::RemoveMember { reply, .. } => drop(reply.send(Outcome::Done(Err(error)))),
+    }
+}
+
+fn answer<T>(reply: Reply<T>, result: Result<T, ActorError>) {
+    // The caller may have timed out and gone; the write stands either way.
+    let _ = reply.send(Outcome::Done(result));
+}
+
+const NOT_FOUND: ActorError = ActorError::NotFound("conversation not found");
+const MESSAGE_NOT_FOUND: ActorError = ActorError::NotFound("message not found");
+const MEMBER_NOT_FOUND: ActorError = ActorError::NotFound("member not found");
+
+impl ConversationState {
+    /// Stops taking commands: leaves the registry so the next command starts
+    /// a successor, and drains what is queued (each answered `Closing`).
+    fn close(&mut self, myself: &ActorRef<ConversationMsg>) {
+        self.closing = true;
+        self.shared.conversations.retire(self.id, myself.get_id());
+        if myself.drain().is_err() {
+            myself.stop(None);
+        }
+    }
+
+    /// Loads the conversation on first use; `false` if it does not exist.
+    async fn load(&mut self) -> Result<bool, ActorError> {
+        if self.loaded.is_some() {
+            return Ok(true);
+        }
+        let Some(conversation) = self.shared.store.conversation(self.id).await? else {
+            return Ok(false);
+        };
+        self.loaded = Some(Loaded {
+            kind: conversation.kind,
+            members: conversation
+                .members
+                .iter()
+                .map(|m| (m.user_id, m.role))
+                .collect(),
+            last_seq: conversation.last_seq,
+        });
+        Ok(true)
+    }
+
+    fn loaded(&self) -> &Loaded {
+        self.loaded.as_ref().expect("loaded before execute")
+    }
+
+    fn role(&self, user: Uuid) -> Result<Role, ActorError> {
+        self.loaded().members.get(&user).copied().ok_or(NOT_FOUND)
+    }
+
+    /// Maps a store failure. A rejection means the cached members were stale
+    /// (another node changed them), so they are reloaded.
+    async fn store_error(&mut self, error: StoreError) -> ActorError {
+        match error {
+            StoreError::Rejected(Rejection::NotMember) => {
+                self.loaded = None;
+                let _ = self.load().await;
+                NOT_FOUND
+            }
+            StoreError::Rejected(Rejection::NotPermitted) => {
+                self.loaded = None;
+                let _ = self.load().await;
+                ActorError::Forbidden("not permitted")
+            }
+            StoreError::Rejected(Rejection::Deleted) => {
+                ActorError::Conflict("message was deleted".into())
+            }
+            other => other.into(),
+        }
+    }
+
+    async fn execute(&mut self, command: Command) {
+        let started = self.shared.clock.monotonic();
+        match command {
+            Command::Send { user, input, reply } => {
+                let result = self.send(user, input, started).await;
+                answer(reply, result);
+            }
+            Command::Edit {
+                user,
+                message_id,
+                input,
+                reply,
+            } => {
+                let result = self.edit(user, message_id, input).await;
+                answer(reply, result);
+            }
+            Command::Delete {
+                user,
+                message_id,
+                reply,
+            } => {
+                let result = self.delete(user, message_id).await;
+                answer(reply, result);
+            }
+            Command::MarkRead { user, seq, reply } => {
+                let result = self.mark_read(user, seq).await;
+                answer(reply, result);
+            }
+            Command::AddMember {
+                user,
+                target,
+                role,
+                reply,
+            } => {
+                let result = self.add_member(user, target, role).await;
+                answer(reply, result);
+            }
+            Command::ChangeRole {
+                user,
+                target,
+                role,
+                reply,
+            } => {
+                let result = self.change_role(user, target, role).await;
+                answer(reply, result);
+            }
+            Command::RemoveMember {
+                user,
+                target,
+                reply,
+            } => {
+                let result = self.remove_member(user, target).await;
+                answer(reply, result);
+            }
+        }
+    }
+
+    async fn send(
+        &mut self,
+        user: Uuid,
+        input: SendMessage,
+        started: Duration,
+    ) -> Result<(Message, bool), ActorError> {
+        self.role(user)?;
+        let outcome = self
+            .shared
+            .store
+            .send(NewMessage {
+                id: Uuid::now_v7(),
+                conversation_id: self.id,
+                sender_id: user,
+                encrypted_content: input.encrypted_content,
+                nonce: input.nonce,
+                message_type: input.message_type,
+                idempotency_key: input.idempotency_key,
+                at: self.shared.clock.now(),
+            })
+            .await;
+        match outcome {
+            Ok(SendOutcome::Created(committed)) => {
+                let committed_at = self.shared.clock.monotonic();
+                self.shared
+                    .metrics
+                    .message_delivery_latency_seconds
+                    .with_label_values(&["commit"])
+                    .observe(committed_at.saturating_sub(started).as_secs_f64());
+                self.publish(committed.events);
+                self.shared
+                    .metrics
+                    .message_delivery_latency_seconds
+                    .with_label_values(&["local_fanout"])
+                    .observe(
+                        self.shared
+                            .clock
+                            .monotonic()
+                            .saturating_sub(committed_at)
+                            .as_secs_f64(),
+                    );
+                Ok((committed.value, true))
+            }
+            Ok(SendOutcome::Duplicate(message)) => Ok((message, false)),
+            Err(error) => Err(self.store_error(error).await),
+        }
+    }
+
+    /// Reads a message of this conversation.
+    async fn message(&self, message_id: Uuid) -> Result<Message, ActorError> {
+        self.shared
+            .store
+            .message(message_id)
+            .await?
+            .filter(|m| m.conversation_id == self.id)
+            .ok_or(MESSAGE_NOT_FOUND)
+    }
+
+    async fn edit(
+        &mut self,
+        user: Uuid,
+        message_id: Uuid,
+        input: EditMessage,
+    ) -> Result<Message, ActorError> {
+        self.role(user)?;
+        let message = self.message(message_id).await?;
+        if message.sender_id != user {
+            return Err(ActorError::Forbidden("only the sender may edit a message"));
+        }
+        if message.deleted_at.is_some() {
+            return Err(ActorError::Conflict("message was deleted".into()));
+        }
+        let result = self
+            .shared
+            .store
+            .edit(StoreEdit {
+                conversation_id: self.id,
+                message_id,
+                editor: user,
+                encrypted_content: input.encrypted_content,
+                nonce: input.nonce,
+                at: self.shared.clock.now(),
+            })
+            .await;
+        match result {
+            Ok(committed) => {
+                self.publish(committed.events);
+                Ok(committed.value)
+            }
+            Err(error) => Err(self.store_error(error).await),
+        }
+    }
+
+    async fn delete(&mut self, user: Uuid, message_id: Uuid) -> Result<(), ActorError> {
+        let role = self.role(user)?;
+        let message = self.message(message_id).await?;
+        if message.sender_id != user && !role.moderates() {
+            return Err(ActorError::Forbidden(
+                "only the sender or a conversation admin may delete a message",
+            ));
+        }
+        if message.deleted_at.is_some() {
+            return Ok(());
+        }
+        let result = self
+            .shared
+            .store
+            .delete(DeleteMessage {
+                conversation_id: self.id,
+                message_id,
+                by: user,
+                at: self.shared.clock.now(),
+            })
+            .await;
+        match result {
+            Ok(committed) => {
+                self.publish(committed.events);
+                Ok(())
+            }
+            Err(StoreError::Rejected(Rejection::Deleted)) => Ok(()),
+            Err(error) => Err(self.store_error(error).await),
+        }
+    }
+
+    async fn mark_read(&mut self, user: Uuid, seq: i64) -> Result<(), ActorError> {
+        self.role(user)?;
+        if seq < 1 {
+            return Err(ActorError::Invalid("seq must be at least 1".into()));
+        }
+        if seq > self.loaded().last_seq {
+            return Err(ActorError::Invalid(format!(
+                "seq {seq} is beyond the conversation's last event {}",
+                self.loaded().last_seq
+            )));
+        }
+        let result = self
+            .shared
+            .store
+            .mark_read(self.id, user, seq, self.shared.clock.now())
+            .await;
+        match result {
+            Ok(Some(event)) => {
+                self.publish(vec![event]);
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(error) => Err(self.store_error(error).await),
+        }
+    }
+
+    fn moderator_of_group(&self, user: Uuid, denied: &'static str) -> Result<(), ActorError> {
+        let role = self.role(user)?;
+        if self.loaded().kind == ConversationKind::Direct {
+            return Err(ActorError::Invalid(
+                "a direct conversation's members cannot change".into(),
+            ));
+        }
+        if !role.moderates() {
+            return Err(ActorError::Forbidden(denied));
+        }
+        Ok(())
+    }
+
+    async fn add_member(
+        &mut self,
+        user: Uuid,
+        target: Uuid,
+        role: Role,
+    ) -> Result<Member, ActorError> {
+        self.moderator_of_group(user, "only the owner or an admin may add members")?;
+        if role == Role::Owner {
+            return Err(ActorError::Invalid(
+                "a conversation has one owner; add as admin or member".into(),
+            ));
+        }
+        if self.loaded().members.contains_key(&target) {
+            return Err(ActorError::Conflict("already a member".into()));
+        }
+        if self.loaded().members.len() >= self.shared.limits.conversation_members_max {
+            return Err(ActorError::Invalid(format!(
+                "a conversation has at most {} members",
+                self.shared.limits.conversation_members_max
+            )));
+        }
+        let result = self
+            .shared
+            .store
+            .add_member(self.id, user, target, role, self.shared.clock.now())
+            .await;
+        match result {
+            Ok(committed) => {
+                self.publish(committed.events);
+                Ok(committed.value)
+            }
+            Err(error) => Err(self.store_error(error).await),
+        }
+    }
+
+    async fn change_role(
+        &mut self,
+        user: Uuid,
+        target: Uuid,
+        role: Role,
+    ) -> Result<(), ActorError> {
+        self.moderator_of_group(user, "only the owner or an admin may change roles")?;
+        let current = *self.loaded().members.get(&target).ok_or(MEMBER_NOT_FOUND)?;
+        if role == Role::Owner {
+            return Err(ActorError::Invalid(
+                "ownership passes only when the owner leaves".into(),
+            ));
+        }
+        if current == Role::Owner {
+            return Err(ActorError::Forbidden("the owner's role cannot be changed"));
+        }
+        if current == role {
+            return Ok(());
+        }
+        let result = self
+            .shared
+            .store
+            .change_role(self.id, user, target, role, self.shared.clock.now())
+            .await;
+        match result {
+            Ok(committed) => {
+                self.publish(committed.events);
+                Ok(())
+            }
+            Err(error) => Err(self.store_error(error).await),
+        }
+    }
+
+    async fn remove_member(&mut self, user: Uuid, target: Uuid) -> Result<(), ActorError> {
+        if user == target {
+            self.role(user)?;
+            if self.loaded().kind == ConversationKind::Direct {
+                return Err(ActorError::Invalid(
+                    "a direct conversation cannot be left".into(),
+                ));
+            }
+        } else {
+            self.moderator_of_group(user, "only the owner or an admin may remove members")?;
+            let current = *self.loaded().members.get(&target).ok_or(MEMBER_NOT_FOUND)?;
+            if current == Role::Owner {
+                return Err(ActorError::Forbidden("the owner cannot be removed"));
+            }
+        }
+        let result = self
+            .shared
+            .store
+            .remove_member(self.id, user, target, self.shared.clock.now())
+            .await;
+        match result {
+            Ok(committed) => {
+                self.publish(committed.events);
+                Ok(())
+            }
+            Err(error) => Err(self.store_error(error).await),
+        }
+    }
+
+    /// Applies committed events to the cached state and delivers each to the
+    /// members it concerns, in `seq` order. Runs inside the handler that
+    /// committed them, so deliveries of one conversation never interleave.
+    fn publish(&mut self, events: Vec<Event>) {
+        for event in events {
+            self.shared
+                .metrics
+                .events_committed_total
+                .with_label_values(&[event.kind()])
+                .inc();
+            let loaded = self.loaded.as_mut().expect("loaded before publish");
+            loaded.last_seq = loaded.last_seq.max(event.seq());
+            let mut departed = None;
+            match &event {
+                Event::MemberJoined(e) => {
+                    loaded.members.insert(e.user_id, e.role);
+                }
+                Event::MemberRoleChanged(e) => {
+                    loaded.members.insert(e.user_id, e.role);
+                }
+                Event::MemberLeft(e) => {
+                    loaded.members.remove(&e.user_id);
+                    // The member who left hears of it too.
+                    departed = Some(e.user_id);
+                }
+                _ => {}
+            }
+            let encoded = EncodedEvent::new(event);
+            let recipients: HashSet<&Uuid> =
+                loaded.members.keys().chain(departed.as_ref()).collect();
+            self.shared.hub.deliver(recipients, &encoded);
+        }
+    }
+}
+
+/// Supervises the node's conversation actors: forgets stopped ones and
+/// records failures, so the next request restarts a failed conversation once
+/// its backoff has passed.
+#[derive(Debug)]
+pub(crate) struct ConversationSupervisor;
+
+impl Actor for ConversationSupervisor {
+    type Msg = ();
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shared: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                shared.metrics.conversation_actor_failures_total.inc();
+                tracing::error!(actor = %cell.get_id(), %error, "conversation actor failed");
+                if let Some(id) = shared.conversations.forget(shared, cell.get_id()) {
+                    shared.conversations.record_failure(shared, id);
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                shared.conversations.forget(shared, cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

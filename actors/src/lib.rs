@@ -1,0 +1,25 @@
+//! The actors of one Switchboard node and the [`Node`] context that owns them.
+//!
+//! A conversation actor serializes every mutation of its conversation: the
+//! permission check and the write happen in one handler, in order, so there is
+//! no window between them. A connection actor owns one client connection's
+//! outbound side. Both sit behind bounded mailboxes and under supervisors.
+//!
+//! Architecture invariant: this crate knows nothing of axum, sqlx or sockets.
+//! It talks to storage through `switchboard_storage::Store` and to a client
+//! connection through a [`ConnectionLink`], and keeps no process-global state:
+//! several nodes can live in one process.
+
+mod connection;
+mod conversation;
+mod error;
+mod hub;
+mod mailbox;
+mod metrics;
+mod node;
+
+pub use connection::{ClientFrameError, Close, Connection, ConnectionLink, LinkReceivers};
+pub use error::ActorError;
+pub use hub::EncodedEvent;
+pub use metrics::Metrics;
+pub use node::{Limits, Node};

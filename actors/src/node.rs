@@ -1,0 +1,512 @@
+//! The per-node context: the store, clock, hub, registries, limits and
+//! metrics, and the operations transports call.
+//!
+//! There is no process-global state: each [`Node`] owns its supervisors and
+//! registries, so a test or the simulation can run several in one process.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use switchboard_protocol::{
+    AddMember, Conversation, ConversationKind, ConversationSummary, CreateConversation,
+    EditMessage, Event, Member, Message, Role, SendMessage,
+};
+use switchboard_storage::{
+    Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Store,
+};
+use switchboard_supervisors::RestartPolicy;
+use uuid::Uuid;
+
+use crate::connection::{
+    Close, Connection, ConnectionActor, ConnectionArgs, ConnectionLink, ConnectionSupervisor, slots,
+};
+use crate::conversation::{Command, ConversationSupervisor, Conversations};
+use crate::hub::{EncodedEvent, Hub};
+use crate::mailbox::Mailbox;
+use crate::{ActorError, Metrics};
+
+/// Every bound the node enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Commands that may wait in one conversation actor's mailbox.
+    pub conversation_mailbox_len_max: usize,
+    /// Conversation actors alive at once on this node.
+    pub conversation_actors_max: usize,
+    /// A conversation actor with no command for this long stops.
+    pub conversation_idle_timeout: Duration,
+    /// Members one conversation may have.
+    pub conversation_members_max: usize,
+    /// How long a caller waits for a conversation actor's answer.
+    pub call_timeout: Duration,
+    /// Events and client frames that may wait in one connection actor.
+    pub connection_mailbox_len_max: usize,
+    /// Connections this node holds at once.
+    pub connections_max: usize,
+    /// Connections one user may hold on this node.
+    pub connections_per_user_max: usize,
+    /// How often and how fast a failing conversation actor is restarted.
+    pub restart: RestartPolicy,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            conversation_mailbox_len_max: 256,
+            conversation_actors_max: 100_000,
+            conversation_idle_timeout: Duration::from_secs(300),
+            conversation_members_max: 10_000,
+            call_timeout: Duration::from_secs(10),
+            connection_mailbox_len_max: 1024,
+            connections_max: 50_000,
+            connections_per_user_max: 16,
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+/// What every actor of a node shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) hub: Hub,
+    pub(crate) conversations: Conversations,
+    pub(crate) metrics: Metrics,
+    pub(crate) limits: Limits,
+}
+
+/// One Switchboard node. Cheap to clone; every clone is the same node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    shared: Arc<Shared>,
+    conversation_supervisor: ActorRef<()>,
+    connection_supervisor: ActorRef<()>,
+}
+
+impl Node {
+    /// Starts a node's supervisors over `store`.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::Internal`] if a supervisor cannot start.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        limits: Limits,
+    ) -> Result<Self, ActorError> {
+        let metrics = Metrics::new();
+        let shared = Arc::new(Shared {
+            store,
+            clock,
+            hub: Hub::new(
+                limits.connections_max,
+                limits.connections_per_user_max,
+                metrics.clone(),
+            ),
+            conversations: Conversations::new(),
+            metrics,
+            limits,
+        });
+        let (conversation_supervisor, _) =
+            Actor::spawn(None, ConversationSupervisor, Arc::clone(&shared))
+                .await
+                .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
+        shared
+            .conversations
+            .set_supervisor(conversation_supervisor.get_cell());
+        let (connection_supervisor, _) =
+            Actor::spawn(None, ConnectionSupervisor, Arc::clone(&shared))
+                .await
+                .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
+        Ok(Self {
+            shared,
+            conversation_supervisor,
+            connection_supervisor,
+        })
+    }
+
+    /// The node's metrics.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// The node's limits.
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// Open connections on this node.
+    #[must_use]
+    pub fn connection_count(&self) -> usize {
+        self.shared.hub.len()
+    }
+
+    /// Creates a conversation owned by `user`; for a direct conversation that
+    /// already exists between the two, returns it with `false`.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::Invalid`] for a direct conversation without exactly one
+    /// other member, or too many members; store failures otherwise.
+    pub async fn create_conversation(
+        &self,
+        user: Uuid,
+        request: CreateConversation,
+    ) -> Result<(Conversation, bool), ActorError> {
+        let members: Vec<Uuid> = request
+            .member_ids
+            .iter()
+            .copied()
+            .filter(|&m| m != user)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        match request.kind {
+            ConversationKind::Direct if members.len() != 1 => {
+                return Err(ActorError::Invalid(
+                    "a direct conversation needs exactly one other member".into(),
+                ));
+            }
+            ConversationKind::Direct if request.title.is_some() => {
+                return Err(ActorError::Invalid(
+                    "a direct conversation has no title".into(),
+                ));
+            }
+            _ => {}
+        }
+        if members.len() + 1 > self.shared.limits.conversation_members_max {
+            return Err(ActorError::Invalid(format!(
+                "a conversation has at most {} members",
+                self.shared.limits.conversation_members_max
+            )));
+        }
+        let outcome = self
+            .shared
+            .store
+            .create_conversation(StoreCreate {
+                id: Uuid::now_v7(),
+                kind: request.kind,
+                title: request.title,
+                creator: user,
+                members,
+                at: self.shared.clock.now(),
+            })
+            .await?;
+        match outcome {
+            CreateOutcome::Created(committed) => {
+                for event in committed.events {
+                    self.shared
+                        .metrics
+                        .events_committed_total
+                        .with_label_values(&[event.kind()])
+                        .inc();
+                    let recipients: Vec<Uuid> =
+                        committed.value.members.iter().map(|m| m.user_id).collect();
+                    self.shared
+                        .hub
+                        .deliver(&recipients, &EncodedEvent::new(event));
+                }
+                Ok((committed.value, true))
+            }
+            CreateOutcome::Existing(conversation) => Ok((conversation, false)),
+        }
+    }
+
+    /// A conversation `user` belongs to.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] when it does not exist or `user` is not a member.
+    pub async fn conversation(&self, user: Uuid, id: Uuid) -> Result<Conversation, ActorError> {
+        self.shared
+            .store
+            .conversation(id)
+            .await?
+            .filter(|c| c.members.iter().any(|m| m.user_id == user))
+            .ok_or(ActorError::NotFound("conversation not found"))
+    }
+
+    /// The conversations of `user`, newest activity first.
+    ///
+    /// # Errors
+    ///
+    /// Store failures.
+    pub async fn conversations(
+        &self,
+        user: Uuid,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, ActorError> {
+        Ok(self.shared.store.conversations_for(user, limit).await?)
+    }
+
+    async fn require_member(&self, user: Uuid, id: Uuid) -> Result<Role, ActorError> {
+        self.shared
+            .store
+            .role(id, user)
+            .await?
+            .ok_or(ActorError::NotFound("conversation not found"))
+    }
+
+    /// A page of messages of a conversation `user` belongs to.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a non-member.
+    pub async fn messages(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        range: MessageRange,
+    ) -> Result<Vec<Message>, ActorError> {
+        self.require_member(user, id).await?;
+        Ok(self.shared.store.messages(id, range).await?)
+    }
+
+    /// Events after `after_seq` of a conversation `user` belongs to.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a non-member.
+    pub async fn events(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, ActorError> {
+        self.require_member(user, id).await?;
+        Ok(self.shared.store.events(id, after_seq, limit).await?)
+    }
+
+    /// Sends a message; `true` when it is new, `false` when the idempotency
+    /// key had already stored it.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a non-member, [`ActorError::Conflict`] for
+    /// an idempotency key reused with another message, and the actor's
+    /// overload and availability errors.
+    pub async fn send(
+        &self,
+        user: Uuid,
+        request: SendMessage,
+    ) -> Result<(Message, bool), ActorError> {
+        let id = request.conversation_id;
+        self.shared
+            .conversations
+            .call(&self.shared, id, |reply| Command::Send {
+                user,
+                input: request.clone(),
+                reply,
+            })
+            .await
+    }
+
+    async fn conversation_of(&self, message_id: Uuid) -> Result<Uuid, ActorError> {
+        self.shared
+            .store
+            .message(message_id)
+            .await?
+            .map(|m| m.conversation_id)
+            .ok_or(ActorError::NotFound("message not found"))
+    }
+
+    /// Edits a message `user` sent.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a non-member, [`ActorError::Forbidden`]
+    /// for anyone but the sender, [`ActorError::Conflict`] once deleted.
+    pub async fn edit(
+        &self,
+        user: Uuid,
+        message_id: Uuid,
+        request: EditMessage,
+    ) -> Result<Message, ActorError> {
+        let id = self.conversation_of(message_id).await?;
+        self.shared
+            .conversations
+            .call(&self.shared, id, |reply| Command::Edit {
+                user,
+                message_id,
+                input: request.clone(),
+                reply,
+            })
+            .await
+            .map_err(hide_message)
+    }
+
+    /// Deletes a message, leaving a tombstone. Deleting a deleted message
+    /// succeeds and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a non-member, [`ActorError::Forbidden`]
+    /// for anyone but the sender, an admin or the owner.
+    pub async fn delete(&self, user: Uuid, message_id: Uuid) -> Result<(), ActorError> {
+        let id = self.conversation_of(message_id).await?;
+        self.shared
+            .conversations
+            .call(&self.shared, id, |reply| Command::Delete {
+                user,
+                message_id,
+                reply,
+            })
+            .await
+            .map_err(hide_message)
+    }
+
+    /// Marks everything up to `seq` read for `user`.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a non-member, [`ActorError::Invalid`] for
+    /// a `seq` outside the log.
+    pub async fn mark_read(&self, user: Uuid, id: Uuid, seq: i64) -> Result<(), ActorError> {
+        self.shared
+            .conversations
+            .call(&self.shared, id, |reply| Command::MarkRead {
+                user,
+                seq,
+                reply,
+            })
+            .await
+    }
+
+    /// Adds a member to a group.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a non-member, [`ActorError::Forbidden`]
+    /// unless `user` moderates, [`ActorError::Conflict`] for a member already
+    /// there, [`ActorError::Invalid`] for a direct conversation.
+    pub async fn add_member(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        request: AddMember,
+    ) -> Result<Member, ActorError> {
+        let role = request.role.unwrap_or(Role::Member);
+        self.shared
+            .conversations
+            .call(&self.shared, id, |reply| Command::AddMember {
+                user,
+                target: request.user_id,
+                role,
+                reply,
+            })
+            .await
+    }
+
+    /// Changes a member's role.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::add_member`], and [`ActorError::Forbidden`] for the owner.
+    pub async fn change_role(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        target: Uuid,
+        role: Role,
+    ) -> Result<(), ActorError> {
+        self.shared
+            .conversations
+            .call(&self.shared, id, |reply| Command::ChangeRole {
+                user,
+                target,
+                role,
+                reply,
+            })
+            .await
+    }
+
+    /// Removes a member, or lets `user` leave when `target == user`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Node::change_role`].
+    pub async fn remove_member(
+        &self,
+        user: Uuid,
+        id: Uuid,
+        target: Uuid,
+    ) -> Result<(), ActorError> {
+        self.shared
+            .conversations
+            .call(&self.shared, id, |reply| Command::RemoveMember {
+                user,
+                target,
+                reply,
+            })
+            .await
+    }
+
+    /// Opens a connection for `user`: starts its actor, which sends `hello`
+    /// through `link`, and registers it for its user's events.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::TooMany`] past the per-user limit,
+    /// [`ActorError::Overloaded`] past the node's.
+    pub async fn connect(
+        &self,
+        user: Uuid,
+        link: ConnectionLink,
+    ) -> Result<Connection, ActorError> {
+        let session_id = Uuid::new_v4();
+        let closer = link.closer();
+        let slots = slots(self.shared.limits.connection_mailbox_len_max);
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            ConnectionActor,
+            ConnectionArgs {
+                shared: Arc::clone(&self.shared),
+                session_id,
+                link,
+            },
+            self.connection_supervisor.get_cell(),
+        )
+        .await
+        .map_err(|e| ActorError::Internal(format!("cannot start connection actor: {e}")))?;
+        let mailbox = Mailbox::new(actor.clone(), slots);
+        // Dropping the handle on a refused registration stops the actor.
+        let connection = Connection::new(session_id, mailbox.clone());
+        self.shared
+            .hub
+            .register(user, actor.get_id(), mailbox, closer)?;
+        Ok(connection)
+    }
+
+    /// Tells every connection to close and reconnect (to another node, or to
+    /// this one once it is back).
+    pub fn close_connections(&self) {
+        self.shared.hub.close_all(Close::SHUTDOWN);
+    }
+
+    /// Shuts down: tells every connection to reconnect elsewhere, lets each
+    /// conversation actor finish what it has queued (up to `drain_timeout`),
+    /// and stops the supervisors.
+    pub async fn shutdown(&self, drain_timeout: Duration) {
+        self.shared.hub.close_all(Close::SHUTDOWN);
+        self.shared.conversations.drain(drain_timeout).await;
+        self.conversation_supervisor.stop(None);
+        self.connection_supervisor
+            .stop_children_and_wait(None, Some(drain_timeout))
+            .await;
+        self.connection_supervisor.stop(None);
+    }
+}
+
+/// A message in a conversation the caller cannot see is, to them, a message
+/// that does not exist.
+fn hide_message(error: ActorError) -> ActorError {
+    match error {
+        ActorError::NotFound(_) => ActorError::NotFound("message not found"),
+        other => other,
+    }
+}

@@ -1,0 +1,97 @@
+//! [`ApiError`]: every failure a client sees, as `{"error":{"code","message"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use switchboard_actors::ActorError;
+use switchboard_protocol::{ErrorBody, ErrorCode, ErrorDetail};
+
+/// An error answer: a code from the closed set and a message for people.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// What went wrong, for programs.
+    pub code: ErrorCode,
+    /// What went wrong, for people; never internal details.
+    pub message: String,
+    /// Seconds after which a retry may succeed, sent as `Retry-After`.
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    pub(crate) fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unprocessable, message)
+    }
+
+    /// Maps a framework rejection by its status.
+    pub(crate) fn from_rejection(status: StatusCode, text: String) -> Self {
+        let code = match status.as_u16() {
+            401 => ErrorCode::Unauthorized,
+            404 => ErrorCode::NotFound,
+            413 => ErrorCode::PayloadTooLarge,
+            415 => ErrorCode::UnsupportedMediaType,
+            422 => ErrorCode::Unprocessable,
+            400..=499 => ErrorCode::BadRequest,
+            _ => ErrorCode::Internal,
+        };
+        Self::new(code, text.to_lowercase())
+    }
+}
+
+impl From<ActorError> for ApiError {
+    fn from(error: ActorError) -> Self {
+        match error {
+            ActorError::NotFound(m) => Self::new(ErrorCode::NotFound, m),
+            ActorError::Forbidden(m) => Self::new(ErrorCode::Forbidden, m),
+            ActorError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
+            ActorError::Invalid(m) => Self::new(ErrorCode::Unprocessable, m),
+            ActorError::TooMany(m) => Self {
+                retry_after: Some(5),
+                ..Self::new(ErrorCode::RateLimited, m)
+            },
+            ActorError::Overloaded(m) => Self {
+                retry_after: Some(1),
+                ..Self::new(ErrorCode::Unavailable, m)
+            },
+            ActorError::Unavailable(m) => Self {
+                retry_after: Some(1),
+                ..Self::new(ErrorCode::Unavailable, m)
+            },
+            ActorError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Self::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}

@@ -1,0 +1,107 @@
+//! The HTTP surface of a node: the JSON API under `/api/v1`, the WebSocket
+//! at `/api/v1/ws`, and the operational endpoints `/metrics`, `/health/live`
+//! and `/health/ready`.
+//!
+//! Architecture invariant: only this crate speaks JSON to clients. Handlers
+//! authenticate, validate and translate; every rule about conversations lives
+//! in `switchboard-actors`.
+
+mod auth;
+mod error;
+mod extract;
+mod metrics;
+mod routes;
+mod validate;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use auth::{Auth, AuthError};
+pub use error::ApiError;
+pub use routes::router;
+use switchboard_actors::Node;
+use switchboard_storage::Store;
+
+/// Bounds on what clients may send and ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest request body accepted, in bytes.
+    pub body_len_max: usize,
+    /// Longest `encrypted_content`, in base64 characters.
+    pub content_len_max: usize,
+    /// Longest `nonce`, in base64 characters.
+    pub nonce_len_max: usize,
+    /// Longest `idempotency_key`.
+    pub idempotency_key_len_max: usize,
+    /// Longest conversation title, in characters.
+    pub title_len_max: usize,
+    /// Most members listed when creating a conversation.
+    pub create_members_max: usize,
+    /// Largest page of messages or conversations.
+    pub page_len_max: u32,
+    /// Largest page of events.
+    pub events_page_len_max: u32,
+    /// Frames that may wait to be written to one WebSocket.
+    pub websocket_outbound_len_max: usize,
+    /// Largest frame a client may send over a WebSocket, in bytes.
+    pub websocket_frame_len_max: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            body_len_max: 256 * 1024,
+            content_len_max: 64 * 1024,
+            nonce_len_max: 256,
+            idempotency_key_len_max: 128,
+            title_len_max: 256,
+            create_members_max: 1_000,
+            page_len_max: 200,
+            events_page_len_max: 1_000,
+            websocket_outbound_len_max: 256,
+            websocket_frame_len_max: 64 * 1024,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The node the handlers drive.
+    pub node: Node,
+    /// The store, for readiness checks only.
+    pub store: Arc<dyn Store>,
+    /// Verifies bearer tokens.
+    pub auth: Arc<Auth>,
+    /// Request bounds.
+    pub limits: HttpLimits,
+    /// Set when shutdown begins, so readiness turns false before anything stops.
+    draining: Arc<AtomicBool>,
+    /// HTTP metrics, registered in the node's registry.
+    metrics: metrics::HttpMetrics,
+}
+
+impl AppState {
+    /// Shared state for the router.
+    #[must_use]
+    pub fn new(node: Node, store: Arc<dyn Store>, auth: Auth, limits: HttpLimits) -> Self {
+        let metrics = metrics::HttpMetrics::register(node.metrics().registry());
+        Self {
+            node,
+            store,
+            auth: Arc::new(auth),
+            limits,
+            draining: Arc::new(AtomicBool::new(false)),
+            metrics,
+        }
+    }
+
+    /// Marks the node as draining: readiness answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,55 @@
+//! Request counts and durations by route and status.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{HistogramOpts, HistogramVec, Registry};
+
+use crate::AppState;
+
+#[derive(Debug, Clone)]
+pub(crate) struct HttpMetrics {
+    /// Request duration by route template, method and status.
+    request_duration_seconds: HistogramVec,
+}
+
+impl HttpMetrics {
+    pub(crate) fn register(registry: &Registry) -> Self {
+        let request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request duration by route, method and status",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        // A second router over the same node reuses the registered collector.
+        if let Err(error) = registry.register(Box::new(request_duration_seconds.clone())) {
+            tracing::debug!(%error, "http metrics already registered");
+        }
+        Self {
+            request_duration_seconds,
+        }
+    }
+}
+
+pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .request_duration_seconds
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

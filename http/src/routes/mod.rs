@@ -1,0 +1,60 @@
+//! The router: every path the node serves.
+
+mod conversations;
+mod messages;
+mod ops;
+mod ws;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post};
+use tower_http::trace::TraceLayer;
+
+use crate::{ApiError, AppState};
+
+/// The whole HTTP surface over `state`.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route(
+            "/conversations",
+            post(conversations::create).get(conversations::list),
+        )
+        .route("/conversations/{id}", get(conversations::get))
+        .route(
+            "/conversations/{id}/members",
+            post(conversations::add_member),
+        )
+        .route(
+            "/conversations/{id}/members/{user_id}",
+            patch(conversations::change_role).delete(conversations::remove_member),
+        )
+        .route("/conversations/{id}/messages", get(messages::list))
+        .route("/conversations/{id}/events", get(messages::events))
+        .route("/conversations/{id}/read", post(messages::mark_read))
+        .route("/messages", post(messages::send))
+        .route(
+            "/messages/{id}",
+            patch(messages::edit).delete(messages::delete),
+        )
+        .route("/ws", get(ws::upgrade));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/metrics", get(ops::metrics))
+        .route("/health/live", get(ops::live))
+        .route("/health/ready", get(ops::ready))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
+        .layer(DefaultBodyLimit::max(state.limits.body_len_max))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        switchboard_protocol::ErrorCode::NotFound,
+        "no such endpoint",
+    )
+}

@@ -1,0 +1,26 @@
+//! Wire types shared by the server and its clients: resources, request bodies,
+//! events and WebSocket frames.
+//!
+//! Everything here is plain data with serde derives; no I/O. Every event names
+//! its conversation and its `seq`, the event's gap-free position in that
+//! conversation's log, so a client can detect a gap and catch up.
+
+mod error;
+mod event;
+mod frame;
+mod request;
+mod resource;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use event::{
+    ConversationCreated, Event, MemberJoined, MemberLeft, MemberRoleChanged, MessageDeleted,
+    MessageEdited, MessageRead,
+};
+pub use frame::{Control, Hello, ServerFrame};
+pub use request::{
+    AddMember, ChangeRole, CreateConversation, EditMessage, EventPage, MarkRead, MessagePage,
+    SendMessage,
+};
+pub use resource::{
+    Conversation, ConversationKind, ConversationList, ConversationSummary, Member, Message, Role,
+};

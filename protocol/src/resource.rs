@@ -1,0 +1,154 @@
+//! Resources as the API returns them: conversations, members and messages.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Whether a conversation is between exactly two people or a named group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConversationKind {
+    Direct,
+    Group,
+}
+
+impl ConversationKind {
+    /// The lowercase name used on the wire and in storage.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Group => "group",
+        }
+    }
+}
+
+/// A member's role. The creator is the one `owner`; `admin`s moderate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl Role {
+    /// The lowercase name used on the wire and in storage.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Admin => "admin",
+            Self::Owner => "owner",
+        }
+    }
+
+    /// Parses the lowercase name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "member" => Some(Self::Member),
+            "admin" => Some(Self::Admin),
+            "owner" => Some(Self::Owner),
+            _ => None,
+        }
+    }
+
+    /// Owners and admins moderate: they add, remove and re-role members and
+    /// delete other people's messages.
+    #[must_use]
+    pub fn moderates(self) -> bool {
+        matches!(self, Self::Admin | Self::Owner)
+    }
+}
+
+/// One member of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The member's user id (the JWT `sub`).
+    pub user_id: Uuid,
+    /// What the member may do.
+    pub role: Role,
+    /// The highest `seq` this member has marked read.
+    pub last_read_seq: i64,
+    /// When the member joined.
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A conversation with its members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Conversation id.
+    pub id: Uuid,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Optional group title.
+    pub title: Option<String>,
+    /// Everyone who belongs to the conversation now.
+    pub members: Vec<Member>,
+    /// The `seq` of the latest event in this conversation's log.
+    pub last_seq: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its latest event happened.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One row of the caller's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    /// Conversation id.
+    pub id: Uuid,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Optional group title.
+    pub title: Option<String>,
+    /// The `seq` of the latest event.
+    pub last_seq: i64,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When its latest event happened; the list is ordered by this, newest first.
+    pub updated_at: DateTime<Utc>,
+    /// The caller's role.
+    pub role: Role,
+    /// The highest `seq` the caller marked read.
+    pub last_read_seq: i64,
+    /// The newest message, tombstoned or not.
+    pub last_message: Option<Message>,
+    /// Messages from others after `last_read_seq` that are not deleted.
+    pub unread_count: i64,
+    /// How many members the conversation has.
+    pub member_count: i64,
+}
+
+/// `GET /conversations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationList {
+    /// Newest activity first.
+    pub conversations: Vec<ConversationSummary>,
+}
+
+/// A message. Content and nonce are base64 ciphertext the server never decrypts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// UUID v7, so ids sort by creation time.
+    pub id: Uuid,
+    /// The conversation it belongs to.
+    pub conversation_id: Uuid,
+    /// The position of its `message.new` event in the conversation's log.
+    pub seq: i64,
+    /// Who sent it.
+    pub sender_id: Uuid,
+    /// Opaque ciphertext, base64; empty once deleted.
+    pub encrypted_content: String,
+    /// Opaque nonce, base64; empty once deleted.
+    pub nonce: String,
+    /// Application-defined type such as `text`.
+    pub message_type: String,
+    /// When it was sent.
+    pub created_at: DateTime<Utc>,
+    /// When it was last edited.
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Set once deleted; the row stays as a tombstone.
+    pub deleted_at: Option<DateTime<Utc>>,
+}

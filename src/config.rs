@@ -1,0 +1,162 @@
+//! Configuration: built-in defaults, overridden by an optional TOML file
+//! (`--config`), overridden by `SWITCHBOARD_*` environment variables,
+//! overridden by flags.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+use switchboard_storage::SqliteOptions;
+
+/// Settings every command shares; each can come from a flag, the environment
+/// or the config file.
+#[derive(Debug, Args)]
+pub(crate) struct ConfigArgs {
+    /// TOML file with any of the settings below (flags and environment win).
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    listen: Option<String>,
+    /// Folder for the embedded database and the generated token secret [default: ./data].
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL; `sqlite:PATH` [default: sqlite in the data folder].
+    #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
+    database_url: Option<String>,
+    /// HS256 secret for bearer tokens [default: generated once into the data folder].
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+    /// Log filter, e.g. `info` or `switchboard=debug` [default: info].
+    #[arg(long, env = "SWITCHBOARD_LOG")]
+    log: Option<String>,
+    /// Seconds to let connections and queued work drain on shutdown [default: 10].
+    #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS")]
+    drain_timeout_secs: Option<u64>,
+}
+
+/// The config file: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    jwt_secret: Option<String>,
+    log: Option<String>,
+    drain_timeout_secs: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    pub(crate) listen: String,
+    pub(crate) data_dir: PathBuf,
+    database_url: Option<String>,
+    jwt_secret: Option<String>,
+    pub(crate) log: String,
+    pub(crate) drain_timeout: Duration,
+}
+
+impl Settings {
+    pub(crate) fn load(args: &ConfigArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        Ok(Self {
+            listen: args
+                .listen
+                .clone()
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("data")),
+            database_url: args.database_url.clone().or(file.database_url),
+            jwt_secret: args.jwt_secret.clone().or(file.jwt_secret),
+            log: args
+                .log
+                .clone()
+                .or(file.log)
+                .unwrap_or_else(|| "info".into()),
+            drain_timeout: Duration::from_secs(
+                args.drain_timeout_secs
+                    .or(file.drain_timeout_secs)
+                    .unwrap_or(10),
+            ),
+        })
+    }
+
+    /// Where the SQLite database lives.
+    pub(crate) fn sqlite_options(&self) -> anyhow::Result<SqliteOptions> {
+        let path = match &self.database_url {
+            None => self.data_dir.join("switchboard.db"),
+            Some(url) => {
+                let Some(path) = url
+                    .strip_prefix("sqlite://")
+                    .or_else(|| url.strip_prefix("sqlite:"))
+                else {
+                    bail!("unsupported database url {url:?}: use sqlite:PATH");
+                };
+                PathBuf::from(path)
+            }
+        };
+        Ok(SqliteOptions::new(path))
+    }
+
+    /// The configured token secret, or the one generated into the data folder
+    /// on first use, so `serve` and `token` agree without configuration.
+    pub(crate) fn jwt_secret(&self) -> anyhow::Result<Vec<u8>> {
+        if let Some(secret) = &self.jwt_secret {
+            if secret.len() < 32 {
+                bail!("the jwt secret must be at least 32 bytes");
+            }
+            return Ok(secret.as_bytes().to_vec());
+        }
+        secret_file(&self.data_dir.join("jwt-secret"))
+    }
+}
+
+fn secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    match std::fs::read_to_string(path) {
+        Ok(secret) => return Ok(secret.trim().as_bytes().to_vec()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).context("no randomness for the jwt secret")?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(mut file) => {
+            file.write_all(secret.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(secret.into_bytes())
+        }
+        // Another process created it first: use theirs.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(path)?.trim().as_bytes().to_vec())
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot create {}", path.display())),
+    }
+}

@@ -1,0 +1,156 @@
+//! `switchboard`: the server binary. It parses configuration, builds a node
+//! and runs it; everything else lives in the workspace crates.
+
+mod config;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchboard_actors::{Limits, Node};
+use switchboard_http::{AppState, Auth, HttpLimits};
+use switchboard_storage::{SqliteStore, Store, SystemClock};
+use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
+
+use crate::config::{ConfigArgs, Settings};
+
+/// Real-time messaging backend.
+#[derive(Debug, Parser)]
+#[command(name = "switchboard", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (embedded SQLite under --data-dir unless configured otherwise).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Print a bearer token for a user, signed with the configured secret.
+    Token {
+        /// The user id the token names (its `sub` claim).
+        #[arg(long)]
+        user: Uuid,
+        /// How long the token stays valid, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            let settings = Settings::load(&config)?;
+            init_tracing(&settings.log);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(serve(settings))
+        }
+        Command::Token {
+            user,
+            ttl_secs,
+            config,
+        } => {
+            let settings = Settings::load(&config)?;
+            let secret = settings.jwt_secret()?;
+            let token = Auth::new(&secret)
+                .mint(user, Duration::from_secs(ttl_secs))
+                .context("cannot sign the token")?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let secret = settings.jwt_secret()?;
+    let sqlite = SqliteStore::open(&settings.sqlite_options()?)
+        .await
+        .context("cannot open the database")?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    let node = Node::start(
+        Arc::clone(&store),
+        Arc::new(SystemClock::new()),
+        Limits::default(),
+    )
+    .await
+    .context("cannot start the node")?;
+    let state = AppState::new(
+        node.clone(),
+        store,
+        Auth::new(&secret),
+        HttpLimits::default(),
+    );
+    let listener = tokio::net::TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        data_dir = %settings.data_dir.display(),
+        "switchboard is serving"
+    );
+    let router = switchboard_http::router(state.clone());
+    let drain_timeout = settings.drain_timeout;
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining connections");
+            state.start_draining();
+            node_close(&state).await;
+        })
+        .await
+        .context("server failed")?;
+    node.shutdown(drain_timeout).await;
+    sqlite.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Closes every live connection so upgraded sockets do not hold up the
+/// server's graceful shutdown.
+async fn node_close(state: &AppState) {
+    state.node.close_connections();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,45 @@
+//! What a store call can fail with.
+
+/// A store call's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The conversation or message does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The write's condition did not hold when it ran, so nothing changed.
+    #[error("rejected: {0}")]
+    Rejected(Rejection),
+    /// The write conflicts with what is stored (a duplicate member, an
+    /// idempotency key reused for a different message).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend failed; the caller cannot know more than that.
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+/// Why a conditional write changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The principal is not a member of the conversation.
+    #[error("not a member")]
+    NotMember,
+    /// The principal is a member but lacks the right.
+    #[error("not permitted")]
+    NotPermitted,
+    /// The message was already deleted.
+    #[error("message deleted")]
+    Deleted,
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::RowNotFound => Self::NotFound,
+            sqlx::Error::Database(db) if db.is_unique_violation() => {
+                Self::Conflict(db.message().to_owned())
+            }
+            _ => Self::Backend(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Every dependency of the actors sits behind a trait here: the [`Store`] of
+//! conversations, members, messages and events, and the [`Clock`].
+//!
+//! The SQLite implementation is the embedded default. Each write is one
+//! transaction that re-checks, in SQL, the condition the calling actor already
+//! checked, so a second node or a stale cache can never slip an unauthorized
+//! change through.
+
+mod clock;
+mod error;
+mod sqlite;
+mod store;
+
+pub use clock::{Clock, SystemClock};
+pub use error::{Rejection, StoreError};
+pub use sqlite::{SqliteOptions, SqliteStore};
+pub use store::{
+    Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
+    NewMessage, SendOutcome, Store,
+};

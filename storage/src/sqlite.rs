@@ -1,0 +1,922 @@
+//! The embedded store: SQLite in WAL mode through sqlx.
+//!
+//! One writer connection takes every write as `BEGIN IMMEDIATE`, so a write
+//! transaction holds SQLite's write lock from its first statement and never
+//! fails half-way on an upgrade; a pool of readers serves reads concurrently
+//! from the WAL. Allocating a `seq` (`UPDATE conversations SET last_seq = ...
+//! RETURNING`) and writing the rows it numbers commit together.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
+use switchboard_protocol::{
+    Conversation, ConversationCreated, ConversationKind, ConversationSummary, Event, Member,
+    MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
+    MessageRead, Role,
+};
+use uuid::Uuid;
+
+use crate::store::{
+    Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
+    NewMessage, SendOutcome, Store,
+};
+use crate::{Rejection, StoreError};
+
+/// How to open the SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// The database file; created with its folder if missing.
+    pub path: PathBuf,
+    /// Reader connections; writes always use one dedicated connection.
+    pub readers_max: u32,
+    /// `synchronous=FULL` makes every acknowledged write survive power loss;
+    /// `NORMAL` survives a process crash only and is faster.
+    pub synchronous_full: bool,
+    /// How long a connection waits for a lock held by another process.
+    pub busy_timeout: Duration,
+}
+
+impl SqliteOptions {
+    /// Defaults for a database file at `path`.
+    #[must_use]
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            readers_max: 4,
+            synchronous_full: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The SQLite [`Store`].
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// The single connection every write goes through.
+    writer: SqlitePool,
+    /// Read-only connections.
+    reader: SqlitePool,
+}
+
+/// The columns [`message_from_row`] reads, in a form `concat!` accepts.
+macro_rules! message_columns {
+    () => {
+        "id, conversation_id, seq, sender_id, encrypted_content, nonce, message_type, \
+         created_at, edited_at, deleted_at"
+    };
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the file cannot be opened or migrated.
+    pub async fn open(options: &SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Backend(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(&options.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if options.synchronous_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await?;
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.readers_max.max(1))
+            .connect_with(connect.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Closes every connection, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn migrator() -> Migrator {
+    let init = Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../migrations/sqlite/0001_init.sql").into_sql_str(),
+        false,
+    );
+    // The migrations are embedded with `include_str!` rather than `migrate!`,
+    // which would build the SQLite C library a second time for the host.
+    Migrator {
+        migrations: Cow::Owned(vec![init]),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<Message, sqlx::Error> {
+    Ok(Message {
+        id: row.try_get("id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        encrypted_content: row.try_get("encrypted_content")?,
+        nonce: row.try_get("nonce")?,
+        message_type: row.try_get("message_type")?,
+        created_at: row.try_get("created_at")?,
+        edited_at: row.try_get("edited_at")?,
+        deleted_at: row.try_get("deleted_at")?,
+    })
+}
+
+fn member_from_row(row: &SqliteRow) -> Result<Member, StoreError> {
+    Ok(Member {
+        user_id: row.try_get("user_id")?,
+        role: parse_role(row.try_get("role")?)?,
+        last_read_seq: row.try_get("last_read_seq")?,
+        joined_at: row.try_get("joined_at")?,
+    })
+}
+
+fn parse_role(name: &str) -> Result<Role, StoreError> {
+    Role::parse(name).ok_or_else(|| StoreError::Backend(format!("unknown role {name:?} stored")))
+}
+
+fn parse_kind(name: &str) -> Result<ConversationKind, StoreError> {
+    match name {
+        "direct" => Ok(ConversationKind::Direct),
+        "group" => Ok(ConversationKind::Group),
+        _ => Err(StoreError::Backend(format!("unknown kind {name:?} stored"))),
+    }
+}
+
+/// Takes the next `count` seqs of a conversation; returns the first.
+async fn allocate(
+    tx: &mut Transaction<'static, Sqlite>,
+    conversation_id: Uuid,
+    count: i64,
+    at: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE conversations SET last_seq = last_seq + ?1, updated_at = ?2 WHERE id = ?3 \
+         RETURNING last_seq",
+    )
+    .bind(count)
+    .bind(at)
+    .bind(conversation_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok(last - count + 1)
+}
+
+/// Appends one event to the log; its `seq` must come from [`allocate`].
+async fn append(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: &Event,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let payload = serde_json::to_string(event)
+        .map_err(|e| StoreError::Backend(format!("cannot encode event: {e}")))?;
+    sqlx::query(
+        "INSERT INTO events (conversation_id, seq, type, payload, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(event.conversation_id())
+    .bind(event.seq())
+    .bind(event.kind())
+    .bind(payload)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Explains why a conditional write on a message matched no row.
+async fn why_not(
+    tx: &mut Transaction<'static, Sqlite>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+    user_id: Uuid,
+) -> Result<StoreError, StoreError> {
+    let member: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2)",
+    )
+    .bind(conversation_id)
+    .bind(user_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !member {
+        return Ok(StoreError::Rejected(Rejection::NotMember));
+    }
+    let deleted: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+        "SELECT deleted_at FROM messages WHERE id = ?1 AND conversation_id = ?2",
+    )
+    .bind(message_id)
+    .bind(conversation_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match deleted {
+        None => StoreError::NotFound,
+        Some(Some(_)) => StoreError::Rejected(Rejection::Deleted),
+        Some(None) => StoreError::Rejected(Rejection::NotPermitted),
+    })
+}
+
+async fn read_members(pool: &SqlitePool, conversation_id: Uuid) -> Result<Vec<Member>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT user_id, role, last_read_seq, joined_at FROM members \
+         WHERE conversation_id = ?1 ORDER BY joined_at, user_id",
+    )
+    .bind(conversation_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(member_from_row).collect()
+}
+
+async fn read_conversation(
+    pool: &SqlitePool,
+    id: Uuid,
+) -> Result<Option<Conversation>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT id, kind, title, last_seq, created_at, updated_at FROM conversations WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Conversation {
+        id: row.try_get("id")?,
+        kind: parse_kind(row.try_get("kind")?)?,
+        title: row.try_get("title")?,
+        members: read_members(pool, id).await?,
+        last_seq: row.try_get("last_seq")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    }))
+}
+
+fn direct_key(a: Uuid, b: Uuid) -> String {
+    let (low, high) = if a < b { (a, b) } else { (b, a) };
+    format!("{low}:{high}")
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn create_conversation(
+        &self,
+        command: CreateConversation,
+    ) -> Result<CreateOutcome, StoreError> {
+        let key = match command.kind {
+            ConversationKind::Direct => {
+                let [other] = command.members.as_slice() else {
+                    return Err(StoreError::Conflict(
+                        "a direct conversation has exactly two members".into(),
+                    ));
+                };
+                Some(direct_key(command.creator, *other))
+            }
+            ConversationKind::Group => None,
+        };
+        let mut tx = self.begin().await?;
+        if let Some(key) = &key {
+            let existing: Option<Uuid> =
+                sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = ?1")
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(id) = existing {
+                drop(tx);
+                let conversation = read_conversation(&self.writer, id)
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+                return Ok(CreateOutcome::Existing(conversation));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO conversations (id, kind, title, direct_key, last_seq, created_at, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, 0, ?5, ?5)",
+        )
+        .bind(command.id)
+        .bind(command.kind.as_str())
+        .bind(&command.title)
+        .bind(&key)
+        .bind(command.at)
+        .execute(&mut *tx)
+        .await?;
+        let mut members = Vec::with_capacity(command.members.len() + 1);
+        members.push(Member {
+            user_id: command.creator,
+            role: Role::Owner,
+            last_read_seq: 0,
+            joined_at: command.at,
+        });
+        members.extend(command.members.iter().map(|&user_id| Member {
+            user_id,
+            role: Role::Member,
+            last_read_seq: 0,
+            joined_at: command.at,
+        }));
+        for member in &members {
+            sqlx::query(
+                "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
+                 VALUES (?1, ?2, ?3, 0, ?4)",
+            )
+            .bind(command.id)
+            .bind(member.user_id)
+            .bind(member.role.as_str())
+            .bind(command.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let seq = allocate(&mut tx, command.id, 1, command.at).await?;
+        let conversation = Conversation {
+            id: command.id,
+            kind: command.kind,
+            title: command.title,
+            members,
+            last_seq: seq,
+            created_at: command.at,
+            updated_at: command.at,
+        };
+        let event = Event::ConversationCreated(ConversationCreated {
+            conversation_id: command.id,
+            seq,
+            conversation: conversation.clone(),
+        });
+        append(&mut tx, &event, command.at).await?;
+        tx.commit().await?;
+        Ok(CreateOutcome::Created(Committed {
+            value: conversation,
+            events: vec![event],
+        }))
+    }
+
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
+        read_conversation(&self.reader, id).await
+    }
+
+    async fn members(&self, conversation_id: Uuid) -> Result<Vec<Member>, StoreError> {
+        read_members(&self.reader, conversation_id).await
+    }
+
+    async fn role(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<Role>, StoreError> {
+        let role: Option<String> = sqlx::query_scalar(
+            "SELECT role FROM members WHERE conversation_id = ?1 AND user_id = ?2",
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        role.as_deref().map(parse_role).transpose()
+    }
+
+    async fn conversations_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        // One statement, whatever the number of conversations: the counts are
+        // correlated subqueries and the last message a join on the top seq.
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, c.updated_at, \
+                    m.role, m.last_read_seq, \
+                    (SELECT COUNT(*) FROM members x WHERE x.conversation_id = c.id) AS member_count, \
+                    (SELECT COUNT(*) FROM messages x WHERE x.conversation_id = c.id \
+                        AND x.seq > m.last_read_seq AND x.sender_id <> m.user_id \
+                        AND x.deleted_at IS NULL) AS unread_count, \
+                    lm.id AS lm_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id, \
+                    lm.encrypted_content AS lm_encrypted_content, lm.nonce AS lm_nonce, \
+                    lm.message_type AS lm_message_type, lm.created_at AS lm_created_at, \
+                    lm.edited_at AS lm_edited_at, lm.deleted_at AS lm_deleted_at \
+             FROM members m \
+             JOIN conversations c ON c.id = m.conversation_id \
+             LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = \
+                 (SELECT MAX(y.seq) FROM messages y WHERE y.conversation_id = c.id) \
+             WHERE m.user_id = ?1 \
+             ORDER BY c.updated_at DESC, c.id \
+             LIMIT ?2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: Uuid = row.try_get("id")?;
+                let last_message = match row.try_get::<Option<Uuid>, _>("lm_id")? {
+                    None => None,
+                    Some(message_id) => Some(Message {
+                        id: message_id,
+                        conversation_id: id,
+                        seq: row.try_get("lm_seq")?,
+                        sender_id: row.try_get("lm_sender_id")?,
+                        encrypted_content: row.try_get("lm_encrypted_content")?,
+                        nonce: row.try_get("lm_nonce")?,
+                        message_type: row.try_get("lm_message_type")?,
+                        created_at: row.try_get("lm_created_at")?,
+                        edited_at: row.try_get("lm_edited_at")?,
+                        deleted_at: row.try_get("lm_deleted_at")?,
+                    }),
+                };
+                Ok(ConversationSummary {
+                    id,
+                    kind: parse_kind(row.try_get("kind")?)?,
+                    title: row.try_get("title")?,
+                    last_seq: row.try_get("last_seq")?,
+                    created_at: row.try_get("created_at")?,
+                    updated_at: row.try_get("updated_at")?,
+                    role: parse_role(row.try_get("role")?)?,
+                    last_read_seq: row.try_get("last_read_seq")?,
+                    last_message,
+                    unread_count: row.try_get("unread_count")?,
+                    member_count: row.try_get("member_count")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(key) = &command.idempotency_key {
+            let existing = sqlx::query(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND sender_id = ?2 \
+                  AND idempotency_key = ?3"
+            ))
+            .bind(command.conversation_id)
+            .bind(command.sender_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let message = message_from_row(&row)?;
+                let unchanged = message.edited_at.is_none() && message.deleted_at.is_none();
+                if unchanged
+                    && (message.encrypted_content != command.encrypted_content
+                        || message.nonce != command.nonce
+                        || message.message_type != command.message_type)
+                {
+                    return Err(StoreError::Conflict(
+                        "idempotency key already used for a different message".into(),
+                    ));
+                }
+                return Ok(SendOutcome::Duplicate(message));
+            }
+        }
+        // The membership check is part of the statement that takes the seq.
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE conversations SET last_seq = last_seq + 1, updated_at = ?2 \
+             WHERE id = ?1 AND EXISTS \
+                 (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?3) \
+             RETURNING last_seq",
+        )
+        .bind(command.conversation_id)
+        .bind(command.at)
+        .bind(command.sender_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::Rejected(Rejection::NotMember))?;
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
+                 encrypted_content, nonce, idempotency_key, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .bind(command.id)
+        .bind(command.conversation_id)
+        .bind(seq)
+        .bind(command.sender_id)
+        .bind(&command.message_type)
+        .bind(&command.encrypted_content)
+        .bind(&command.nonce)
+        .bind(&command.idempotency_key)
+        .bind(command.at)
+        .execute(&mut *tx)
+        .await?;
+        let message = Message {
+            id: command.id,
+            conversation_id: command.conversation_id,
+            seq,
+            sender_id: command.sender_id,
+            encrypted_content: command.encrypted_content,
+            nonce: command.nonce,
+            message_type: command.message_type,
+            created_at: command.at,
+            edited_at: None,
+            deleted_at: None,
+        };
+        let event = Event::MessageNew(message.clone());
+        append(&mut tx, &event, command.at).await?;
+        tx.commit().await?;
+        Ok(SendOutcome::Created(Committed {
+            value: message,
+            events: vec![event],
+        }))
+    }
+
+    async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {
+        let mut tx = self.begin().await?;
+        // Sender only, still a member, not deleted: all in the statement itself.
+        let row = sqlx::query(concat!(
+            "UPDATE messages SET encrypted_content = ?1, nonce = ?2, edited_at = ?3 \
+             WHERE id = ?4 AND conversation_id = ?5 AND sender_id = ?6 AND deleted_at IS NULL \
+               AND EXISTS (SELECT 1 FROM members WHERE conversation_id = ?5 AND user_id = ?6) \
+             RETURNING ",
+            message_columns!()
+        ))
+        .bind(&command.encrypted_content)
+        .bind(&command.nonce)
+        .bind(command.at)
+        .bind(command.message_id)
+        .bind(command.conversation_id)
+        .bind(command.editor)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(why_not(
+                &mut tx,
+                command.conversation_id,
+                command.message_id,
+                command.editor,
+            )
+            .await?);
+        };
+        let message = message_from_row(&row)?;
+        let seq = allocate(&mut tx, command.conversation_id, 1, command.at).await?;
+        let event = Event::MessageEdited(MessageEdited {
+            conversation_id: command.conversation_id,
+            seq,
+            message_id: message.id,
+            message_seq: message.seq,
+            sender_id: message.sender_id,
+            encrypted_content: message.encrypted_content.clone(),
+            nonce: message.nonce.clone(),
+            edited_at: command.at,
+        });
+        append(&mut tx, &event, command.at).await?;
+        tx.commit().await?;
+        Ok(Committed {
+            value: message,
+            events: vec![event],
+        })
+    }
+
+    async fn delete(&self, command: DeleteMessage) -> Result<Committed<Message>, StoreError> {
+        let mut tx = self.begin().await?;
+        // The sender or a moderator, either still a member, and not yet deleted.
+        let row = sqlx::query(concat!(
+            "UPDATE messages SET encrypted_content = '', nonce = '', deleted_at = ?1, \
+                 deleted_by = ?2 \
+             WHERE id = ?3 AND conversation_id = ?4 AND deleted_at IS NULL \
+               AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = ?4 \
+                   AND m.user_id = ?2 \
+                   AND (m.role IN ('owner', 'admin') OR messages.sender_id = ?2)) \
+             RETURNING ",
+            message_columns!()
+        ))
+        .bind(command.at)
+        .bind(command.by)
+        .bind(command.message_id)
+        .bind(command.conversation_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(why_not(
+                &mut tx,
+                command.conversation_id,
+                command.message_id,
+                command.by,
+            )
+            .await?);
+        };
+        let message = message_from_row(&row)?;
+        let seq = allocate(&mut tx, command.conversation_id, 1, command.at).await?;
+        let event = Event::MessageDeleted(MessageDeleted {
+            conversation_id: command.conversation_id,
+            seq,
+            message_id: message.id,
+            message_seq: message.seq,
+            deleted_by: command.by,
+            deleted_at: command.at,
+        });
+        append(&mut tx, &event, command.at).await?;
+        tx.commit().await?;
+        Ok(Committed {
+            value: message,
+            events: vec![event],
+        })
+    }
+
+    async fn mark_read(
+        &self,
+        conversation_id: Uuid,
+        user_id: Uuid,
+        seq: i64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError> {
+        let mut tx = self.begin().await?;
+        let advanced = sqlx::query(
+            "UPDATE members SET last_read_seq = ?1 \
+             WHERE conversation_id = ?2 AND user_id = ?3 AND last_read_seq < ?1 \
+               AND ?1 <= (SELECT last_seq FROM conversations WHERE id = ?2)",
+        )
+        .bind(seq)
+        .bind(conversation_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if advanced == 0 {
+            let role: Option<String> = sqlx::query_scalar(
+                "SELECT role FROM members WHERE conversation_id = ?1 AND user_id = ?2",
+            )
+            .bind(conversation_id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            return match role {
+                None => Err(StoreError::Rejected(Rejection::NotMember)),
+                Some(_) => Ok(None),
+            };
+        }
+        let event_seq = allocate(&mut tx, conversation_id, 1, at).await?;
+        let event = Event::MessageRead(MessageRead {
+            conversation_id,
+            seq: event_seq,
+            user_id,
+            read_seq: seq,
+        });
+        append(&mut tx, &event, at).await?;
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    async fn add_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<Member>, StoreError> {
+        if role == Role::Owner {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let mut tx = self.begin().await?;
+        let added = sqlx::query(
+            "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
+             SELECT c.id, ?2, ?3, c.last_seq, ?4 FROM conversations c \
+             WHERE c.id = ?1 AND c.kind = 'group' \
+               AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = ?1 \
+                   AND m.user_id = ?5 AND m.role IN ('owner', 'admin'))",
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(at)
+        .bind(by)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
+            other => other,
+        })?
+        .rows_affected();
+        if added == 0 {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let row = sqlx::query(
+            "SELECT user_id, role, last_read_seq, joined_at FROM members \
+             WHERE conversation_id = ?1 AND user_id = ?2",
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let member = member_from_row(&row)?;
+        let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+        let event = Event::MemberJoined(MemberJoined {
+            conversation_id,
+            seq,
+            user_id,
+            role,
+            added_by: by,
+        });
+        append(&mut tx, &event, at).await?;
+        tx.commit().await?;
+        Ok(Committed {
+            value: member,
+            events: vec![event],
+        })
+    }
+
+    async fn change_role(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        if role == Role::Owner {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let mut tx = self.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE members SET role = ?1 \
+             WHERE conversation_id = ?2 AND user_id = ?3 AND role <> 'owner' AND role <> ?1 \
+               AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = ?2 \
+                   AND m.user_id = ?4 AND m.role IN ('owner', 'admin'))",
+        )
+        .bind(role.as_str())
+        .bind(conversation_id)
+        .bind(user_id)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+        let event = Event::MemberRoleChanged(MemberRoleChanged {
+            conversation_id,
+            seq,
+            user_id,
+            role,
+            changed_by: by,
+        });
+        append(&mut tx, &event, at).await?;
+        tx.commit().await?;
+        Ok(Committed {
+            value: (),
+            events: vec![event],
+        })
+    }
+
+    async fn remove_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        let mut tx = self.begin().await?;
+        let removed: Option<String> = sqlx::query_scalar(
+            "DELETE FROM members \
+             WHERE conversation_id = ?1 AND user_id = ?2 \
+               AND (SELECT kind FROM conversations WHERE id = ?1) = 'group' \
+               AND (user_id = ?3 OR (role <> 'owner' AND EXISTS \
+                   (SELECT 1 FROM members m WHERE m.conversation_id = ?1 \
+                       AND m.user_id = ?3 AND m.role IN ('owner', 'admin')))) \
+             RETURNING role",
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .bind(by)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(removed_role) = removed else {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        };
+        let mut events = Vec::with_capacity(2);
+        let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+        events.push(Event::MemberLeft(MemberLeft {
+            conversation_id,
+            seq,
+            user_id,
+            removed_by: by,
+        }));
+        if parse_role(&removed_role)? == Role::Owner {
+            let successor: Option<Uuid> = sqlx::query_scalar(
+                "UPDATE members SET role = 'owner' \
+                 WHERE conversation_id = ?1 AND user_id = \
+                     (SELECT user_id FROM members WHERE conversation_id = ?1 \
+                      ORDER BY CASE role WHEN 'admin' THEN 0 ELSE 1 END, joined_at, user_id \
+                      LIMIT 1) \
+                 RETURNING user_id",
+            )
+            .bind(conversation_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(successor) = successor {
+                let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+                events.push(Event::MemberRoleChanged(MemberRoleChanged {
+                    conversation_id,
+                    seq,
+                    user_id: successor,
+                    role: Role::Owner,
+                    changed_by: by,
+                }));
+            }
+        }
+        for event in &events {
+            append(&mut tx, event, at).await?;
+        }
+        tx.commit().await?;
+        Ok(Committed { value: (), events })
+    }
+
+    async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM messages WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: Uuid,
+        range: MessageRange,
+    ) -> Result<Vec<Message>, StoreError> {
+        let sql = if range.after_seq.is_some() {
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND seq > ?2 \
+                  AND (?3 IS NULL OR seq < ?3) ORDER BY seq ASC LIMIT ?4"
+            )
+        } else {
+            // The newest page before `before_seq`, returned ascending.
+            concat!(
+                "SELECT * FROM (SELECT ",
+                message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND seq > ?2 \
+                  AND (?3 IS NULL OR seq < ?3) ORDER BY seq DESC LIMIT ?4) ORDER BY seq ASC"
+            )
+        };
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(conversation_id)
+            .bind(range.after_seq.unwrap_or(0))
+            .bind(range.before_seq)
+            .bind(range.limit)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(message_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn events(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let payloads: Vec<String> = sqlx::query_scalar(
+            "SELECT payload FROM events WHERE conversation_id = ?1 AND seq > ?2 \
+             ORDER BY seq ASC LIMIT ?3",
+        )
+        .bind(conversation_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        payloads
+            .iter()
+            .map(|p| {
+                serde_json::from_str(p)
+                    .map_err(|e| StoreError::Backend(format!("cannot decode stored event: {e}")))
+            })
+            .collect()
+    }
+}

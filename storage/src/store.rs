@@ -1,0 +1,227 @@
+//! The [`Store`] trait and the commands it takes.
+//!
+//! Writes take the full command, including the acting user, and re-check the
+//! permission in the same transaction as the write. Every write that changes
+//! what members see appends its events to the conversation's log with the
+//! next gap-free `seq`, and returns them only once committed.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use switchboard_protocol::{
+    Conversation, ConversationKind, ConversationSummary, Event, Member, Message, Role,
+};
+use uuid::Uuid;
+
+use crate::StoreError;
+
+/// A committed write: its result and the events it appended, in `seq` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed<T> {
+    /// What the write produced.
+    pub value: T,
+    /// The events it appended to the conversation's log.
+    pub events: Vec<Event>,
+}
+
+/// Creates a conversation with its first members.
+#[derive(Debug, Clone)]
+pub struct CreateConversation {
+    /// The id to give it.
+    pub id: Uuid,
+    /// Direct or group.
+    pub kind: ConversationKind,
+    /// Optional title.
+    pub title: Option<String>,
+    /// The creator, who becomes the owner.
+    pub creator: Uuid,
+    /// The other members, without the creator and without duplicates.
+    pub members: Vec<Uuid>,
+    /// The creation time.
+    pub at: DateTime<Utc>,
+}
+
+/// The result of creating a conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// A new conversation, with its `conversation.created` event.
+    Created(Committed<Conversation>),
+    /// The direct conversation between these two people that already existed.
+    Existing(Conversation),
+}
+
+/// Appends a message.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// UUID v7 id for the message.
+    pub id: Uuid,
+    /// Where it goes.
+    pub conversation_id: Uuid,
+    /// Who sends it; must be a member when the write runs.
+    pub sender_id: Uuid,
+    /// Opaque base64 ciphertext.
+    pub encrypted_content: String,
+    /// Opaque base64 nonce.
+    pub nonce: String,
+    /// Application-defined type.
+    pub message_type: String,
+    /// Unique per sender and conversation; a repeat returns the stored message.
+    pub idempotency_key: Option<String>,
+    /// The send time.
+    pub at: DateTime<Utc>,
+}
+
+/// The result of a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendOutcome {
+    /// A new message with its `message.new` event.
+    Created(Committed<Message>),
+    /// The message this idempotency key already stored; nothing was written.
+    Duplicate(Message),
+}
+
+/// Replaces a message's content; only its sender, while a member, may.
+#[derive(Debug, Clone)]
+pub struct EditMessage {
+    /// The conversation the message belongs to.
+    pub conversation_id: Uuid,
+    /// The message.
+    pub message_id: Uuid,
+    /// Who edits; must be the sender.
+    pub editor: Uuid,
+    /// New ciphertext.
+    pub encrypted_content: String,
+    /// New nonce.
+    pub nonce: String,
+    /// The edit time.
+    pub at: DateTime<Utc>,
+}
+
+/// Turns a message into a tombstone; its sender or a moderator may.
+#[derive(Debug, Clone)]
+pub struct DeleteMessage {
+    /// The conversation the message belongs to.
+    pub conversation_id: Uuid,
+    /// The message.
+    pub message_id: Uuid,
+    /// Who deletes.
+    pub by: Uuid,
+    /// The deletion time.
+    pub at: DateTime<Utc>,
+}
+
+/// Which messages of a conversation to read, by `seq`, both bounds exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageRange {
+    /// Only messages after this `seq`; the page starts right after it.
+    pub after_seq: Option<i64>,
+    /// Only messages before this `seq`; without `after_seq` the page ends right
+    /// before it.
+    pub before_seq: Option<i64>,
+    /// The most messages to return.
+    pub limit: u32,
+}
+
+/// Conversations, members, messages and the event log.
+///
+/// # Errors
+///
+/// Every method fails with [`StoreError::Backend`] when the backend does;
+/// writes fail with [`StoreError::Rejected`] when their condition does not
+/// hold at commit time, and change nothing then.
+#[async_trait]
+pub trait Store: Send + Sync + Debug + 'static {
+    /// A cheap round trip, for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates a conversation, or finds the direct one between two people.
+    async fn create_conversation(
+        &self,
+        command: CreateConversation,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// A conversation with its members.
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError>;
+
+    /// The members of a conversation (empty if it does not exist).
+    async fn members(&self, conversation_id: Uuid) -> Result<Vec<Member>, StoreError>;
+
+    /// A user's role in a conversation, `None` if not a member.
+    async fn role(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<Role>, StoreError>;
+
+    /// The user's conversations, newest activity first, with last message,
+    /// unread and member counts, in a constant number of queries.
+    async fn conversations_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError>;
+
+    /// Appends a message unless its idempotency key already stored one.
+    async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError>;
+
+    /// Edits a message.
+    async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError>;
+
+    /// Deletes a message, keeping a tombstone.
+    async fn delete(&self, command: DeleteMessage) -> Result<Committed<Message>, StoreError>;
+
+    /// Advances a member's read position; `None` when it was already there.
+    async fn mark_read(
+        &self,
+        conversation_id: Uuid,
+        user_id: Uuid,
+        seq: i64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError>;
+
+    /// Adds a member to a group; `by` must moderate it.
+    async fn add_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<Member>, StoreError>;
+
+    /// Sets a non-owner member's role to `admin` or `member`; `by` must moderate.
+    async fn change_role(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError>;
+
+    /// Removes a member from a group: a moderator removes a non-owner, or a
+    /// member leaves. An owner who leaves hands ownership to the longest-standing
+    /// admin, else the longest-standing member.
+    async fn remove_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError>;
+
+    /// One message by id, from any conversation.
+    async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError>;
+
+    /// A page of a conversation's messages, ascending by `seq`.
+    async fn messages(
+        &self,
+        conversation_id: Uuid,
+        range: MessageRange,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Events after `after_seq`, ascending and gap-free, at most `limit`.
+    async fn events(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError>;
+}
