@@ -254,7 +254,7 @@ impl Actor for ConnectionActor {
             }
             ConnectionMsg::ClientFrame(text, _permit) => {
                 let reply = match serde_json::from_str::<ClientFrame>(&text) {
-                    Ok(ClientFrame::Ping) => Bytes::from_static(br#"{"type":"pong","data":{}}"#),
+                    Ok(ClientFrame::Ping) => control(&Control::Pong),
                     Err(error) => control(&Control::Error(ErrorDetail {
                         code: ErrorCode::BadRequest,
                         message: format!("unsupported frame: {error}"),

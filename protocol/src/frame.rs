@@ -13,6 +13,9 @@ pub enum Control {
     /// The first frame of every connection.
     #[serde(rename = "hello")]
     Hello(Hello),
+    /// The answer to a client's `{"type":"ping"}`.
+    #[serde(rename = "pong")]
+    Pong,
     /// A client frame the server could not act on.
     #[serde(rename = "error")]
     Error(ErrorDetail),

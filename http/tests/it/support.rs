@@ -1,0 +1,154 @@
+//! A server per test and helpers to drive it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use switchboard_actors::{Limits, Node};
+use switchboard_client::{Client, EventStream};
+use switchboard_http::{AppState, Auth, HttpLimits};
+use switchboard_protocol::{
+    Control, Conversation, ConversationKind, CreateConversation, Event, SendMessage, ServerFrame,
+};
+use switchboard_storage::{SqliteOptions, SqliteStore, Store, SystemClock};
+use tempfile::TempDir;
+use uuid::Uuid;
+
+const SECRET: &[u8] = b"test secret that is long enough for hs256 use";
+
+/// A node with its HTTP server on 127.0.0.1 and a fresh database.
+pub(crate) struct TestServer {
+    pub(crate) base: String,
+    auth: Auth,
+    _dir: TempDir,
+}
+
+impl TestServer {
+    pub(crate) async fn start() -> Self {
+        Self::with_limits(Limits::default()).await
+    }
+
+    pub(crate) async fn with_limits(limits: Limits) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut options = SqliteOptions::new(dir.path().join("switchboard.db"));
+        // Durability settings do not change behaviour; skip the fsyncs.
+        options.synchronous_full = false;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options).await.expect("store"));
+        let node = Node::start(Arc::clone(&store), Arc::new(SystemClock::new()), limits)
+            .await
+            .expect("node");
+        let state = AppState::new(node, store, Auth::new(SECRET), HttpLimits::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            axum::serve(listener, switchboard_http::router(state))
+                .await
+                .expect("serve");
+        });
+        Self {
+            base: format!("http://{addr}"),
+            auth: Auth::new(SECRET),
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn token(&self, user: Uuid) -> String {
+        self.auth
+            .mint(user, Duration::from_secs(3600))
+            .expect("token")
+    }
+
+    /// A new user and a client acting as them.
+    pub(crate) fn user(&self) -> User {
+        let id = Uuid::new_v4();
+        User {
+            id,
+            client: Client::new(&self.base, self.token(id)),
+        }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+pub(crate) struct User {
+    pub(crate) id: Uuid,
+    pub(crate) client: Client,
+}
+
+pub(crate) fn text(conversation_id: Uuid, body: &str) -> SendMessage {
+    SendMessage {
+        conversation_id,
+        encrypted_content: STANDARD.encode(body),
+        nonce: STANDARD.encode("nonce-0123456789"),
+        message_type: "text".into(),
+        idempotency_key: None,
+    }
+}
+
+pub(crate) async fn group(owner: &User, members: &[&User]) -> Conversation {
+    owner
+        .client
+        .create_conversation(&CreateConversation {
+            kind: ConversationKind::Group,
+            title: Some("test".into()),
+            member_ids: members.iter().map(|m| m.id).collect(),
+        })
+        .await
+        .expect("create group")
+}
+
+/// Connects and consumes the `hello`.
+pub(crate) async fn connect(user: &User) -> EventStream {
+    let mut stream = user.client.connect().await.expect("connect");
+    match next(&mut stream).await {
+        Some(ServerFrame::Control(Control::Hello(_))) => stream,
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+/// The next frame, or `None` when none comes within a second.
+pub(crate) async fn next(stream: &mut EventStream) -> Option<ServerFrame> {
+    match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+        Ok(frame) => frame.expect("stream"),
+        Err(_) => None,
+    }
+}
+
+/// Collects events until `count` arrived; fails after 10 s.
+pub(crate) async fn events(stream: &mut EventStream, count: usize) -> Vec<Event> {
+    let mut events = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while events.len() < count {
+        let frame = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} events arrived", events.len()))
+            .expect("stream")
+            .expect("stream open");
+        if let ServerFrame::Event(event) = frame {
+            events.push(event);
+        }
+    }
+    events
+}
+
+/// The whole event log of a conversation.
+pub(crate) async fn log(user: &User, conversation: Uuid) -> Vec<Event> {
+    let mut all = Vec::new();
+    loop {
+        let after = all.last().map_or(0, Event::seq);
+        let page = user
+            .client
+            .events(conversation, after, 1000)
+            .await
+            .expect("events");
+        if page.events.is_empty() {
+            return all;
+        }
+        all.extend(page.events);
+    }
+}
