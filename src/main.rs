@@ -1,6 +1,9 @@
 //! `switchboard`: the server binary. It parses configuration, builds a node
 //! and runs it; everything else lives in the workspace crates.
 
+// A command-line program's output is its stdout; the libraries never print.
+#![allow(clippy::print_stdout)]
+
 mod config;
 
 use std::sync::Arc;

@@ -35,7 +35,7 @@ impl ApiError {
     }
 
     /// Maps a framework rejection by its status.
-    pub(crate) fn from_rejection(status: StatusCode, text: String) -> Self {
+    pub(crate) fn from_rejection(status: StatusCode, text: &str) -> Self {
         let code = match status.as_u16() {
             401 => ErrorCode::Unauthorized,
             404 => ErrorCode::NotFound,

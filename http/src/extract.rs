@@ -27,7 +27,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 }
 
 fn json_rejection(rejection: &JsonRejection) -> ApiError {
-    ApiError::from_rejection(rejection.status(), rejection.body_text())
+    ApiError::from_rejection(rejection.status(), &rejection.body_text())
 }
 
 /// `axum::extract::Path` with an [`ApiError`] rejection.
@@ -42,7 +42,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
             .await
             .map(|axum::extract::Path(value)| Self(value))
             .map_err(|rejection: PathRejection| {
-                ApiError::from_rejection(rejection.status(), rejection.body_text())
+                ApiError::from_rejection(rejection.status(), &rejection.body_text())
             })
     }
 }
@@ -59,7 +59,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
             .await
             .map(|axum::extract::Query(value)| Self(value))
             .map_err(|rejection: QueryRejection| {
-                ApiError::from_rejection(rejection.status(), rejection.body_text())
+                ApiError::from_rejection(rejection.status(), &rejection.body_text())
             })
     }
 }

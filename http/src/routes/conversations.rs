@@ -25,13 +25,13 @@ pub(super) async fn create(
             state.limits.create_members_max
         )));
     }
-    if let Some(title) = &body.title {
-        if title.chars().count() > state.limits.title_len_max || title.trim().is_empty() {
-            return Err(ApiError::unprocessable(format!(
-                "title must be 1 to {} characters",
-                state.limits.title_len_max
-            )));
-        }
+    if let Some(title) = &body.title
+        && (title.chars().count() > state.limits.title_len_max || title.trim().is_empty())
+    {
+        return Err(ApiError::unprocessable(format!(
+            "title must be 1 to {} characters",
+            state.limits.title_len_max
+        )));
     }
     if body.kind == ConversationKind::Direct && body.member_ids.contains(&user) {
         return Err(ApiError::unprocessable(
