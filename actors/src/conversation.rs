@@ -21,7 +21,8 @@ use switchboard_protocol::{
     ConversationKind, EditMessage, Event, Member, Message, Role, SendMessage,
 };
 use switchboard_storage::{
-    DeleteMessage, EditMessage as StoreEdit, NewMessage, Rejection, SendOutcome, StoreError,
+    Committed, DeleteMessage, EditMessage as StoreEdit, NewMessage, Rejection, SendOutcome,
+    StoreError,
 };
 use switchboard_supervisors::RestartTracker;
 use tokio::sync::{Mutex, oneshot};
@@ -643,13 +644,7 @@ impl ConversationState {
                 at: self.shared.clock.now(),
             })
             .await;
-        match result {
-            Ok(committed) => {
-                self.publish(committed.events);
-                Ok(committed.value)
-            }
-            Err(error) => Err(self.store_error(error).await),
-        }
+        self.settle(result).await
     }
 
     async fn delete(&mut self, user: Uuid, message_id: Uuid) -> Result<(), ActorError> {
@@ -674,12 +669,9 @@ impl ConversationState {
             })
             .await;
         match result {
-            Ok(committed) => {
-                self.publish(committed.events);
-                Ok(())
-            }
+            // Someone else deleted it first: the outcome the caller wanted.
             Err(StoreError::Rejected(Rejection::Deleted)) => Ok(()),
-            Err(error) => Err(self.store_error(error).await),
+            other => self.settle(other).await.map(drop),
         }
     }
 
@@ -748,13 +740,7 @@ impl ConversationState {
             .store
             .add_member(self.id, user, target, role, self.shared.clock.now())
             .await;
-        match result {
-            Ok(committed) => {
-                self.publish(committed.events);
-                Ok(committed.value)
-            }
-            Err(error) => Err(self.store_error(error).await),
-        }
+        self.settle(result).await
     }
 
     async fn change_role(
@@ -781,13 +767,7 @@ impl ConversationState {
             .store
             .change_role(self.id, user, target, role, self.shared.clock.now())
             .await;
-        match result {
-            Ok(committed) => {
-                self.publish(committed.events);
-                Ok(())
-            }
-            Err(error) => Err(self.store_error(error).await),
-        }
+        self.settle(result).await
     }
 
     async fn remove_member(&mut self, user: Uuid, target: Uuid) -> Result<(), ActorError> {
@@ -810,10 +790,19 @@ impl ConversationState {
             .store
             .remove_member(self.id, user, target, self.shared.clock.now())
             .await;
+        self.settle(result).await
+    }
+
+    /// Publishes a committed write's events and returns its value, or maps
+    /// its failure.
+    async fn settle<T>(
+        &mut self,
+        result: Result<Committed<T>, StoreError>,
+    ) -> Result<T, ActorError> {
         match result {
             Ok(committed) => {
                 self.publish(committed.events);
-                Ok(())
+                Ok(committed.value)
             }
             Err(error) => Err(self.store_error(error).await),
         }

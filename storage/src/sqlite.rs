@@ -217,6 +217,24 @@ async fn append(
     Ok(())
 }
 
+/// Numbers a write's single event, appends it and commits the transaction.
+async fn commit_one<T>(
+    mut tx: Transaction<'static, Sqlite>,
+    conversation_id: Uuid,
+    at: DateTime<Utc>,
+    value: T,
+    event: impl FnOnce(i64) -> Event,
+) -> Result<Committed<T>, StoreError> {
+    let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+    let event = event(seq);
+    append(&mut tx, &event, at).await?;
+    tx.commit().await?;
+    Ok(Committed {
+        value,
+        events: vec![event],
+    })
+}
+
 /// Explains why a conditional write on a message matched no row.
 async fn why_not(
     tx: &mut Transaction<'static, Sqlite>,
@@ -575,23 +593,21 @@ impl Store for SqliteStore {
             .await?);
         };
         let message = message_from_row(&row)?;
-        let seq = allocate(&mut tx, command.conversation_id, 1, command.at).await?;
-        let event = Event::MessageEdited(MessageEdited {
-            conversation_id: command.conversation_id,
-            seq,
-            message_id: message.id,
-            message_seq: message.seq,
-            sender_id: message.sender_id,
-            encrypted_content: message.encrypted_content.clone(),
-            nonce: message.nonce.clone(),
-            edited_at: command.at,
-        });
-        append(&mut tx, &event, command.at).await?;
-        tx.commit().await?;
-        Ok(Committed {
-            value: message,
-            events: vec![event],
+        let (content, nonce) = (message.encrypted_content.clone(), message.nonce.clone());
+        let (message_id, message_seq, sender_id) = (message.id, message.seq, message.sender_id);
+        commit_one(tx, command.conversation_id, command.at, message, |seq| {
+            Event::MessageEdited(MessageEdited {
+                conversation_id: command.conversation_id,
+                seq,
+                message_id,
+                message_seq,
+                sender_id,
+                encrypted_content: content,
+                nonce,
+                edited_at: command.at,
+            })
         })
+        .await
     }
 
     async fn delete(&self, command: DeleteMessage) -> Result<Committed<Message>, StoreError> {
@@ -623,21 +639,18 @@ impl Store for SqliteStore {
             .await?);
         };
         let message = message_from_row(&row)?;
-        let seq = allocate(&mut tx, command.conversation_id, 1, command.at).await?;
-        let event = Event::MessageDeleted(MessageDeleted {
-            conversation_id: command.conversation_id,
-            seq,
-            message_id: message.id,
-            message_seq: message.seq,
-            deleted_by: command.by,
-            deleted_at: command.at,
-        });
-        append(&mut tx, &event, command.at).await?;
-        tx.commit().await?;
-        Ok(Committed {
-            value: message,
-            events: vec![event],
+        let (message_id, message_seq) = (message.id, message.seq);
+        commit_one(tx, command.conversation_id, command.at, message, |seq| {
+            Event::MessageDeleted(MessageDeleted {
+                conversation_id: command.conversation_id,
+                seq,
+                message_id,
+                message_seq,
+                deleted_by: command.by,
+                deleted_at: command.at,
+            })
         })
+        .await
     }
 
     async fn mark_read(
@@ -727,20 +740,16 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await?;
         let member = member_from_row(&row)?;
-        let seq = allocate(&mut tx, conversation_id, 1, at).await?;
-        let event = Event::MemberJoined(MemberJoined {
-            conversation_id,
-            seq,
-            user_id,
-            role,
-            added_by: by,
-        });
-        append(&mut tx, &event, at).await?;
-        tx.commit().await?;
-        Ok(Committed {
-            value: member,
-            events: vec![event],
+        commit_one(tx, conversation_id, at, member, |seq| {
+            Event::MemberJoined(MemberJoined {
+                conversation_id,
+                seq,
+                user_id,
+                role,
+                added_by: by,
+            })
         })
+        .await
     }
 
     async fn change_role(
@@ -771,20 +780,16 @@ impl Store for SqliteStore {
         if changed == 0 {
             return Err(StoreError::Rejected(Rejection::NotPermitted));
         }
-        let seq = allocate(&mut tx, conversation_id, 1, at).await?;
-        let event = Event::MemberRoleChanged(MemberRoleChanged {
-            conversation_id,
-            seq,
-            user_id,
-            role,
-            changed_by: by,
-        });
-        append(&mut tx, &event, at).await?;
-        tx.commit().await?;
-        Ok(Committed {
-            value: (),
-            events: vec![event],
+        commit_one(tx, conversation_id, at, (), |seq| {
+            Event::MemberRoleChanged(MemberRoleChanged {
+                conversation_id,
+                seq,
+                user_id,
+                role,
+                changed_by: by,
+            })
         })
+        .await
     }
 
     async fn remove_member(
