@@ -1,0 +1,211 @@
+//! The real SQLite store with injectable faults, and a clock tests move by hand.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
+use switchboard_storage::{
+    Clock, Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
+    NewMessage, SendOutcome, SqliteOptions, SqliteStore, Store, StoreError,
+};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Time that moves only when a test says so.
+#[derive(Debug, Default)]
+pub(crate) struct ManualClock {
+    elapsed: Mutex<Duration>,
+}
+
+impl ManualClock {
+    pub(crate) fn advance(&self, by: Duration) {
+        *self.elapsed.lock().unwrap() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        let base = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        base + *self.elapsed.lock().unwrap()
+    }
+
+    fn monotonic(&self) -> Duration {
+        *self.elapsed.lock().unwrap()
+    }
+}
+
+/// [`SqliteStore`] that can panic on one chosen send and hold sends at a gate.
+#[derive(Debug)]
+pub(crate) struct FaultyStore {
+    inner: SqliteStore,
+    /// Content whose send panics once.
+    panic_on: Mutex<Option<String>>,
+    /// Whether sends wait at the gate.
+    gated: AtomicBool,
+    gate: Semaphore,
+    /// Sends currently waiting at the gate.
+    waiting: AtomicUsize,
+}
+
+impl FaultyStore {
+    pub(crate) async fn open(path: &Path) -> Self {
+        let mut options = SqliteOptions::new(path.to_path_buf());
+        options.synchronous_full = false;
+        Self {
+            inner: SqliteStore::open(&options).await.unwrap(),
+            panic_on: Mutex::new(None),
+            gated: AtomicBool::new(false),
+            gate: Semaphore::new(0),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn panic_on(&self, content: &str) {
+        *self.panic_on.lock().unwrap() = Some(content.to_owned());
+    }
+
+    pub(crate) fn close_gate(&self) {
+        self.gated.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn open_gate(&self) {
+        self.gated.store(false, Ordering::SeqCst);
+        self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn create_conversation(
+        &self,
+        command: CreateConversation,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.inner.create_conversation(command).await
+    }
+
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
+        self.inner.conversation(id).await
+    }
+
+    async fn members(&self, conversation_id: Uuid) -> Result<Vec<Member>, StoreError> {
+        self.inner.members(conversation_id).await
+    }
+
+    async fn role(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<Role>, StoreError> {
+        self.inner.role(conversation_id, user_id).await
+    }
+
+    async fn conversations_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.inner.conversations_for(user_id, limit).await
+    }
+
+    async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
+        let trigger = self
+            .panic_on
+            .lock()
+            .unwrap()
+            .take_if(|c| *c == command.encrypted_content);
+        assert!(trigger.is_none(), "injected panic");
+        if self.gated.load(Ordering::SeqCst) {
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.gate.acquire().await.unwrap();
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.inner.send(command).await
+    }
+
+    async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {
+        self.inner.edit(command).await
+    }
+
+    async fn delete(&self, command: DeleteMessage) -> Result<Committed<Message>, StoreError> {
+        self.inner.delete(command).await
+    }
+
+    async fn mark_read(
+        &self,
+        conversation_id: Uuid,
+        user_id: Uuid,
+        seq: i64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError> {
+        self.inner
+            .mark_read(conversation_id, user_id, seq, at)
+            .await
+    }
+
+    async fn add_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<Member>, StoreError> {
+        self.inner
+            .add_member(conversation_id, by, user_id, role, at)
+            .await
+    }
+
+    async fn change_role(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        self.inner
+            .change_role(conversation_id, by, user_id, role, at)
+            .await
+    }
+
+    async fn remove_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        self.inner
+            .remove_member(conversation_id, by, user_id, at)
+            .await
+    }
+
+    async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError> {
+        self.inner.message(id).await
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: Uuid,
+        range: MessageRange,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.inner.messages(conversation_id, range).await
+    }
+
+    async fn events(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.inner.events(conversation_id, after_seq, limit).await
+    }
+}

@@ -1,0 +1,209 @@
+//! Supervision of conversation actors, through the `Node` API: started on
+//! demand, stopped when idle, restarted after a panic within bounds, and
+//! behind a bounded mailbox.
+//!
+//! The store is the real SQLite store wrapped to inject faults (a panic on one
+//! chosen send, a gate that holds sends back); time is a manual clock.
+
+mod faults;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use faults::{FaultyStore, ManualClock};
+use switchboard_actors::{ActorError, Limits, Node};
+use switchboard_protocol::{ConversationKind, CreateConversation, SendMessage};
+use switchboard_supervisors::RestartPolicy;
+use uuid::Uuid;
+
+struct Fixture {
+    node: Node,
+    store: Arc<FaultyStore>,
+    clock: Arc<ManualClock>,
+    owner: Uuid,
+    conversation: Uuid,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(limits: Limits) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FaultyStore::open(&dir.path().join("db.sqlite")).await);
+    let clock = Arc::new(ManualClock::default());
+    let node = Node::start(store.clone(), clock.clone(), limits)
+        .await
+        .unwrap();
+    let owner = Uuid::new_v4();
+    let (conversation, _) = node
+        .create_conversation(
+            owner,
+            CreateConversation {
+                kind: ConversationKind::Group,
+                title: None,
+                member_ids: vec![],
+            },
+        )
+        .await
+        .unwrap();
+    Fixture {
+        node,
+        store,
+        clock,
+        owner,
+        conversation: conversation.id,
+        _dir: dir,
+    }
+}
+
+fn message(conversation_id: Uuid, content: &str) -> SendMessage {
+    SendMessage {
+        conversation_id,
+        encrypted_content: content.into(),
+        nonce: "bm9uY2U=".into(),
+        message_type: "text".into(),
+        idempotency_key: None,
+    }
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    node.metrics()
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_actor_is_restarted_after_its_backoff_and_loses_nothing() {
+    let restart = RestartPolicy {
+        restarts_max: 3,
+        restart_window: Duration::from_secs(60),
+        backoff_min: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(10),
+    };
+    let f = fixture(Limits {
+        restart,
+        ..Limits::default()
+    })
+    .await;
+    f.store.panic_on("Ym9vbQ==");
+    let first = f
+        .node
+        .send(f.owner, message(f.conversation, "aGk="))
+        .await
+        .unwrap();
+    assert_eq!(first.0.seq, 2);
+
+    let error = f
+        .node
+        .send(f.owner, message(f.conversation, "Ym9vbQ=="))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ActorError::Unavailable(_)), "{error:?}");
+    eventually("the failure is recorded", || {
+        metric(&f.node, "conversation_actor_failures_total") == 1.0
+            && metric(&f.node, "conversation_actors_active") == 0.0
+    })
+    .await;
+
+    // Within the backoff the conversation is held back...
+    let error = f
+        .node
+        .send(f.owner, message(f.conversation, "aGk="))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ActorError::Unavailable(_)), "{error:?}");
+    // ...and after it a fresh actor takes over, with the log intact.
+    f.clock.advance(Duration::from_secs(1));
+    let (after, _) = f
+        .node
+        .send(f.owner, message(f.conversation, "aGk="))
+        .await
+        .unwrap();
+    assert_eq!(after.seq, 3, "the panicked send took no seq");
+    let seqs: Vec<i64> = f
+        .node
+        .events(f.owner, f.conversation, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(switchboard_protocol::Event::seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn an_idle_actor_stops_and_the_next_command_starts_another() {
+    let f = fixture(Limits {
+        conversation_idle_timeout: Duration::from_millis(40),
+        ..Limits::default()
+    })
+    .await;
+    f.node
+        .send(f.owner, message(f.conversation, "aGk="))
+        .await
+        .unwrap();
+    assert_eq!(metric(&f.node, "conversation_actors_active"), 1.0);
+    f.clock.advance(Duration::from_secs(1));
+    eventually("the idle actor stops", || {
+        metric(&f.node, "conversation_actors_active") == 0.0
+    })
+    .await;
+    let (again, _) = f
+        .node
+        .send(f.owner, message(f.conversation, "aGk="))
+        .await
+        .unwrap();
+    assert_eq!(again.seq, 3);
+    assert_eq!(metric(&f.node, "conversation_actors_active"), 1.0);
+    assert_eq!(metric(&f.node, "conversation_actor_failures_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_full_mailbox_refuses_instead_of_growing() {
+    let f = fixture(Limits {
+        conversation_mailbox_len_max: 2,
+        ..Limits::default()
+    })
+    .await;
+    f.store.close_gate();
+    let spawn_send = || {
+        let (node, owner, id) = (f.node.clone(), f.owner, f.conversation);
+        tokio::spawn(async move { node.send(owner, message(id, "aGk=")).await })
+    };
+    // One send is inside the store, one waits in the mailbox: that is two.
+    let held = spawn_send();
+    eventually("the first send reaches the store", || {
+        f.store.waiting() == 1
+    })
+    .await;
+    let queued = spawn_send();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let error = f
+        .node
+        .send(f.owner, message(f.conversation, "aGk="))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ActorError::Overloaded(_)), "{error:?}");
+
+    f.store.open_gate();
+    let seqs = [
+        held.await.unwrap().unwrap().0.seq,
+        queued.await.unwrap().unwrap().0.seq,
+    ];
+    assert_eq!(seqs, [2, 3], "queued work completes in order once released");
+    assert_eq!(
+        metric(&f.node, "mailbox_full_total{actor=\"conversation\"}"),
+        1.0
+    );
+}
