@@ -571,7 +571,7 @@ impl ConversationState {
             .shared
             .store
             .send(NewMessage {
-                id: Uuid::now_v7(),
+                id: self.shared.new_id(),
                 conversation_id: self.id,
                 sender_id: user,
                 encrypted_content: input.encrypted_content,

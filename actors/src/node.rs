@@ -77,6 +77,21 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
 }
 
+impl Shared {
+    /// A UUID v7 whose timestamp is the node's clock, so ids sort by the
+    /// node's time.
+    pub(crate) fn new_id(&self) -> Uuid {
+        let millis = u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0);
+        // The random bits come from the operating system until the node has
+        // a seeded source of its own.
+        #[allow(clippy::disallowed_methods)]
+        let random = Uuid::new_v4();
+        let mut tail = [0u8; 10];
+        tail.copy_from_slice(&random.as_bytes()[..10]);
+        uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid()
+    }
+}
+
 /// One Switchboard node. Cheap to clone; every clone is the same node.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -188,7 +203,7 @@ impl Node {
             .shared
             .store
             .create_conversation(StoreCreate {
-                id: Uuid::now_v7(),
+                id: self.shared.new_id(),
                 kind: request.kind,
                 title: request.title,
                 creator: user,
@@ -458,7 +473,7 @@ impl Node {
         user: Uuid,
         link: ConnectionLink,
     ) -> Result<Connection, ActorError> {
-        let session_id = Uuid::new_v4();
+        let session_id = self.shared.new_id();
         let closer = link.closer();
         let slots = slots(self.shared.limits.connection_mailbox_len_max);
         let (actor, _) = Actor::spawn_linked(

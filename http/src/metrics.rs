@@ -38,6 +38,7 @@ impl HttpMetrics {
     }
 }
 
+#[allow(clippy::disallowed_methods)] // Request latency is measured in real time.
 pub(crate) async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request

@@ -5,6 +5,9 @@
 //! The store is the real SQLite store wrapped to inject faults (a panic on one
 //! chosen send, a gate that holds sends back); time is a manual clock.
 
+// Tests drive the system from outside: real time and random ids are fine here.
+#![allow(clippy::disallowed_methods)]
+
 mod faults;
 
 use std::sync::Arc;

@@ -1,6 +1,9 @@
 //! End-to-end tests over a real server on an ephemeral port, with real HTTP
 //! and WebSocket clients. One binary for the whole crate keeps link times down.
 
+// Tests drive the system from outside: real time and random ids are fine here.
+#![allow(clippy::disallowed_methods)]
+
 mod authz;
 mod errors;
 mod idempotency;
