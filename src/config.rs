@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
-use switchboard_storage::SqliteOptions;
+use switchboard_storage::{PostgresOptions, SqliteOptions};
 
 /// Settings every command shares; each can come from a flag, the environment
 /// or the config file.
@@ -24,7 +24,7 @@ pub(crate) struct ConfigArgs {
     /// Folder for the embedded database and the generated token secret [default: ./data].
     #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Database URL; `sqlite:PATH` [default: sqlite in the data folder].
+    /// Database URL: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` [default: sqlite in the data folder].
     #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
     database_url: Option<String>,
     /// HS256 secret for bearer tokens [default: generated once into the data folder].
@@ -48,6 +48,15 @@ struct FileConfig {
     jwt_secret: Option<String>,
     log: Option<String>,
     drain_timeout_secs: Option<u64>,
+}
+
+/// The database the node stores everything in.
+#[derive(Debug)]
+pub(crate) enum Database {
+    /// Embedded, one file.
+    Sqlite(SqliteOptions),
+    /// Shared by every node of a cluster.
+    Postgres(PostgresOptions),
 }
 
 /// Resolved settings.
@@ -98,21 +107,23 @@ impl Settings {
         })
     }
 
-    /// Where the SQLite database lives.
-    pub(crate) fn sqlite_options(&self) -> anyhow::Result<SqliteOptions> {
-        let path = match &self.database_url {
-            None => self.data_dir.join("switchboard.db"),
-            Some(url) => {
-                let Some(path) = url
-                    .strip_prefix("sqlite://")
-                    .or_else(|| url.strip_prefix("sqlite:"))
-                else {
-                    bail!("unsupported database url {url:?}: use sqlite:PATH");
-                };
-                PathBuf::from(path)
-            }
+    /// Which database to open, and how.
+    pub(crate) fn database(&self) -> anyhow::Result<Database> {
+        let Some(url) = &self.database_url else {
+            return Ok(Database::Sqlite(SqliteOptions::new(
+                self.data_dir.join("switchboard.db"),
+            )));
         };
-        Ok(SqliteOptions::new(path))
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Database::Postgres(PostgresOptions::new(url.clone())));
+        }
+        let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        else {
+            bail!("unsupported database url {url:?}: use sqlite:PATH or postgres://…");
+        };
+        Ok(Database::Sqlite(SqliteOptions::new(PathBuf::from(path))))
     }
 
     /// The configured token secret, or the one generated into the data folder

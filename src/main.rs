@@ -14,11 +14,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_actors::{Limits, Node};
 use switchboard_http::{AppState, Auth, HttpLimits};
-use switchboard_storage::{SqliteStore, Store, SystemClock};
+use switchboard_storage::{PostgresStore, SqliteStore, Store, SystemClock};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
-use crate::config::{ConfigArgs, Settings};
+use crate::config::{ConfigArgs, Database, Settings};
 
 /// Real-time messaging backend.
 #[derive(Debug, Parser)]
@@ -94,12 +94,9 @@ fn init_tracing(filter: &str) {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let secret = settings.jwt_secret()?;
-    let sqlite = SqliteStore::open(&settings.sqlite_options()?)
-        .await
-        .context("cannot open the database")?;
-    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    let store = open_store(settings.database()?).await?;
     let node = Node::start(
-        Arc::clone(&store),
+        store.shared(),
         Arc::new(SystemClock::new()),
         Limits::default(),
     )
@@ -107,7 +104,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     .context("cannot start the node")?;
     let state = AppState::new(
         node.clone(),
-        store,
+        store.shared(),
         Auth::new(&secret),
         HttpLimits::default(),
     );
@@ -131,9 +128,46 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("server failed")?;
     node.shutdown(drain_timeout).await;
-    sqlite.close().await;
+    store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An open database, whichever kind.
+enum OpenStore {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl OpenStore {
+    fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    async fn close(&self) {
+        match self {
+            Self::Sqlite(store) => store.close().await,
+            Self::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+async fn open_store(database: Database) -> anyhow::Result<OpenStore> {
+    Ok(match database {
+        Database::Sqlite(options) => OpenStore::Sqlite(
+            SqliteStore::open(&options)
+                .await
+                .with_context(|| format!("cannot open {}", options.path.display()))?,
+        ),
+        Database::Postgres(options) => OpenStore::Postgres(
+            PostgresStore::open(&options)
+                .await
+                .context("cannot open the postgres database")?,
+        ),
+    })
 }
 
 /// Closes every live connection so upgraded sockets do not hold up the

@@ -8,11 +8,14 @@
 
 mod clock;
 mod error;
+mod postgres;
+mod rows;
 mod sqlite;
 mod store;
 
 pub use clock::{Clock, SystemClock};
 pub use error::{Rejection, StoreError};
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,

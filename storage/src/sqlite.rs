@@ -13,9 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
 use switchboard_protocol::{
     Conversation, ConversationCreated, ConversationKind, ConversationSummary, Event, Member,
@@ -28,7 +26,7 @@ use crate::store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store,
 };
-use crate::{Rejection, StoreError};
+use crate::{Rejection, StoreError, rows};
 
 /// How to open the SQLite database.
 #[derive(Debug, Clone)]
@@ -64,14 +62,6 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections.
     reader: SqlitePool,
-}
-
-/// The columns [`message_from_row`] reads, in a form `concat!` accepts.
-macro_rules! message_columns {
-    () => {
-        "id, conversation_id, seq, sender_id, encrypted_content, nonce, message_type, \
-         created_at, edited_at, deleted_at"
-    };
 }
 
 impl SqliteStore {
@@ -139,42 +129,6 @@ fn migrator() -> Migrator {
     }
 }
 
-fn message_from_row(row: &SqliteRow) -> Result<Message, sqlx::Error> {
-    Ok(Message {
-        id: row.try_get("id")?,
-        conversation_id: row.try_get("conversation_id")?,
-        seq: row.try_get("seq")?,
-        sender_id: row.try_get("sender_id")?,
-        encrypted_content: row.try_get("encrypted_content")?,
-        nonce: row.try_get("nonce")?,
-        message_type: row.try_get("message_type")?,
-        created_at: row.try_get("created_at")?,
-        edited_at: row.try_get("edited_at")?,
-        deleted_at: row.try_get("deleted_at")?,
-    })
-}
-
-fn member_from_row(row: &SqliteRow) -> Result<Member, StoreError> {
-    Ok(Member {
-        user_id: row.try_get("user_id")?,
-        role: parse_role(row.try_get("role")?)?,
-        last_read_seq: row.try_get("last_read_seq")?,
-        joined_at: row.try_get("joined_at")?,
-    })
-}
-
-fn parse_role(name: &str) -> Result<Role, StoreError> {
-    Role::parse(name).ok_or_else(|| StoreError::Backend(format!("unknown role {name:?} stored")))
-}
-
-fn parse_kind(name: &str) -> Result<ConversationKind, StoreError> {
-    match name {
-        "direct" => Ok(ConversationKind::Direct),
-        "group" => Ok(ConversationKind::Group),
-        _ => Err(StoreError::Backend(format!("unknown kind {name:?} stored"))),
-    }
-}
-
 /// Takes the next `count` seqs of a conversation; returns the first.
 async fn allocate(
     tx: &mut Transaction<'static, Sqlite>,
@@ -201,8 +155,7 @@ async fn append(
     event: &Event,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let payload = serde_json::to_string(event)
-        .map_err(|e| StoreError::Backend(format!("cannot encode event: {e}")))?;
+    let payload = rows::encode_event(event)?;
     sqlx::query(
         "INSERT INTO events (conversation_id, seq, type, payload, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -274,7 +227,7 @@ async fn read_members(pool: &SqlitePool, conversation_id: Uuid) -> Result<Vec<Me
     .bind(conversation_id)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(member_from_row).collect()
+    rows.iter().map(rows::member).collect()
 }
 
 async fn read_conversation(
@@ -292,18 +245,13 @@ async fn read_conversation(
     };
     Ok(Some(Conversation {
         id: row.try_get("id")?,
-        kind: parse_kind(row.try_get("kind")?)?,
+        kind: rows::kind(row.try_get("kind")?)?,
         title: row.try_get("title")?,
         members: read_members(pool, id).await?,
         last_seq: row.try_get("last_seq")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     }))
-}
-
-fn direct_key(a: Uuid, b: Uuid) -> String {
-    let (low, high) = if a < b { (a, b) } else { (b, a) };
-    format!("{low}:{high}")
 }
 
 #[async_trait]
@@ -324,7 +272,7 @@ impl Store for SqliteStore {
                         "a direct conversation has exactly two members".into(),
                     ));
                 };
-                Some(direct_key(command.creator, *other))
+                Some(rows::direct_key(command.creator, *other))
             }
             ConversationKind::Group => None,
         };
@@ -367,6 +315,8 @@ impl Store for SqliteStore {
             last_read_seq: 0,
             joined_at: command.at,
         }));
+        // The order every later read returns: by join time, then user id.
+        members.sort_by_key(|m| (m.joined_at, m.user_id));
         for member in &members {
             sqlx::query(
                 "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
@@ -418,7 +368,7 @@ impl Store for SqliteStore {
         .bind(user_id)
         .fetch_optional(&self.reader)
         .await?;
-        role.as_deref().map(parse_role).transpose()
+        role.as_deref().map(rows::role).transpose()
     }
 
     async fn conversations_for(
@@ -426,64 +376,17 @@ impl Store for SqliteStore {
         user_id: Uuid,
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        // One statement, whatever the number of conversations: the counts are
-        // correlated subqueries and the last message a join on the top seq.
-        let rows = sqlx::query(
-            "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at, c.updated_at, \
-                    m.role, m.last_read_seq, \
-                    (SELECT COUNT(*) FROM members x WHERE x.conversation_id = c.id) AS member_count, \
-                    (SELECT COUNT(*) FROM messages x WHERE x.conversation_id = c.id \
-                        AND x.seq > m.last_read_seq AND x.sender_id <> m.user_id \
-                        AND x.deleted_at IS NULL) AS unread_count, \
-                    lm.id AS lm_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id, \
-                    lm.encrypted_content AS lm_encrypted_content, lm.nonce AS lm_nonce, \
-                    lm.message_type AS lm_message_type, lm.created_at AS lm_created_at, \
-                    lm.edited_at AS lm_edited_at, lm.deleted_at AS lm_deleted_at \
-             FROM members m \
-             JOIN conversations c ON c.id = m.conversation_id \
-             LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = \
-                 (SELECT MAX(y.seq) FROM messages y WHERE y.conversation_id = c.id) \
-             WHERE m.user_id = ?1 \
-             ORDER BY c.updated_at DESC, c.id \
-             LIMIT ?2",
-        )
+        // One statement, whatever the number of conversations.
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::summary_columns!(),
+            " WHERE m.user_id = ?1 ORDER BY c.updated_at DESC, c.id LIMIT ?2"
+        ))
         .bind(user_id)
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let id: Uuid = row.try_get("id")?;
-                let last_message = match row.try_get::<Option<Uuid>, _>("lm_id")? {
-                    None => None,
-                    Some(message_id) => Some(Message {
-                        id: message_id,
-                        conversation_id: id,
-                        seq: row.try_get("lm_seq")?,
-                        sender_id: row.try_get("lm_sender_id")?,
-                        encrypted_content: row.try_get("lm_encrypted_content")?,
-                        nonce: row.try_get("lm_nonce")?,
-                        message_type: row.try_get("lm_message_type")?,
-                        created_at: row.try_get("lm_created_at")?,
-                        edited_at: row.try_get("lm_edited_at")?,
-                        deleted_at: row.try_get("lm_deleted_at")?,
-                    }),
-                };
-                Ok(ConversationSummary {
-                    id,
-                    kind: parse_kind(row.try_get("kind")?)?,
-                    title: row.try_get("title")?,
-                    last_seq: row.try_get("last_seq")?,
-                    created_at: row.try_get("created_at")?,
-                    updated_at: row.try_get("updated_at")?,
-                    role: parse_role(row.try_get("role")?)?,
-                    last_read_seq: row.try_get("last_read_seq")?,
-                    last_message,
-                    unread_count: row.try_get("unread_count")?,
-                    member_count: row.try_get("member_count")?,
-                })
-            })
-            .collect()
+        found.iter().map(rows::summary).collect()
     }
 
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
@@ -491,7 +394,7 @@ impl Store for SqliteStore {
         if let Some(key) = &command.idempotency_key {
             let existing = sqlx::query(concat!(
                 "SELECT ",
-                message_columns!(),
+                rows::message_columns!(),
                 " FROM messages WHERE conversation_id = ?1 AND sender_id = ?2 \
                   AND idempotency_key = ?3"
             ))
@@ -501,7 +404,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = existing {
-                let message = message_from_row(&row)?;
+                let message = rows::message(&row)?;
                 let unchanged = message.edited_at.is_none() && message.deleted_at.is_none();
                 if unchanged
                     && (message.encrypted_content != command.encrypted_content
@@ -573,7 +476,7 @@ impl Store for SqliteStore {
              WHERE id = ?4 AND conversation_id = ?5 AND sender_id = ?6 AND deleted_at IS NULL \
                AND EXISTS (SELECT 1 FROM members WHERE conversation_id = ?5 AND user_id = ?6) \
              RETURNING ",
-            message_columns!()
+            rows::message_columns!()
         ))
         .bind(&command.encrypted_content)
         .bind(&command.nonce)
@@ -592,7 +495,7 @@ impl Store for SqliteStore {
             )
             .await?);
         };
-        let message = message_from_row(&row)?;
+        let message = rows::message(&row)?;
         let (content, nonce) = (message.encrypted_content.clone(), message.nonce.clone());
         let (message_id, message_seq, sender_id) = (message.id, message.seq, message.sender_id);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
@@ -621,7 +524,7 @@ impl Store for SqliteStore {
                    AND m.user_id = ?2 \
                    AND (m.role IN ('owner', 'admin') OR messages.sender_id = ?2)) \
              RETURNING ",
-            message_columns!()
+            rows::message_columns!()
         ))
         .bind(command.at)
         .bind(command.by)
@@ -638,7 +541,7 @@ impl Store for SqliteStore {
             )
             .await?);
         };
-        let message = message_from_row(&row)?;
+        let message = rows::message(&row)?;
         let (message_id, message_seq) = (message.id, message.seq);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
             Event::MessageDeleted(MessageDeleted {
@@ -739,7 +642,7 @@ impl Store for SqliteStore {
         .bind(user_id)
         .fetch_one(&mut *tx)
         .await?;
-        let member = member_from_row(&row)?;
+        let member = rows::member(&row)?;
         commit_one(tx, conversation_id, at, member, |seq| {
             Event::MemberJoined(MemberJoined {
                 conversation_id,
@@ -825,7 +728,7 @@ impl Store for SqliteStore {
             user_id,
             removed_by: by,
         }));
-        if parse_role(&removed_role)? == Role::Owner {
+        if rows::role(&removed_role)? == Role::Owner {
             let successor: Option<Uuid> = sqlx::query_scalar(
                 "UPDATE members SET role = 'owner' \
                  WHERE conversation_id = ?1 AND user_id = \
@@ -858,13 +761,13 @@ impl Store for SqliteStore {
     async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError> {
         let row = sqlx::query(concat!(
             "SELECT ",
-            message_columns!(),
+            rows::message_columns!(),
             " FROM messages WHERE id = ?1"
         ))
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.as_ref().map(message_from_row).transpose()?)
+        Ok(row.as_ref().map(rows::message).transpose()?)
     }
 
     async fn messages(
@@ -875,7 +778,7 @@ impl Store for SqliteStore {
         let sql = if range.after_seq.is_some() {
             concat!(
                 "SELECT ",
-                message_columns!(),
+                rows::message_columns!(),
                 " FROM messages WHERE conversation_id = ?1 AND seq > ?2 \
                   AND (?3 IS NULL OR seq < ?3) ORDER BY seq ASC LIMIT ?4"
             )
@@ -883,7 +786,7 @@ impl Store for SqliteStore {
             // The newest page before `before_seq`, returned ascending.
             concat!(
                 "SELECT * FROM (SELECT ",
-                message_columns!(),
+                rows::message_columns!(),
                 " FROM messages WHERE conversation_id = ?1 AND seq > ?2 \
                   AND (?3 IS NULL OR seq < ?3) ORDER BY seq DESC LIMIT ?4) ORDER BY seq ASC"
             )
@@ -895,10 +798,7 @@ impl Store for SqliteStore {
             .bind(range.limit)
             .fetch_all(&self.reader)
             .await?;
-        Ok(rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(rows::message).collect::<Result<_, _>>()?)
     }
 
     async fn events(
@@ -916,12 +816,6 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.reader)
         .await?;
-        payloads
-            .iter()
-            .map(|p| {
-                serde_json::from_str(p)
-                    .map_err(|e| StoreError::Backend(format!("cannot decode stored event: {e}")))
-            })
-            .collect()
+        rows::decode_events(&payloads)
     }
 }

@@ -1,0 +1,815 @@
+//! The cluster store: PostgreSQL through sqlx.
+//!
+//! Every write transaction starts by locking its conversation's row
+//! (`SELECT … FOR UPDATE`), so writes to one conversation are serialized
+//! across every node, and each later statement (under READ COMMITTED) sees
+//! everything committed before the lock was granted. The conditional
+//! statements are the same as SQLite's: the permission check is part of the
+//! write. `seq` comes from `UPDATE conversations SET last_seq = last_seq + 1
+//! … RETURNING` in the same transaction as the rows it numbers.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
+use switchboard_protocol::{
+    Conversation, ConversationCreated, ConversationKind, ConversationSummary, Event, Member,
+    MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
+    MessageRead, Role,
+};
+use uuid::Uuid;
+
+use crate::store::{
+    Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
+    NewMessage, SendOutcome, Store,
+};
+use crate::{Rejection, StoreError, rows};
+
+/// How to connect to PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// `postgres://user@host:port/database`.
+    pub url: String,
+    /// Connections in the pool.
+    pub connections_max: u32,
+    /// How long a caller waits for a free connection.
+    pub acquire_timeout: Duration,
+    /// A schema to create and use instead of `public`; lets tests and
+    /// separate deployments share one database.
+    pub schema: Option<String>,
+}
+
+impl PostgresOptions {
+    /// Defaults for `url`.
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            connections_max: 16,
+            acquire_timeout: Duration::from_secs(5),
+            schema: None,
+        }
+    }
+}
+
+/// The PostgreSQL [`Store`].
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+fn migrator() -> Migrator {
+    let init = Migration::new(
+        1,
+        Cow::Borrowed("init"),
+        MigrationType::Simple,
+        include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
+        false,
+    );
+    Migrator {
+        migrations: Cow::Owned(vec![init]),
+        ..Migrator::DEFAULT
+    }
+}
+
+impl PostgresStore {
+    /// Connects and migrates.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] when the server is unreachable, the schema name
+    /// is not `[a-z0-9_]+`, or migration fails.
+    pub async fn open(options: &PostgresOptions) -> Result<Self, StoreError> {
+        let mut connect = PgConnectOptions::from_str(&options.url)
+            .map_err(|e| StoreError::Backend(format!("invalid database url: {e}")))?;
+        if let Some(schema) = &options.schema {
+            let valid = !schema.is_empty()
+                && schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(StoreError::Backend(format!(
+                    "invalid schema name {schema:?}"
+                )));
+            }
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect.clone())
+                .await?;
+            sqlx::query(AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .execute(&admin)
+            .await?;
+            admin.close().await;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(options.connections_max.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        migrator()
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a write to one conversation: takes its row lock first.
+    async fn begin(
+        &self,
+        conversation_id: Uuid,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
+            .bind(conversation_id)
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+async fn allocate(
+    tx: &mut Transaction<'static, Postgres>,
+    conversation_id: Uuid,
+    count: i64,
+    at: DateTime<Utc>,
+) -> Result<i64, StoreError> {
+    let last: i64 = sqlx::query_scalar(
+        "UPDATE conversations SET last_seq = last_seq + $1, updated_at = $2 WHERE id = $3 \
+         RETURNING last_seq",
+    )
+    .bind(count)
+    .bind(at)
+    .bind(conversation_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    Ok(last - count + 1)
+}
+
+async fn append(
+    tx: &mut Transaction<'static, Postgres>,
+    event: &Event,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO events (conversation_id, seq, type, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(event.conversation_id())
+    .bind(event.seq())
+    .bind(event.kind())
+    .bind(rows::encode_event(event)?)
+    .bind(at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn commit_one<T>(
+    mut tx: Transaction<'static, Postgres>,
+    conversation_id: Uuid,
+    at: DateTime<Utc>,
+    value: T,
+    event: impl FnOnce(i64) -> Event,
+) -> Result<Committed<T>, StoreError> {
+    let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+    let event = event(seq);
+    append(&mut tx, &event, at).await?;
+    tx.commit().await?;
+    Ok(Committed {
+        value,
+        events: vec![event],
+    })
+}
+
+async fn why_not(
+    tx: &mut Transaction<'static, Postgres>,
+    conversation_id: Uuid,
+    message_id: Uuid,
+    user_id: Uuid,
+) -> Result<StoreError, StoreError> {
+    let member: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)",
+    )
+    .bind(conversation_id)
+    .bind(user_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !member {
+        return Ok(StoreError::Rejected(Rejection::NotMember));
+    }
+    let deleted: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
+        "SELECT deleted_at FROM messages WHERE id = $1 AND conversation_id = $2",
+    )
+    .bind(message_id)
+    .bind(conversation_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match deleted {
+        None => StoreError::NotFound,
+        Some(Some(_)) => StoreError::Rejected(Rejection::Deleted),
+        Some(None) => StoreError::Rejected(Rejection::NotPermitted),
+    })
+}
+
+impl PostgresStore {
+    async fn read_members(&self, conversation_id: Uuid) -> Result<Vec<Member>, StoreError> {
+        let found = sqlx::query(
+            "SELECT user_id, role, last_read_seq, joined_at FROM members \
+             WHERE conversation_id = $1 ORDER BY joined_at, user_id",
+        )
+        .bind(conversation_id)
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::member).collect()
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_conversation(
+        &self,
+        command: CreateConversation,
+    ) -> Result<CreateOutcome, StoreError> {
+        let key = match command.kind {
+            ConversationKind::Direct => {
+                let [other] = command.members.as_slice() else {
+                    return Err(StoreError::Conflict(
+                        "a direct conversation has exactly two members".into(),
+                    ));
+                };
+                Some(rows::direct_key(command.creator, *other))
+            }
+            ConversationKind::Group => None,
+        };
+        let mut tx = self.pool.begin().await?;
+        // Two nodes may create the same direct pair at once: the unique key
+        // lets one insert win and the other find it.
+        let inserted: Option<Uuid> = sqlx::query_scalar(
+            "INSERT INTO conversations (id, kind, title, direct_key, last_seq, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 0, $5, $5) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+        )
+        .bind(command.id)
+        .bind(command.kind.as_str())
+        .bind(&command.title)
+        .bind(&key)
+        .bind(command.at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if inserted.is_none() {
+            drop(tx);
+            let id: Uuid = sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
+                .bind(&key)
+                .fetch_one(&self.pool)
+                .await?;
+            let conversation = self.conversation(id).await?.ok_or(StoreError::NotFound)?;
+            return Ok(CreateOutcome::Existing(conversation));
+        }
+        sqlx::query(
+            "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
+             VALUES ($1, $2, 'owner', 0, $3)",
+        )
+        .bind(command.id)
+        .bind(command.creator)
+        .bind(command.at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
+             SELECT $1, u, 'member', 0, $2 FROM UNNEST($3::uuid[]) AS u",
+        )
+        .bind(command.id)
+        .bind(command.at)
+        .bind(&command.members)
+        .execute(&mut *tx)
+        .await?;
+        let mut members = Vec::with_capacity(command.members.len() + 1);
+        members.push(Member {
+            user_id: command.creator,
+            role: Role::Owner,
+            last_read_seq: 0,
+            joined_at: command.at,
+        });
+        members.extend(command.members.iter().map(|&user_id| Member {
+            user_id,
+            role: Role::Member,
+            last_read_seq: 0,
+            joined_at: command.at,
+        }));
+        // The order every later read returns: by join time, then user id.
+        members.sort_by_key(|m| (m.joined_at, m.user_id));
+        let conversation = Conversation {
+            id: command.id,
+            kind: command.kind,
+            title: command.title,
+            members,
+            last_seq: 1,
+            created_at: command.at,
+            updated_at: command.at,
+        };
+        let created = conversation.clone();
+        let committed = commit_one(tx, command.id, command.at, conversation, |seq| {
+            Event::ConversationCreated(ConversationCreated {
+                conversation_id: command.id,
+                seq,
+                conversation: created,
+            })
+        })
+        .await?;
+        Ok(CreateOutcome::Created(committed))
+    }
+
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
+        let Some(row) = sqlx::query(
+            "SELECT id, kind, title, last_seq, created_at, updated_at FROM conversations \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Conversation {
+            id: row.try_get("id")?,
+            kind: rows::kind(row.try_get("kind")?)?,
+            title: row.try_get("title")?,
+            members: self.read_members(id).await?,
+            last_seq: row.try_get("last_seq")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        }))
+    }
+
+    async fn members(&self, conversation_id: Uuid) -> Result<Vec<Member>, StoreError> {
+        self.read_members(conversation_id).await
+    }
+
+    async fn role(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<Role>, StoreError> {
+        let role: Option<String> = sqlx::query_scalar(
+            "SELECT role FROM members WHERE conversation_id = $1 AND user_id = $2",
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        role.as_deref().map(rows::role).transpose()
+    }
+
+    async fn conversations_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        // One statement, whatever the number of conversations.
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::summary_columns!(),
+            " WHERE m.user_id = $1 ORDER BY c.updated_at DESC, c.id LIMIT $2"
+        ))
+        .bind(user_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(rows::summary).collect()
+    }
+
+    async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
+        let mut tx = self.begin(command.conversation_id).await?;
+        if let Some(key) = &command.idempotency_key {
+            let existing = sqlx::query(concat!(
+                "SELECT ",
+                rows::message_columns!(),
+                " FROM messages WHERE conversation_id = $1 AND sender_id = $2 \
+                  AND idempotency_key = $3"
+            ))
+            .bind(command.conversation_id)
+            .bind(command.sender_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(row) = existing {
+                let message = rows::message(&row)?;
+                let unchanged = message.edited_at.is_none() && message.deleted_at.is_none();
+                if unchanged
+                    && (message.encrypted_content != command.encrypted_content
+                        || message.nonce != command.nonce
+                        || message.message_type != command.message_type)
+                {
+                    return Err(StoreError::Conflict(
+                        "idempotency key already used for a different message".into(),
+                    ));
+                }
+                return Ok(SendOutcome::Duplicate(message));
+            }
+        }
+        let seq: i64 = sqlx::query_scalar(
+            "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $2 \
+             WHERE id = $1 AND EXISTS \
+                 (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $3) \
+             RETURNING last_seq",
+        )
+        .bind(command.conversation_id)
+        .bind(command.at)
+        .bind(command.sender_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::Rejected(Rejection::NotMember))?;
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
+                 encrypted_content, nonce, idempotency_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(command.id)
+        .bind(command.conversation_id)
+        .bind(seq)
+        .bind(command.sender_id)
+        .bind(&command.message_type)
+        .bind(&command.encrypted_content)
+        .bind(&command.nonce)
+        .bind(&command.idempotency_key)
+        .bind(command.at)
+        .execute(&mut *tx)
+        .await?;
+        let message = Message {
+            id: command.id,
+            conversation_id: command.conversation_id,
+            seq,
+            sender_id: command.sender_id,
+            encrypted_content: command.encrypted_content,
+            nonce: command.nonce,
+            message_type: command.message_type,
+            created_at: command.at,
+            edited_at: None,
+            deleted_at: None,
+        };
+        let event = Event::MessageNew(message.clone());
+        append(&mut tx, &event, command.at).await?;
+        tx.commit().await?;
+        Ok(SendOutcome::Created(Committed {
+            value: message,
+            events: vec![event],
+        }))
+    }
+
+    async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {
+        let mut tx = self.begin(command.conversation_id).await?;
+        let row = sqlx::query(concat!(
+            "UPDATE messages SET encrypted_content = $1, nonce = $2, edited_at = $3 \
+             WHERE id = $4 AND conversation_id = $5 AND sender_id = $6 AND deleted_at IS NULL \
+               AND EXISTS (SELECT 1 FROM members WHERE conversation_id = $5 AND user_id = $6) \
+             RETURNING ",
+            rows::message_columns!()
+        ))
+        .bind(&command.encrypted_content)
+        .bind(&command.nonce)
+        .bind(command.at)
+        .bind(command.message_id)
+        .bind(command.conversation_id)
+        .bind(command.editor)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(why_not(
+                &mut tx,
+                command.conversation_id,
+                command.message_id,
+                command.editor,
+            )
+            .await?);
+        };
+        let message = rows::message(&row)?;
+        let (content, nonce) = (message.encrypted_content.clone(), message.nonce.clone());
+        let (message_id, message_seq, sender_id) = (message.id, message.seq, message.sender_id);
+        commit_one(tx, command.conversation_id, command.at, message, |seq| {
+            Event::MessageEdited(MessageEdited {
+                conversation_id: command.conversation_id,
+                seq,
+                message_id,
+                message_seq,
+                sender_id,
+                encrypted_content: content,
+                nonce,
+                edited_at: command.at,
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, command: DeleteMessage) -> Result<Committed<Message>, StoreError> {
+        let mut tx = self.begin(command.conversation_id).await?;
+        let row = sqlx::query(concat!(
+            "UPDATE messages SET encrypted_content = '', nonce = '', deleted_at = $1, \
+                 deleted_by = $2 \
+             WHERE id = $3 AND conversation_id = $4 AND deleted_at IS NULL \
+               AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = $4 \
+                   AND m.user_id = $2 \
+                   AND (m.role IN ('owner', 'admin') OR messages.sender_id = $2)) \
+             RETURNING ",
+            rows::message_columns!()
+        ))
+        .bind(command.at)
+        .bind(command.by)
+        .bind(command.message_id)
+        .bind(command.conversation_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(why_not(
+                &mut tx,
+                command.conversation_id,
+                command.message_id,
+                command.by,
+            )
+            .await?);
+        };
+        let message = rows::message(&row)?;
+        let (message_id, message_seq) = (message.id, message.seq);
+        commit_one(tx, command.conversation_id, command.at, message, |seq| {
+            Event::MessageDeleted(MessageDeleted {
+                conversation_id: command.conversation_id,
+                seq,
+                message_id,
+                message_seq,
+                deleted_by: command.by,
+                deleted_at: command.at,
+            })
+        })
+        .await
+    }
+
+    async fn mark_read(
+        &self,
+        conversation_id: Uuid,
+        user_id: Uuid,
+        seq: i64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError> {
+        let mut tx = self.begin(conversation_id).await?;
+        let advanced = sqlx::query(
+            "UPDATE members SET last_read_seq = $1 \
+             WHERE conversation_id = $2 AND user_id = $3 AND last_read_seq < $1 \
+               AND $1 <= (SELECT last_seq FROM conversations WHERE id = $2)",
+        )
+        .bind(seq)
+        .bind(conversation_id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if advanced == 0 {
+            let member: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2)",
+            )
+            .bind(conversation_id)
+            .bind(user_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            return if member {
+                Ok(None)
+            } else {
+                Err(StoreError::Rejected(Rejection::NotMember))
+            };
+        }
+        let committed = commit_one(tx, conversation_id, at, (), |event_seq| {
+            Event::MessageRead(MessageRead {
+                conversation_id,
+                seq: event_seq,
+                user_id,
+                read_seq: seq,
+            })
+        })
+        .await?;
+        Ok(committed.events.into_iter().next())
+    }
+
+    async fn add_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<Member>, StoreError> {
+        if role == Role::Owner {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let mut tx = self.begin(conversation_id).await?;
+        let added = sqlx::query(
+            "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
+             SELECT c.id, $2, $3, c.last_seq, $4 FROM conversations c \
+             WHERE c.id = $1 AND c.kind = 'group' \
+               AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = $1 \
+                   AND m.user_id = $5 AND m.role IN ('owner', 'admin')) \
+             RETURNING user_id, role, last_read_seq, joined_at",
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .bind(role.as_str())
+        .bind(at)
+        .bind(by)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| match StoreError::from(e) {
+            StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
+            other => other,
+        })?;
+        let Some(row) = added else {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        };
+        let member = rows::member(&row)?;
+        commit_one(tx, conversation_id, at, member, |seq| {
+            Event::MemberJoined(MemberJoined {
+                conversation_id,
+                seq,
+                user_id,
+                role,
+                added_by: by,
+            })
+        })
+        .await
+    }
+
+    async fn change_role(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        if role == Role::Owner {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let mut tx = self.begin(conversation_id).await?;
+        let changed = sqlx::query(
+            "UPDATE members SET role = $1 \
+             WHERE conversation_id = $2 AND user_id = $3 AND role <> 'owner' AND role <> $1 \
+               AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = $2 \
+                   AND m.user_id = $4 AND m.role IN ('owner', 'admin'))",
+        )
+        .bind(role.as_str())
+        .bind(conversation_id)
+        .bind(user_id)
+        .bind(by)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        commit_one(tx, conversation_id, at, (), |seq| {
+            Event::MemberRoleChanged(MemberRoleChanged {
+                conversation_id,
+                seq,
+                user_id,
+                role,
+                changed_by: by,
+            })
+        })
+        .await
+    }
+
+    async fn remove_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        let mut tx = self.begin(conversation_id).await?;
+        let removed: Option<String> = sqlx::query_scalar(
+            "DELETE FROM members \
+             WHERE conversation_id = $1 AND user_id = $2 \
+               AND (SELECT kind FROM conversations WHERE id = $1) = 'group' \
+               AND (user_id = $3 OR (role <> 'owner' AND EXISTS \
+                   (SELECT 1 FROM members m WHERE m.conversation_id = $1 \
+                       AND m.user_id = $3 AND m.role IN ('owner', 'admin')))) \
+             RETURNING role",
+        )
+        .bind(conversation_id)
+        .bind(user_id)
+        .bind(by)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(removed_role) = removed else {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        };
+        let mut events = Vec::with_capacity(2);
+        let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+        events.push(Event::MemberLeft(MemberLeft {
+            conversation_id,
+            seq,
+            user_id,
+            removed_by: by,
+        }));
+        if rows::role(&removed_role)? == Role::Owner {
+            let successor: Option<Uuid> = sqlx::query_scalar(
+                "UPDATE members SET role = 'owner' \
+                 WHERE conversation_id = $1 AND user_id = \
+                     (SELECT user_id FROM members WHERE conversation_id = $1 \
+                      ORDER BY CASE role WHEN 'admin' THEN 0 ELSE 1 END, joined_at, user_id \
+                      LIMIT 1) \
+                 RETURNING user_id",
+            )
+            .bind(conversation_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(successor) = successor {
+                let seq = allocate(&mut tx, conversation_id, 1, at).await?;
+                events.push(Event::MemberRoleChanged(MemberRoleChanged {
+                    conversation_id,
+                    seq,
+                    user_id: successor,
+                    role: Role::Owner,
+                    changed_by: by,
+                }));
+            }
+        }
+        for event in &events {
+            append(&mut tx, event, at).await?;
+        }
+        tx.commit().await?;
+        Ok(Committed { value: (), events })
+    }
+
+    async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rows::message_columns!(),
+            " FROM messages WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(rows::message).transpose()?)
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: Uuid,
+        range: MessageRange,
+    ) -> Result<Vec<Message>, StoreError> {
+        let sql = if range.after_seq.is_some() {
+            concat!(
+                "SELECT ",
+                rows::message_columns!(),
+                " FROM messages WHERE conversation_id = $1 AND seq > $2 \
+                  AND ($3::BIGINT IS NULL OR seq < $3) ORDER BY seq ASC LIMIT $4"
+            )
+        } else {
+            concat!(
+                "SELECT * FROM (SELECT ",
+                rows::message_columns!(),
+                " FROM messages WHERE conversation_id = $1 AND seq > $2 \
+                  AND ($3::BIGINT IS NULL OR seq < $3) ORDER BY seq DESC LIMIT $4) page \
+                  ORDER BY seq ASC"
+            )
+        };
+        let found = sqlx::query(AssertSqlSafe(sql))
+            .bind(conversation_id)
+            .bind(range.after_seq.unwrap_or(0))
+            .bind(range.before_seq)
+            .bind(i64::from(range.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(found.iter().map(rows::message).collect::<Result<_, _>>()?)
+    }
+
+    async fn events(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let payloads: Vec<String> = sqlx::query_scalar(
+            "SELECT payload FROM events WHERE conversation_id = $1 AND seq > $2 \
+             ORDER BY seq ASC LIMIT $3",
+        )
+        .bind(conversation_id)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows::decode_events(&payloads)
+    }
+}

@@ -1,0 +1,91 @@
+//! A fresh store of each kind per test.
+
+use std::sync::Arc;
+
+use switchboard_storage::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
+
+pub(crate) struct Backend {
+    pub(crate) store: Arc<dyn Store>,
+    kind: Kind,
+}
+
+enum Kind {
+    Sqlite(tempfile::TempDir),
+    #[cfg_attr(not(feature = "postgres-tests"), allow(dead_code))]
+    Postgres {
+        url: String,
+        schema: String,
+    },
+}
+
+impl Backend {
+    pub(crate) async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_sqlite(&dir).await;
+        Self {
+            store,
+            kind: Kind::Sqlite(dir),
+        }
+    }
+
+    #[cfg_attr(not(feature = "postgres-tests"), allow(dead_code))]
+    pub(crate) async fn postgres() -> Self {
+        let url = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
+            .expect("the postgres-tests feature needs SWITCHBOARD_TEST_POSTGRES_URL");
+        let schema = format!("contract_{}", uuid::Uuid::new_v4().simple());
+        let store = open_postgres(&url, &schema).await;
+        Self {
+            store,
+            kind: Kind::Postgres { url, schema },
+        }
+    }
+
+    /// Runs one contract test, then cleans up even if it panicked.
+    pub(crate) async fn run<F>(self, test: impl FnOnce(Arc<Self>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let backend = Arc::new(self);
+        let outcome = tokio::spawn(test(Arc::clone(&backend))).await;
+        if let Ok(backend) = Arc::try_unwrap(backend) {
+            backend.finish().await;
+        }
+        if let Err(error) = outcome {
+            std::panic::resume_unwind(error.into_panic());
+        }
+    }
+
+    /// A second store over the same database, as a second node would have.
+    pub(crate) async fn another(&self) -> Arc<dyn Store> {
+        match &self.kind {
+            Kind::Sqlite(dir) => open_sqlite(dir).await,
+            Kind::Postgres { url, schema } => open_postgres(url, schema).await,
+        }
+    }
+
+    async fn finish(self) {
+        if let Kind::Postgres { url, schema } = &self.kind {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    let mut options = SqliteOptions::new(dir.path().join("contract.db"));
+    options.synchronous_full = false;
+    Arc::new(SqliteStore::open(&options).await.unwrap())
+}
+
+async fn open_postgres(url: &str, schema: &str) -> Arc<dyn Store> {
+    let mut options = PostgresOptions::new(url);
+    options.schema = Some(schema.to_owned());
+    options.connections_max = 4;
+    let store = PostgresStore::open(&options)
+        .await
+        .unwrap_or_else(|e| panic!("SWITCHBOARD_TEST_POSTGRES_URL is set but unusable: {e}"));
+    Arc::new(store)
+}

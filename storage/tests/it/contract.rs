@@ -1,0 +1,522 @@
+//! The contract every `Store` keeps.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use switchboard_protocol::{ConversationKind, Event, Role};
+use switchboard_storage::{
+    Clock, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange, NewMessage,
+    Rejection, SendOutcome, Store, StoreError, SystemClock,
+};
+use uuid::Uuid;
+
+use crate::backend::Backend;
+
+fn now() -> DateTime<Utc> {
+    SystemClock::new().now()
+}
+
+async fn group(store: &dyn Store, owner: Uuid, members: &[Uuid]) -> Uuid {
+    let id = Uuid::now_v7();
+    let outcome = store
+        .create_conversation(CreateConversation {
+            id,
+            kind: ConversationKind::Group,
+            title: Some("contract".into()),
+            creator: owner,
+            members: members.to_vec(),
+            at: now(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(outcome, CreateOutcome::Created(_)));
+    id
+}
+
+fn message(conversation_id: Uuid, sender_id: Uuid, content: &str) -> NewMessage {
+    NewMessage {
+        id: Uuid::now_v7(),
+        conversation_id,
+        sender_id,
+        encrypted_content: content.into(),
+        nonce: "bm9uY2U=".into(),
+        message_type: "text".into(),
+        idempotency_key: None,
+        at: now(),
+    }
+}
+
+async fn send(
+    store: &dyn Store,
+    conversation: Uuid,
+    sender: Uuid,
+    content: &str,
+) -> switchboard_protocol::Message {
+    match store
+        .send(message(conversation, sender, content))
+        .await
+        .unwrap()
+    {
+        SendOutcome::Created(committed) => committed.value,
+        SendOutcome::Duplicate(_) => panic!("no key, no duplicate"),
+    }
+}
+
+async fn log(store: &dyn Store, conversation: Uuid) -> Vec<Event> {
+    let events = store.events(conversation, 0, 10_000).await.unwrap();
+    switchboard_simulation::check_log(&events).expect("the log obeys the rules");
+    events
+}
+
+fn edit(conversation_id: Uuid, message_id: Uuid, editor: Uuid) -> EditMessage {
+    EditMessage {
+        conversation_id,
+        message_id,
+        editor,
+        encrypted_content: "ZWRpdGVk".into(),
+        nonce: "bm9uY2U=".into(),
+        at: now(),
+    }
+}
+
+fn delete(conversation_id: Uuid, message_id: Uuid, by: Uuid) -> DeleteMessage {
+    DeleteMessage {
+        conversation_id,
+        message_id,
+        by,
+        at: now(),
+    }
+}
+
+fn rejected(result: Result<impl std::fmt::Debug, StoreError>) -> Rejection {
+    match result {
+        Err(StoreError::Rejected(why)) => why,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+pub(crate) async fn creates_and_reads_a_group(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    let conversation = store.conversation(id).await.unwrap().unwrap();
+    assert_eq!(conversation.kind, ConversationKind::Group);
+    assert_eq!(conversation.title.as_deref(), Some("contract"));
+    assert_eq!(conversation.last_seq, 1);
+    let roles: Vec<(Uuid, Role)> = conversation
+        .members
+        .iter()
+        .map(|m| (m.user_id, m.role))
+        .collect();
+    assert!(roles.contains(&(owner, Role::Owner)) && roles.contains(&(member, Role::Member)));
+    assert_eq!(store.role(id, member).await.unwrap(), Some(Role::Member));
+    assert_eq!(store.role(id, Uuid::new_v4()).await.unwrap(), None);
+    let events = log(store, id).await;
+    assert!(
+        matches!(&events[..], [Event::ConversationCreated(c)] if c.conversation == conversation)
+    );
+    assert!(store.conversation(Uuid::new_v4()).await.unwrap().is_none());
+    store.ping().await.unwrap();
+}
+
+pub(crate) async fn a_direct_pair_has_one_conversation(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (a, c) = (Uuid::new_v4(), Uuid::new_v4());
+    let create = |creator: Uuid, other: Uuid| CreateConversation {
+        id: Uuid::now_v7(),
+        kind: ConversationKind::Direct,
+        title: None,
+        creator,
+        members: vec![other],
+        at: now(),
+    };
+    let CreateOutcome::Created(first) = store.create_conversation(create(a, c)).await.unwrap()
+    else {
+        panic!("first creation creates");
+    };
+    let CreateOutcome::Existing(again) = store.create_conversation(create(c, a)).await.unwrap()
+    else {
+        panic!("the pair already has one");
+    };
+    assert_eq!(first.value.id, again.id);
+    // Its members are fixed.
+    let outcome = store
+        .add_member(again.id, a, Uuid::new_v4(), Role::Member, now())
+        .await;
+    assert_eq!(rejected(outcome), Rejection::NotPermitted);
+    let outcome = store.remove_member(again.id, a, a, now()).await;
+    assert_eq!(rejected(outcome), Rejection::NotPermitted);
+}
+
+pub(crate) async fn concurrent_sends_take_gap_free_seqs(b: Arc<Backend>) {
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(&*b.store, owner, &[member]).await;
+    let other_node = b.another().await;
+    let mut tasks = Vec::new();
+    for (store, sender) in [
+        (Arc::clone(&b.store), owner),
+        (Arc::clone(&b.store), member),
+        (Arc::clone(&other_node), owner),
+        (other_node, member),
+    ] {
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..10 {
+                seqs.push(send(&*store, id, sender, &format!("m{i}")).await.seq);
+            }
+            seqs
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        let mine = task.await.unwrap();
+        assert!(
+            mine.windows(2).all(|w| w[0] < w[1]),
+            "one sender's seqs rise"
+        );
+        seqs.extend(mine);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (2..=41).collect::<Vec<_>>());
+    let events = log(&*b.store, id).await;
+    assert_eq!(events.len(), 41);
+    assert_eq!(
+        b.store.conversation(id).await.unwrap().unwrap().last_seq,
+        41
+    );
+}
+
+pub(crate) async fn an_idempotency_key_stores_once(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    let mut first = message(id, owner, "aGk=");
+    first.idempotency_key = Some("key-1".into());
+    let SendOutcome::Created(created) = store.send(first.clone()).await.unwrap() else {
+        panic!("new key creates");
+    };
+    let mut retry = first.clone();
+    retry.id = Uuid::now_v7();
+    let SendOutcome::Duplicate(duplicate) = store.send(retry.clone()).await.unwrap() else {
+        panic!("same key is a duplicate");
+    };
+    assert_eq!(duplicate, created.value);
+    retry.encrypted_content = "b3RoZXI=".into();
+    assert!(matches!(
+        store.send(retry).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let mut theirs = first;
+    theirs.id = Uuid::now_v7();
+    theirs.sender_id = member;
+    assert!(matches!(
+        store.send(theirs).await.unwrap(),
+        SendOutcome::Created(_)
+    ));
+    assert_eq!(log(store, id).await.len(), 3);
+}
+
+pub(crate) async fn a_non_member_writes_nothing(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, outsider) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[]).await;
+    let sent = send(store, id, owner, "aGk=").await;
+    assert_eq!(
+        rejected(store.send(message(id, outsider, "eA==")).await),
+        Rejection::NotMember
+    );
+    assert_eq!(
+        rejected(store.edit(edit(id, sent.id, outsider)).await),
+        Rejection::NotMember
+    );
+    assert_eq!(
+        rejected(store.delete(delete(id, sent.id, outsider)).await),
+        Rejection::NotMember
+    );
+    assert_eq!(
+        rejected(store.mark_read(id, outsider, 1, now()).await),
+        Rejection::NotMember
+    );
+    let outcome = store
+        .add_member(id, outsider, outsider, Role::Member, now())
+        .await;
+    assert_eq!(rejected(outcome), Rejection::NotPermitted);
+    let outcome = store.remove_member(id, outsider, owner, now()).await;
+    assert_eq!(rejected(outcome), Rejection::NotPermitted);
+    assert_eq!(log(store, id).await.len(), 2);
+    // Sending to a conversation that does not exist is refused the same way.
+    let nowhere = store.send(message(Uuid::new_v4(), owner, "eA==")).await;
+    assert_eq!(rejected(nowhere), Rejection::NotMember);
+}
+
+pub(crate) async fn edit_and_delete_repeat_the_permission_check(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, admin, sender, member) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let id = group(store, owner, &[admin, sender, member]).await;
+    store
+        .change_role(id, owner, admin, Role::Admin, now())
+        .await
+        .unwrap();
+    let sent = send(store, id, sender, "aGk=").await;
+
+    for editor in [owner, admin, member] {
+        assert_eq!(
+            rejected(store.edit(edit(id, sent.id, editor)).await),
+            Rejection::NotPermitted
+        );
+    }
+    let edited = store.edit(edit(id, sent.id, sender)).await.unwrap();
+    assert_eq!(edited.value.encrypted_content, "ZWRpdGVk");
+    assert!(edited.value.edited_at.is_some());
+    assert!(matches!(&edited.events[..], [Event::MessageEdited(e)] if e.message_seq == sent.seq));
+
+    assert_eq!(
+        rejected(store.delete(delete(id, sent.id, member)).await),
+        Rejection::NotPermitted
+    );
+    let deleted = store.delete(delete(id, sent.id, admin)).await.unwrap();
+    assert!(deleted.value.deleted_at.is_some());
+    assert!(deleted.value.encrypted_content.is_empty() && deleted.value.nonce.is_empty());
+    assert_eq!(
+        rejected(store.delete(delete(id, sent.id, sender)).await),
+        Rejection::Deleted
+    );
+    assert_eq!(
+        rejected(store.edit(edit(id, sent.id, sender)).await),
+        Rejection::Deleted
+    );
+    assert!(matches!(
+        store.edit(edit(id, Uuid::new_v4(), sender)).await,
+        Err(StoreError::NotFound)
+    ));
+
+    // The sender may delete their own; a removed sender may not touch theirs.
+    let own = send(store, id, sender, "aGk=").await;
+    store.delete(delete(id, own.id, sender)).await.unwrap();
+    let last = send(store, id, sender, "aGk=").await;
+    store.remove_member(id, owner, sender, now()).await.unwrap();
+    assert_eq!(
+        rejected(store.edit(edit(id, last.id, sender)).await),
+        Rejection::NotMember
+    );
+    assert_eq!(
+        rejected(store.delete(delete(id, last.id, sender)).await),
+        Rejection::NotMember
+    );
+    let stored = store.message(last.id).await.unwrap().unwrap();
+    assert_eq!(stored, last);
+    log(store, id).await;
+}
+
+pub(crate) async fn read_positions_only_advance(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    send(store, id, owner, "aGk=").await;
+    let event = store.mark_read(id, member, 2, now()).await.unwrap();
+    assert!(
+        matches!(event, Some(Event::MessageRead(r)) if r.read_seq == 2 && r.user_id == member && r.seq == 3)
+    );
+    assert!(
+        store
+            .mark_read(id, member, 2, now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .mark_read(id, member, 1, now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .mark_read(id, member, 99, now())
+            .await
+            .unwrap()
+            .is_none(),
+        "beyond the log"
+    );
+    let members = store.members(id).await.unwrap();
+    assert_eq!(
+        members
+            .iter()
+            .find(|m| m.user_id == member)
+            .unwrap()
+            .last_read_seq,
+        2
+    );
+    assert_eq!(log(store, id).await.len(), 3);
+}
+
+pub(crate) async fn membership_changes_follow_the_rules(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, admin, member, newcomer) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let id = group(store, owner, &[admin, member]).await;
+    let outcome = store
+        .add_member(id, member, newcomer, Role::Member, now())
+        .await;
+    assert_eq!(rejected(outcome), Rejection::NotPermitted);
+    store
+        .change_role(id, owner, admin, Role::Admin, now())
+        .await
+        .unwrap();
+    let added = store
+        .add_member(id, admin, newcomer, Role::Member, now())
+        .await
+        .unwrap();
+    assert_eq!(added.value.user_id, newcomer);
+    assert_eq!(
+        added.value.last_read_seq, 2,
+        "a newcomer has read everything before their arrival"
+    );
+    let again = store
+        .add_member(id, admin, newcomer, Role::Member, now())
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let owner_role = store
+        .add_member(id, owner, Uuid::new_v4(), Role::Owner, now())
+        .await;
+    assert_eq!(rejected(owner_role), Rejection::NotPermitted);
+    let demote_owner = store
+        .change_role(id, admin, owner, Role::Member, now())
+        .await;
+    assert_eq!(rejected(demote_owner), Rejection::NotPermitted);
+    let remove_owner = store.remove_member(id, admin, owner, now()).await;
+    assert_eq!(rejected(remove_owner), Rejection::NotPermitted);
+    let by_member = store.remove_member(id, member, newcomer, now()).await;
+    assert_eq!(rejected(by_member), Rejection::NotPermitted);
+
+    store
+        .remove_member(id, member, member, now())
+        .await
+        .unwrap();
+    let left = store.remove_member(id, owner, owner, now()).await.unwrap();
+    assert!(
+        matches!(&left.events[..], [Event::MemberLeft(l), Event::MemberRoleChanged(r)]
+        if l.user_id == owner && r.user_id == admin && r.role == Role::Owner)
+    );
+    assert_eq!(store.role(id, admin).await.unwrap(), Some(Role::Owner));
+    assert_eq!(store.role(id, member).await.unwrap(), None);
+    log(store, id).await;
+}
+
+pub(crate) async fn the_list_summarizes_in_one_query(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let quiet = group(store, alice, &[bob]).await;
+    let busy = group(store, alice, &[bob]).await;
+    for i in 0..3 {
+        send(store, busy, alice, &format!("m{i}")).await;
+    }
+    let own = send(store, busy, bob, "bWluZQ==").await;
+    let list = store.conversations_for(bob, 50).await.unwrap();
+    assert_eq!(
+        list.iter().map(|s| s.id).collect::<Vec<_>>(),
+        vec![busy, quiet]
+    );
+    assert_eq!(list[0].last_message.as_ref(), Some(&own));
+    assert_eq!((list[0].unread_count, list[0].member_count), (3, 2));
+    assert_eq!(
+        (list[1].unread_count, list[1].last_message.as_ref()),
+        (0, None)
+    );
+    assert_eq!(list[0].role, Role::Member);
+    assert_eq!(store.conversations_for(bob, 1).await.unwrap().len(), 1);
+    assert!(
+        store
+            .conversations_for(Uuid::new_v4(), 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+pub(crate) async fn message_pages_follow_seq(b: Arc<Backend>) {
+    let store = &*b.store;
+    let owner = Uuid::new_v4();
+    let id = group(store, owner, &[]).await;
+    for i in 0..10 {
+        send(store, id, owner, &format!("m{i}")).await;
+    }
+    let page = |after_seq, before_seq, limit| async move {
+        store
+            .messages(
+                id,
+                MessageRange {
+                    after_seq,
+                    before_seq,
+                    limit,
+                },
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(None, None, 3).await, vec![9, 10, 11]);
+    assert_eq!(page(Some(4), None, 3).await, vec![5, 6, 7]);
+    assert_eq!(page(None, Some(5), 10).await, vec![2, 3, 4]);
+    assert_eq!(page(Some(3), Some(6), 10).await, vec![4, 5]);
+    let events = store.events(id, 5, 3).await.unwrap();
+    assert_eq!(
+        events.iter().map(Event::seq).collect::<Vec<_>>(),
+        vec![6, 7, 8]
+    );
+}
+
+/// Two nodes write without any actor between them: one removes a member
+/// while the other keeps editing as that member. The statements' own
+/// conditions must keep every edit before the removal.
+pub(crate) async fn two_nodes_cannot_let_a_removed_member_edit(b: Arc<Backend>) {
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(&*b.store, owner, &[member]).await;
+    let sent = send(&*b.store, id, member, "aGk=").await;
+    let other_node = b.another().await;
+    let editor = tokio::spawn(async move {
+        let mut accepted = 0;
+        loop {
+            match other_node.edit(edit(id, sent.id, member)).await {
+                Ok(_) => accepted += 1,
+                Err(StoreError::Rejected(Rejection::NotMember)) => return accepted,
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    b.store
+        .remove_member(id, owner, member, now())
+        .await
+        .unwrap();
+    let accepted = editor.await.unwrap();
+    let events = log(&*b.store, id).await;
+    let removed = events
+        .iter()
+        .find(|e| matches!(e, Event::MemberLeft(_)))
+        .map(Event::seq)
+        .unwrap();
+    let edits: Vec<i64> = events
+        .iter()
+        .filter(|e| matches!(e, Event::MessageEdited(_)))
+        .map(Event::seq)
+        .collect();
+    assert_eq!(edits.len(), accepted, "every accepted edit is in the log");
+    assert!(
+        edits.iter().all(|&seq| seq < removed),
+        "no edit after the removal"
+    );
+    assert!(accepted > 0, "the race was real");
+}

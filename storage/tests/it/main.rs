@@ -1,0 +1,51 @@
+//! The storage contract: one suite, run against every `Store`, so the
+//! implementations cannot drift apart.
+//!
+//! SQLite runs everywhere. With the `postgres-tests` feature the same tests
+//! also run against the PostgreSQL server named by
+//! `SWITCHBOARD_TEST_POSTGRES_URL`, each in a schema of its own; a missing
+//! variable or an unreachable server fails them (CI turns the feature on).
+
+// Tests make their own ids and read real time.
+#![allow(clippy::disallowed_methods)]
+
+mod backend;
+mod contract;
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let backend = crate::backend::Backend::sqlite().await;
+                    backend.run(crate::contract::$test).await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres-tests")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let backend = crate::backend::Backend::postgres().await;
+                    backend.run(crate::contract::$test).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    creates_and_reads_a_group,
+    a_direct_pair_has_one_conversation,
+    concurrent_sends_take_gap_free_seqs,
+    an_idempotency_key_stores_once,
+    a_non_member_writes_nothing,
+    edit_and_delete_repeat_the_permission_check,
+    read_positions_only_advance,
+    membership_changes_follow_the_rules,
+    the_list_summarizes_in_one_query,
+    message_pages_follow_seq,
+    two_nodes_cannot_let_a_removed_member_edit,
+);
