@@ -5,6 +5,8 @@
 //! monotonic clock in production, simulated time in the simulation), so the
 //! same logic runs identically under a test, a simulation or an actor.
 
+mod breaker;
 mod restart;
 
+pub use breaker::{Admission, Breaker, BreakerPolicy, BreakerState, Transition};
 pub use restart::{RestartDecision, RestartPolicy, RestartTracker};
