@@ -1,21 +1,26 @@
 //! Every dependency of the actors sits behind a trait here: the [`Store`] of
-//! conversations, members, messages and events, and the [`Clock`].
+//! conversations, members, messages and events, the [`Bus`] between nodes,
+//! and the [`Clock`].
 //!
 //! The SQLite implementation is the embedded default. Each write is one
 //! transaction that re-checks, in SQL, the condition the calling actor already
 //! checked, so a second node or a stale cache can never slip an unauthorized
 //! change through.
 
+mod bus;
 mod clock;
 mod error;
 mod postgres;
+mod redis;
 mod rows;
 mod sqlite;
 mod store;
 
+pub use bus::{Bus, BusError, BusSignal};
 pub use clock::{Clock, SystemClock};
 pub use error::{Rejection, StoreError};
 pub use postgres::{PostgresOptions, PostgresStore};
+pub use redis::{RedisBus, RedisOptions};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,

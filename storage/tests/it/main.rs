@@ -10,6 +10,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod backend;
+#[cfg(feature = "redis-tests")]
+mod bus;
 mod contract;
 
 macro_rules! contract {
