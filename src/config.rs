@@ -27,6 +27,9 @@ pub(crate) struct ConfigArgs {
     /// Database URL: `sqlite:PATH` or `postgres://USER@HOST:PORT/DB` [default: sqlite in the data folder].
     #[arg(long, env = "SWITCHBOARD_DATABASE_URL")]
     database_url: Option<String>,
+    /// Redis URL for fan-out between nodes, e.g. `redis://127.0.0.1:6379` [default: none, one node].
+    #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
+    redis_url: Option<String>,
     /// HS256 secret for bearer tokens [default: generated once into the data folder].
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
@@ -45,6 +48,7 @@ struct FileConfig {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    redis_url: Option<String>,
     jwt_secret: Option<String>,
     log: Option<String>,
     drain_timeout_secs: Option<u64>,
@@ -65,6 +69,7 @@ pub(crate) struct Settings {
     pub(crate) listen: String,
     pub(crate) data_dir: PathBuf,
     database_url: Option<String>,
+    pub(crate) redis_url: Option<String>,
     jwt_secret: Option<String>,
     pub(crate) log: String,
     pub(crate) drain_timeout: Duration,
@@ -93,6 +98,7 @@ impl Settings {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("data")),
             database_url: args.database_url.clone().or(file.database_url),
+            redis_url: args.redis_url.clone().or(file.redis_url),
             jwt_secret: args.jwt_secret.clone().or(file.jwt_secret),
             log: args
                 .log

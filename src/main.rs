@@ -12,9 +12,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchboard_actors::{Limits, Node};
+use switchboard_actors::{Dependencies, Limits, Node};
 use switchboard_http::{AppState, Auth, HttpLimits};
-use switchboard_storage::{PostgresStore, SqliteStore, Store, SystemClock};
+use switchboard_storage::{
+    Bus, PostgresStore, RedisBus, RedisOptions, SqliteStore, Store, SystemClock,
+};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
@@ -95,9 +97,23 @@ fn init_tracing(filter: &str) {
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let secret = settings.jwt_secret()?;
     let store = open_store(settings.database()?).await?;
+    // Signals from the bus (events of other nodes) are bounded; the node
+    // catches up from the store on whatever it had to drop.
+    let (bus, _signals) = match &settings.redis_url {
+        Some(url) => {
+            let (sender, receiver) = tokio::sync::mpsc::channel(4096);
+            let bus = RedisBus::new(RedisOptions::new(url.clone()), sender)
+                .context("invalid redis url")?;
+            (Some(Arc::new(bus) as Arc<dyn Bus>), Some(receiver))
+        }
+        None => (None, None),
+    };
     let node = Node::start(
-        store.shared(),
-        Arc::new(SystemClock::new()),
+        Dependencies {
+            store: store.shared(),
+            clock: Arc::new(SystemClock::new()),
+            bus: bus.clone(),
+        },
         Limits::default(),
     )
     .await
@@ -107,7 +123,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         store.shared(),
         Auth::new(&secret),
         HttpLimits::default(),
-    );
+    )
+    .with_bus(bus);
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -839,6 +839,9 @@ impl ConversationState {
             let recipients: HashSet<&Uuid> =
                 loaded.members.keys().chain(departed.as_ref()).collect();
             self.shared.hub.deliver(recipients, &encoded);
+            if let Some(workers) = &self.shared.bus_workers {
+                workers.publish(&encoded);
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 
 mod connection;
 mod conversation;
+mod dependency;
 mod error;
 mod hub;
 mod mailbox;
@@ -19,7 +20,10 @@ mod metrics;
 mod node;
 
 pub use connection::{ClientFrameError, Close, Connection, ConnectionLink, LinkReceivers};
+pub use dependency::BusLimits;
 pub use error::ActorError;
 pub use hub::EncodedEvent;
 pub use metrics::Metrics;
-pub use node::{Limits, Node};
+pub use node::{Dependencies, Limits, Node};
+/// The policies `Limits` and `BusLimits` are made of.
+pub use switchboard_supervisors::{BreakerPolicy, RestartPolicy};

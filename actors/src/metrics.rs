@@ -1,9 +1,10 @@
 //! The node's Prometheus metrics, in a registry of its own so that several
 //! nodes in one process keep separate counts.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the actors record. Transports register theirs in
@@ -28,6 +29,21 @@ pub struct Metrics {
     pub(crate) slow_consumer_disconnects_total: IntCounter,
     /// Time spent per stage of a message's way to its recipients.
     pub(crate) message_delivery_latency_seconds: HistogramVec,
+    /// Events published to the bus.
+    pub(crate) redis_pubsub_success_total: IntCounter,
+    /// Events not published, by reason (`error`, `breaker_open`,
+    /// `queue_full`, `restarting`); other nodes catch up from the store.
+    pub(crate) redis_pubsub_failure_total: IntCounterVec,
+    /// Each breaker's state: 0 closed, 1 half-open, 2 open.
+    pub(crate) breaker_state: IntGaugeVec,
+    /// Breaker state changes, by dependency and new state.
+    pub(crate) breaker_transitions_total: IntCounterVec,
+    /// Stream trims, by outcome.
+    pub(crate) stream_trims_total: IntCounterVec,
+    /// Stream entries removed by trims.
+    pub(crate) stream_trimmed_entries_total: IntCounter,
+    /// Dependency workers restarted after a failure, by worker.
+    pub(crate) worker_restarts_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -39,73 +55,101 @@ impl Metrics {
     #[must_use]
     pub fn new() -> Self {
         let registry = Registry::new();
-        let metrics = Self {
-            websocket_active_connections: IntGauge::new(
+        let r = &registry;
+        Self {
+            websocket_active_connections: gauge(
+                r,
                 "websocket_active_connections",
                 "Open WebSocket connections on this node",
-            )
-            .expect("valid metric"),
-            conversation_actors_active: IntGauge::new(
+            ),
+            conversation_actors_active: gauge(
+                r,
                 "conversation_actors_active",
                 "Conversation actors alive on this node",
-            )
-            .expect("valid metric"),
-            conversation_actor_failures_total: IntCounter::new(
+            ),
+            conversation_actor_failures_total: counter(
+                r,
                 "conversation_actor_failures_total",
                 "Conversation actors that failed and were restarted",
-            )
-            .expect("valid metric"),
-            mailbox_full_total: IntCounterVec::new(
-                Opts::new(
-                    "mailbox_full_total",
-                    "Messages refused because an actor's mailbox was full",
-                ),
+            ),
+            mailbox_full_total: counters(
+                r,
+                "mailbox_full_total",
+                "Messages refused because an actor's mailbox was full",
                 &["actor"],
-            )
-            .expect("valid metric"),
-            events_committed_total: IntCounterVec::new(
-                Opts::new("events_committed_total", "Events committed to the log"),
+            ),
+            events_committed_total: counters(
+                r,
+                "events_committed_total",
+                "Events committed to the log",
                 &["type"],
-            )
-            .expect("valid metric"),
-            deliveries_total: IntCounter::new(
-                "deliveries_total",
-                "Events handed to local connections",
-            )
-            .expect("valid metric"),
-            slow_consumer_disconnects_total: IntCounter::new(
+            ),
+            deliveries_total: counter(r, "deliveries_total", "Events handed to local connections"),
+            slow_consumer_disconnects_total: counter(
+                r,
                 "slow_consumer_disconnects_total",
                 "Connections closed because they did not keep up",
-            )
-            .expect("valid metric"),
-            message_delivery_latency_seconds: HistogramVec::new(
-                HistogramOpts::new(
-                    "message_delivery_latency_seconds",
-                    "Time per stage of delivering a message",
-                )
-                .buckets(vec![
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5,
-                ]),
-                &["stage"],
-            )
-            .expect("valid metric"),
+            ),
+            message_delivery_latency_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "message_delivery_latency_seconds",
+                        "Time per stage of delivering a message",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 0.5, 1.0, 2.5,
+                    ]),
+                    &["stage"],
+                ),
+            ),
+            redis_pubsub_success_total: counter(
+                r,
+                "redis_pubsub_success_total",
+                "Events published to the bus",
+            ),
+            redis_pubsub_failure_total: counters(
+                r,
+                "redis_pubsub_failure_total",
+                "Events not published to the bus, by reason",
+                &["reason"],
+            ),
+            breaker_state: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "breaker_state",
+                        "Breaker state: 0 closed, 1 half-open, 2 open",
+                    ),
+                    &["dependency"],
+                ),
+            ),
+            breaker_transitions_total: counters(
+                r,
+                "breaker_transitions_total",
+                "Breaker state changes",
+                &["dependency", "to"],
+            ),
+            stream_trims_total: counters(
+                r,
+                "stream_trims_total",
+                "Stream trims, by outcome",
+                &["outcome"],
+            ),
+            stream_trimmed_entries_total: counter(
+                r,
+                "stream_trimmed_entries_total",
+                "Stream entries removed by trims",
+            ),
+            worker_restarts_total: counters(
+                r,
+                "worker_restarts_total",
+                "Dependency workers restarted after a failure",
+                &["worker"],
+            ),
             registry,
-        };
-        for collector in [
-            Box::new(metrics.websocket_active_connections.clone())
-                as Box<dyn prometheus::core::Collector>,
-            Box::new(metrics.conversation_actors_active.clone()),
-            Box::new(metrics.conversation_actor_failures_total.clone()),
-            Box::new(metrics.mailbox_full_total.clone()),
-            Box::new(metrics.events_committed_total.clone()),
-            Box::new(metrics.deliveries_total.clone()),
-            Box::new(metrics.slow_consumer_disconnects_total.clone()),
-            Box::new(metrics.message_delivery_latency_seconds.clone()),
-        ] {
-            metrics.registry.register(collector).expect("unique metric");
         }
-        metrics
     }
 
     /// The registry, for transports to add their own metrics to.
@@ -129,4 +173,24 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, made: prometheus::Result<C>) -> C {
+    let collector = made.expect("valid metric");
+    registry
+        .register(Box::new(collector.clone()))
+        .expect("unique metric");
+    collector
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help))
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help))
+}
+
+fn counters(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels))
 }

@@ -14,7 +14,7 @@ use switchboard_protocol::{
     EditMessage, Event, Member, Message, Role, SendMessage,
 };
 use switchboard_storage::{
-    Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Store,
+    Bus, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Store,
 };
 use switchboard_supervisors::RestartPolicy;
 use uuid::Uuid;
@@ -23,6 +23,7 @@ use crate::connection::{
     Close, Connection, ConnectionActor, ConnectionArgs, ConnectionLink, ConnectionSupervisor, slots,
 };
 use crate::conversation::{Command, ConversationSupervisor, Conversations};
+use crate::dependency::{BusLimits, BusWorkers};
 use crate::hub::{EncodedEvent, Hub};
 use crate::mailbox::Mailbox;
 use crate::{ActorError, Metrics};
@@ -48,6 +49,8 @@ pub struct Limits {
     pub connections_per_user_max: usize,
     /// How often and how fast a failing conversation actor is restarted.
     pub restart: RestartPolicy,
+    /// Bounds of the bus workers, when there is a bus.
+    pub bus: BusLimits,
 }
 
 impl Default for Limits {
@@ -62,8 +65,20 @@ impl Default for Limits {
             connections_max: 50_000,
             connections_per_user_max: 16,
             restart: RestartPolicy::default(),
+            bus: BusLimits::default(),
         }
     }
+}
+
+/// What a node is built on.
+#[derive(Debug, Clone)]
+pub struct Dependencies {
+    /// The source of truth.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The bus to other nodes; `None` for a single node.
+    pub bus: Option<Arc<dyn Bus>>,
 }
 
 /// What every actor of a node shares.
@@ -75,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) conversations: Conversations,
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
+    /// Publishes committed events to other nodes, off the send path.
+    pub(crate) bus_workers: Option<BusWorkers>,
 }
 
 impl Shared {
@@ -106,15 +123,21 @@ impl Node {
     /// # Errors
     ///
     /// [`ActorError::Internal`] if a supervisor cannot start.
-    pub async fn start(
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        limits: Limits,
-    ) -> Result<Self, ActorError> {
+    pub async fn start(dependencies: Dependencies, limits: Limits) -> Result<Self, ActorError> {
+        let Dependencies { store, clock, bus } = dependencies;
         let metrics = Metrics::new();
+        let bus_workers = match bus {
+            Some(bus) => Some(
+                BusWorkers::start(bus, Arc::clone(&clock), limits.bus, metrics.clone())
+                    .await
+                    .map_err(|e| ActorError::Internal(format!("cannot start bus workers: {e}")))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store,
             clock,
+            bus_workers,
             hub: Hub::new(
                 limits.connections_max,
                 limits.connections_per_user_max,
@@ -152,6 +175,17 @@ impl Node {
     #[must_use]
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
+    }
+
+    /// Each breaker's state by dependency (`closed`, `half_open`, `open`);
+    /// empty without a bus.
+    #[must_use]
+    pub fn breakers(&self) -> std::collections::BTreeMap<&'static str, &'static str> {
+        self.shared
+            .bus_workers
+            .as_ref()
+            .map(BusWorkers::breakers)
+            .unwrap_or_default()
     }
 
     /// Open connections on this node.
@@ -221,9 +255,11 @@ impl Node {
                         .inc();
                     let recipients: Vec<Uuid> =
                         committed.value.members.iter().map(|m| m.user_id).collect();
-                    self.shared
-                        .hub
-                        .deliver(&recipients, &EncodedEvent::new(event));
+                    let encoded = EncodedEvent::new(event);
+                    self.shared.hub.deliver(&recipients, &encoded);
+                    if let Some(workers) = &self.shared.bus_workers {
+                        workers.publish(&encoded);
+                    }
                 }
                 Ok((committed.value, true))
             }
@@ -514,6 +550,9 @@ impl Node {
             .stop_children_and_wait(None, Some(drain_timeout))
             .await;
         self.connection_supervisor.stop(None);
+        if let Some(workers) = &self.shared.bus_workers {
+            workers.stop();
+        }
     }
 }
 

@@ -20,7 +20,7 @@ pub use auth::{Auth, AuthError};
 pub use error::ApiError;
 pub use routes::router;
 use switchboard_actors::Node;
-use switchboard_storage::Store;
+use switchboard_storage::{Bus, Store};
 
 /// Bounds on what clients may send and ask for.
 #[derive(Debug, Clone, Copy)]
@@ -71,6 +71,8 @@ pub struct AppState {
     pub node: Node,
     /// The store, for readiness checks only.
     pub store: Arc<dyn Store>,
+    /// The bus, for readiness checks only; `None` on a single node.
+    pub bus: Option<Arc<dyn Bus>>,
     /// Verifies bearer tokens.
     pub auth: Arc<Auth>,
     /// Request bounds.
@@ -89,11 +91,19 @@ impl AppState {
         Self {
             node,
             store,
+            bus: None,
             auth: Arc::new(auth),
             limits,
             draining: Arc::new(AtomicBool::new(false)),
             metrics,
         }
+    }
+
+    /// Reports `bus` in readiness.
+    #[must_use]
+    pub fn with_bus(mut self, bus: Option<Arc<dyn Bus>>) -> Self {
+        self.bus = bus;
+        self
     }
 
     /// Marks the node as draining: readiness answers 503 from now on.

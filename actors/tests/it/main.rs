@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use faults::{FaultyStore, ManualClock};
-use switchboard_actors::{ActorError, Limits, Node};
+use switchboard_actors::{ActorError, Dependencies, Limits, Node};
 use switchboard_protocol::{ConversationKind, CreateConversation, SendMessage};
 use switchboard_supervisors::RestartPolicy;
 use uuid::Uuid;
@@ -32,9 +32,16 @@ async fn fixture(limits: Limits) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(&dir.path().join("db.sqlite")).await);
     let clock = Arc::new(ManualClock::default());
-    let node = Node::start(store.clone(), clock.clone(), limits)
-        .await
-        .unwrap();
+    let node = Node::start(
+        Dependencies {
+            store: store.clone(),
+            clock: clock.clone(),
+            bus: None,
+        },
+        limits,
+    )
+    .await
+    .unwrap();
     let owner = Uuid::new_v4();
     let (conversation, _) = node
         .create_conversation(

@@ -5,6 +5,8 @@
 #![allow(clippy::disallowed_methods)]
 
 mod authz;
+#[cfg(feature = "redis-tests")]
+mod cluster;
 mod errors;
 mod idempotency;
 mod live;

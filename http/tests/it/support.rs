@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use switchboard_actors::{Limits, Node};
+use switchboard_actors::{Dependencies, Limits, Node};
 use switchboard_client::{Client, EventStream};
 use switchboard_http::{AppState, Auth, HttpLimits};
 use switchboard_protocol::{
@@ -35,9 +35,16 @@ impl TestServer {
         // Durability settings do not change behaviour; skip the fsyncs.
         options.synchronous_full = false;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options).await.expect("store"));
-        let node = Node::start(Arc::clone(&store), Arc::new(SystemClock::new()), limits)
-            .await
-            .expect("node");
+        let node = Node::start(
+            Dependencies {
+                store: Arc::clone(&store),
+                clock: Arc::new(SystemClock::new()),
+                bus: None,
+            },
+            limits,
+        )
+        .await
+        .expect("node");
         let state = AppState::new(node, store, Auth::new(SECRET), HttpLimits::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -1,0 +1,257 @@
+//! Nodes with a Redis bus, against private `redis-server` processes that the
+//! tests stop and start.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_actors::{BreakerPolicy, BusLimits, Dependencies, Limits, Node};
+use switchboard_protocol::{ConversationKind, CreateConversation};
+use switchboard_storage::{Bus, RedisBus, RedisOptions, SqliteOptions, SqliteStore, SystemClock};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::support::text;
+
+/// A private `redis-server` that keeps nothing on disk.
+pub(crate) struct RedisServer {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    pub(crate) fn start(extra: &[&str]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self {
+            child: None,
+            port,
+            args: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        server.restart();
+        server
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn restart(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("redis-server did not start on {}", self.port);
+    }
+
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `calls` of one command from `INFO commandstats`.
+    pub(crate) async fn calls(&self, command: &str) -> u64 {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub(crate) struct TestNode {
+    pub(crate) node: Node,
+    pub(crate) bus: RedisBus,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) async fn node(redis_url: &str, bus_limits: BusLimits) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = SqliteOptions::new(dir.path().join("node.db"));
+    options.synchronous_full = false;
+    let store = Arc::new(SqliteStore::open(&options).await.unwrap());
+    let (signals, _) = mpsc::channel(16);
+    let bus = RedisBus::new(RedisOptions::new(redis_url), signals).unwrap();
+    let node = Node::start(
+        Dependencies {
+            store,
+            clock: Arc::new(SystemClock::new()),
+            bus: Some(Arc::new(bus.clone())),
+        },
+        Limits {
+            bus: bus_limits,
+            ..Limits::default()
+        },
+    )
+    .await
+    .unwrap();
+    TestNode {
+        node,
+        bus,
+        _dir: dir,
+    }
+}
+
+fn metric(node: &Node, name: &str) -> u64 {
+    node.metrics()
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} never happened");
+}
+
+async fn group(node: &Node, owner: Uuid) -> Uuid {
+    node.create_conversation(
+        owner,
+        CreateConversation {
+            kind: ConversationKind::Group,
+            title: None,
+            member_ids: vec![],
+        },
+    )
+    .await
+    .unwrap()
+    .0
+    .id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_never_wait_on_redis_and_failures_are_counted() {
+    let mut redis = RedisServer::start(&[]);
+    let limits = BusLimits {
+        breaker: BreakerPolicy {
+            failures_max: 3,
+            cool_down_min: Duration::from_millis(100),
+            cool_down_max: Duration::from_millis(400),
+        },
+        ..BusLimits::default()
+    };
+    let t = node(&redis.url(), limits).await;
+    let owner = Uuid::new_v4();
+    let id = group(&t.node, owner).await;
+    for i in 0..5 {
+        t.node.send(owner, text(id, &format!("{i}"))).await.unwrap();
+    }
+    eventually("the publishes succeed", || {
+        metric(&t.node, "redis_pubsub_success_total") == 6
+    })
+    .await;
+
+    redis.stop();
+    for i in 0..30 {
+        t.node
+            .send(owner, text(id, &format!("down {i}")))
+            .await
+            .unwrap();
+    }
+    eventually("the failures are counted", || {
+        metric(&t.node, "redis_pubsub_failure_total{reason=\"error\"}")
+            + metric(
+                &t.node,
+                "redis_pubsub_failure_total{reason=\"breaker_open\"}",
+            )
+            == 30
+    })
+    .await;
+    assert_eq!(t.node.breakers().get("redis_publish"), Some(&"open"));
+    // Every send is in the store all the same.
+    let log = t.node.events(owner, id, 0, 1000).await.unwrap();
+    assert_eq!(log.len(), 36);
+
+    redis.restart();
+    // After the cool-down a probe closes the breaker and publishing resumes.
+    let mut sent = 0;
+    for _ in 0..200 {
+        t.node.send(owner, text(id, "back")).await.unwrap();
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if metric(&t.node, "redis_pubsub_success_total") > 6 {
+            break;
+        }
+    }
+    assert!(
+        metric(&t.node, "redis_pubsub_success_total") > 6,
+        "publishing resumed after {sent} sends"
+    );
+    assert_eq!(t.node.breakers().get("redis_publish"), Some(&"closed"));
+    t.bus.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_stay_near_their_bound_and_only_the_trimmer_trims() {
+    // Small macro nodes make `MAXLEN ~` trim close to the bound.
+    let redis = RedisServer::start(&["--stream-node-max-entries", "10"]);
+    let limits = BusLimits {
+        stream_len_max: 5_000,
+        trim_every: 100,
+        ..BusLimits::default()
+    };
+    let t = node(&redis.url(), limits).await;
+    let owner = Uuid::new_v4();
+    let id = group(&t.node, owner).await;
+    let appends: u64 = 12_000;
+    for i in 1..appends {
+        t.node.send(owner, text(id, &format!("{i}"))).await.unwrap();
+    }
+    eventually("every event is published", || {
+        metric(&t.node, "redis_pubsub_success_total") == appends
+    })
+    .await;
+    let expected_trims = appends / 100;
+    eventually("the trimmer has caught up", || {
+        metric(&t.node, "stream_trims_total{outcome=\"ok\"}") == expected_trims
+    })
+    .await;
+
+    let len = t.bus.stream_len(id).await.unwrap();
+    assert!(
+        (5_000..=5_000 * 103 / 100).contains(&len),
+        "stream length {len} is not within 3% of 5000"
+    );
+    // Redis saw exactly the trimmer's trims, one per 100 appends, and no
+    // append carried a MAXLEN of its own.
+    let (xtrim, xadd) = (redis.calls("xtrim").await, redis.calls("xadd").await);
+    assert_eq!(xtrim, expected_trims);
+    assert_eq!(xadd, appends);
+    assert!(xtrim * 100 <= xadd, "trims are at most 1% of appends");
+}
