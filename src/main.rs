@@ -99,20 +99,21 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(settings.database()?).await?;
     // Signals from the bus (events of other nodes) are bounded; the node
     // catches up from the store on whatever it had to drop.
-    let (bus, _signals) = match &settings.redis_url {
+    let link = match &settings.redis_url {
         Some(url) => {
             let (sender, receiver) = tokio::sync::mpsc::channel(4096);
             let bus = RedisBus::new(RedisOptions::new(url.clone()), sender)
                 .context("invalid redis url")?;
-            (Some(Arc::new(bus) as Arc<dyn Bus>), Some(receiver))
+            Some((Arc::new(bus) as Arc<dyn Bus>, receiver))
         }
-        None => (None, None),
+        None => None,
     };
+    let bus = link.as_ref().map(|(bus, _)| Arc::clone(bus));
     let node = Node::start(
         Dependencies {
             store: store.shared(),
             clock: Arc::new(SystemClock::new()),
-            bus: bus.clone(),
+            bus: link,
         },
         Limits::default(),
     )

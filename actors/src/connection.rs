@@ -236,7 +236,7 @@ impl Actor for ConnectionActor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        state.shared.hub.unregister(myself.get_id(), None);
+        state.shared.connection_closed(myself.get_id(), None);
         Ok(())
     }
 
@@ -296,10 +296,10 @@ impl Actor for ConnectionSupervisor {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
                 tracing::error!(actor = %cell.get_id(), %error, "connection actor failed");
-                shared.hub.unregister(cell.get_id(), Some(Close::INTERNAL));
+                shared.connection_closed(cell.get_id(), Some(Close::INTERNAL));
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                shared.hub.unregister(cell.get_id(), None);
+                shared.connection_closed(cell.get_id(), None);
             }
             _ => {}
         }

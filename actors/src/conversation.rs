@@ -106,8 +106,20 @@ impl Command {
 pub(crate) enum ConversationMsg {
     /// A mutation, holding its mailbox slot.
     Command(Command, Permit),
+    /// Something from the bus, holding its mailbox slot.
+    Note(Note, Permit),
     /// Timer: stop if nothing happened for the idle timeout.
     IdleCheck,
+}
+
+/// What the bus tells a conversation actor.
+#[derive(Debug, Clone)]
+pub(crate) enum Note {
+    /// An event another node committed.
+    Remote(Event),
+    /// Events may have been missed: deliver whatever the store has after
+    /// this node's watermark.
+    CatchUp,
 }
 
 #[derive(Debug, Default)]
@@ -310,6 +322,23 @@ impl Conversations {
         ))
     }
 
+    /// Hands a note from the bus to the conversation's actor, starting it if
+    /// needed. A note that does not fit is dropped and counted; the next
+    /// event's gap check or the next catch-up delivers what it carried.
+    pub(crate) async fn notify(&self, shared: &Arc<Shared>, id: Uuid, note: Note) {
+        for _ in 0..3 {
+            let Ok(mailbox) = self.mailbox(shared, id).await else {
+                break;
+            };
+            match mailbox.try_send(|permit| ConversationMsg::Note(note.clone(), permit)) {
+                Ok(()) => return,
+                Err(MailboxError::Full) => break,
+                Err(MailboxError::Closed) => self.retire(id, mailbox.actor().get_id()),
+            }
+        }
+        shared.metrics.bus_notes_dropped_total.inc();
+    }
+
     /// Stops every conversation actor after it finishes what it has queued.
     pub(crate) async fn drain(&self, timeout: Duration) {
         if let Some(supervisor) = self.supervisor.get() {
@@ -400,6 +429,24 @@ impl Actor for ConversationActor {
                     .saturating_sub(state.last_active);
                 if !state.closing && idle >= state.shared.limits.conversation_idle_timeout {
                     state.close(&myself);
+                }
+            }
+            ConversationMsg::Note(note, _permit) => {
+                if state.closing {
+                    // The successor takes it; nothing from the bus is lost
+                    // to an idle stop.
+                    let shared = Arc::clone(&state.shared);
+                    shared.conversations.notify(&shared, state.id, note).await;
+                    return Ok(());
+                }
+                state.last_active = state.shared.clock.monotonic();
+                match state.load().await {
+                    Ok(true) => match note {
+                        Note::Remote(event) => state.accept(vec![event], false).await,
+                        Note::CatchUp => state.catch_up().await,
+                    },
+                    Ok(false) => state.close(&myself),
+                    Err(error) => tracing::warn!(%error, "cannot load conversation for a bus note"),
                 }
             }
             ConversationMsg::Command(command, _permit) => {
@@ -589,7 +636,7 @@ impl ConversationState {
                     .message_delivery_latency_seconds
                     .with_label_values(&["commit"])
                     .observe(committed_at.saturating_sub(started).as_secs_f64());
-                self.publish(committed.events);
+                self.accept(committed.events, true).await;
                 self.shared
                     .metrics
                     .message_delivery_latency_seconds
@@ -693,7 +740,7 @@ impl ConversationState {
             .await;
         match result {
             Ok(Some(event)) => {
-                self.publish(vec![event]);
+                self.accept(vec![event], true).await;
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -801,46 +848,121 @@ impl ConversationState {
     ) -> Result<T, ActorError> {
         match result {
             Ok(committed) => {
-                self.publish(committed.events);
+                self.accept(committed.events, true).await;
                 Ok(committed.value)
             }
             Err(error) => Err(self.store_error(error).await),
         }
     }
 
-    /// Applies committed events to the cached state and delivers each to the
-    /// members it concerns, in `seq` order. Runs inside the handler that
-    /// committed them, so deliveries of one conversation never interleave.
-    fn publish(&mut self, events: Vec<Event>) {
+    /// Delivers events to this node's members of the conversation, in `seq`
+    /// order and each once: this node's own commits (`local`, which are also
+    /// published to the bus) and other nodes' (from the bus). Where the
+    /// node's watermark shows a gap, the store fills it first. Runs inside
+    /// the handler, so one conversation's deliveries never interleave.
+    async fn accept(&mut self, events: Vec<Event>, local: bool) {
         for event in events {
-            self.shared
-                .metrics
-                .events_committed_total
-                .with_label_values(&[event.kind()])
-                .inc();
-            let loaded = self.loaded.as_mut().expect("loaded before publish");
-            loaded.last_seq = loaded.last_seq.max(event.seq());
-            let mut departed = None;
-            match &event {
-                Event::MemberJoined(e) => {
-                    loaded.members.insert(e.user_id, e.role);
+            let seq = event.seq();
+            if local {
+                self.shared
+                    .metrics
+                    .events_committed_total
+                    .with_label_values(&[event.kind()])
+                    .inc();
+            }
+            let mut skip = false;
+            if let Some(subscriptions) = &self.shared.subscriptions {
+                if let Event::MemberJoined(e) = &event {
+                    subscriptions.joined(e.user_id, self.id, seq);
                 }
-                Event::MemberRoleChanged(e) => {
-                    loaded.members.insert(e.user_id, e.role);
+                if let Some(delivered) = subscriptions.delivered(self.id) {
+                    skip = seq <= delivered;
+                    if seq > delivered + 1 {
+                        self.fill(delivered, seq).await;
+                    }
                 }
-                Event::MemberLeft(e) => {
-                    loaded.members.remove(&e.user_id);
-                    // The member who left hears of it too.
-                    departed = Some(e.user_id);
-                }
-                _ => {}
             }
             let encoded = EncodedEvent::new(event);
-            let recipients: HashSet<&Uuid> =
-                loaded.members.keys().chain(departed.as_ref()).collect();
-            self.shared.hub.deliver(recipients, &encoded);
-            if let Some(workers) = &self.shared.bus_workers {
+            if !skip {
+                self.deliver(&encoded);
+            }
+            if local && let Some(workers) = &self.shared.bus_workers {
                 workers.publish(&encoded);
+            }
+        }
+    }
+
+    /// Delivers what the store has after this node's watermark.
+    async fn catch_up(&mut self) {
+        if let Some(delivered) = self
+            .shared
+            .subscriptions
+            .as_ref()
+            .and_then(|s| s.delivered(self.id))
+        {
+            self.fill(delivered, i64::MAX).await;
+        }
+    }
+
+    /// Delivers the stored events strictly between `after` and `before`.
+    async fn fill(&mut self, after: i64, before: i64) {
+        const BATCH: i64 = 500;
+        let mut cursor = after;
+        while cursor.saturating_add(1) < before {
+            let want = (before - cursor - 1).min(BATCH);
+            let batch = match self
+                .shared
+                .store
+                .events(self.id, cursor, u32::try_from(want).unwrap_or(500))
+                .await
+            {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(conversation = %self.id, %error, "cannot fill a gap from the store");
+                    return;
+                }
+            };
+            if batch.is_empty() {
+                return;
+            }
+            self.shared
+                .metrics
+                .gap_filled_events_total
+                .inc_by(batch.len() as u64);
+            for event in batch {
+                cursor = event.seq();
+                self.deliver(&EncodedEvent::new(event));
+            }
+        }
+    }
+
+    /// Applies one event to the cached state and hands it to the members it
+    /// concerns on this node; moves the watermark.
+    fn deliver(&mut self, encoded: &Arc<EncodedEvent>) {
+        let event = &encoded.event;
+        let loaded = self.loaded.as_mut().expect("loaded before delivery");
+        loaded.last_seq = loaded.last_seq.max(event.seq());
+        let mut departed = None;
+        match event {
+            Event::MemberJoined(e) => {
+                loaded.members.insert(e.user_id, e.role);
+            }
+            Event::MemberRoleChanged(e) => {
+                loaded.members.insert(e.user_id, e.role);
+            }
+            Event::MemberLeft(e) => {
+                loaded.members.remove(&e.user_id);
+                // The member who left hears of it too.
+                departed = Some(e.user_id);
+            }
+            _ => {}
+        }
+        let recipients: HashSet<&Uuid> = loaded.members.keys().chain(departed.as_ref()).collect();
+        self.shared.hub.deliver(recipients, encoded);
+        if let Some(subscriptions) = &self.shared.subscriptions {
+            subscriptions.advance(self.id, event.seq());
+            if let Some(user) = departed {
+                subscriptions.left(user, self.id);
             }
         }
     }

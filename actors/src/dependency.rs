@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use switchboard_protocol::Event;
 use switchboard_storage::{Bus, Clock};
 use switchboard_supervisors::{
     Admission, Breaker, BreakerPolicy, BreakerState, RestartPolicy, RestartTracker, Transition,
@@ -40,6 +41,8 @@ pub struct BusLimits {
     /// Conversations the trimmer counts at once; past it, a new one is
     /// trimmed right away instead of counted.
     pub trim_counts_len_max: usize,
+    /// Conversations a node subscribes to per connected user.
+    pub conversations_per_user_max: u32,
     /// The breakers in front of publishing and trimming.
     pub breaker: BreakerPolicy,
     /// How the workers are restarted after a panic.
@@ -54,6 +57,7 @@ impl Default for BusLimits {
             stream_len_max: 50_000,
             trim_every: 100,
             trim_counts_len_max: 100_000,
+            conversations_per_user_max: 10_000,
             breaker: BreakerPolicy::default(),
             restart: RestartPolicy::default(),
         }
@@ -268,7 +272,20 @@ impl Actor for Publisher {
     ) -> Result<(), ActorProcessingErr> {
         let context = &state.context;
         let started = context.clock.monotonic();
-        let publish = context.bus.publish(&event.event, &event.frame);
+        let publish = async {
+            context.bus.publish(&event.event, &event.frame).await?;
+            // The node serving a member learns of their joins and leaves on
+            // the member's own channel.
+            let member = match &event.event {
+                Event::MemberJoined(e) => Some(e.user_id),
+                Event::MemberLeft(e) => Some(e.user_id),
+                _ => None,
+            };
+            if let Some(user) = member {
+                context.bus.publish_to_user(user, &event.frame).await?;
+            }
+            Ok::<(), switchboard_storage::BusError>(())
+        };
         let outcome = state
             .guard
             .run(started, context.bus.as_ref(), publish)

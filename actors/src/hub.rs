@@ -112,13 +112,11 @@ impl Hub {
         Ok(())
     }
 
-    /// Removes a connection, closing its transport with `close` if given.
-    /// Removing one that is already gone does nothing.
-    pub(crate) fn unregister(&self, actor_id: ActorId, close: Option<Close>) {
+    /// Removes a connection, closing its transport with `close` if given,
+    /// and returns its user. Removing one that is already gone does nothing.
+    pub(crate) fn unregister(&self, actor_id: ActorId, close: Option<Close>) -> Option<Uuid> {
         let mut routes = self.routes.write().expect("hub lock");
-        let Some(user) = routes.by_actor.remove(&actor_id) else {
-            return;
-        };
+        let user = routes.by_actor.remove(&actor_id)?;
         self.metrics.websocket_active_connections.dec();
         if let Some(connections) = routes.by_user.get_mut(&user) {
             if let Some(i) = connections.iter().position(|c| c.actor_id == actor_id) {
@@ -131,6 +129,7 @@ impl Hub {
                 routes.by_user.remove(&user);
             }
         }
+        Some(user)
     }
 
     /// Hands `event` to every connection of every recipient on this node.

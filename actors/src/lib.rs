@@ -18,6 +18,7 @@ mod hub;
 mod mailbox;
 mod metrics;
 mod node;
+mod subscriptions;
 
 pub use connection::{ClientFrameError, Close, Connection, ConnectionLink, LinkReceivers};
 pub use dependency::BusLimits;

@@ -44,6 +44,13 @@ pub struct Metrics {
     pub(crate) stream_trimmed_entries_total: IntCounter,
     /// Dependency workers restarted after a failure, by worker.
     pub(crate) worker_restarts_total: IntCounterVec,
+    /// Events other nodes published that reached this node.
+    pub(crate) bus_events_received_total: IntCounter,
+    /// Bus notes dropped because a conversation actor was full; gap checks
+    /// and catch-ups deliver what they carried.
+    pub(crate) bus_notes_dropped_total: IntCounter,
+    /// Events delivered from the store to fill a gap in what the bus brought.
+    pub(crate) gap_filled_events_total: IntCounter,
 }
 
 impl Metrics {
@@ -147,6 +154,21 @@ impl Metrics {
                 "worker_restarts_total",
                 "Dependency workers restarted after a failure",
                 &["worker"],
+            ),
+            bus_events_received_total: counter(
+                r,
+                "bus_events_received_total",
+                "Events from other nodes received over the bus",
+            ),
+            bus_notes_dropped_total: counter(
+                r,
+                "bus_notes_dropped_total",
+                "Bus notes dropped because a conversation actor was full",
+            ),
+            gap_filled_events_total: counter(
+                r,
+                "gap_filled_events_total",
+                "Events delivered from the store to fill a gap",
             ),
             registry,
         }

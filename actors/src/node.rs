@@ -14,18 +14,20 @@ use switchboard_protocol::{
     EditMessage, Event, Member, Message, Role, SendMessage,
 };
 use switchboard_storage::{
-    Bus, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Store,
+    Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Store,
 };
 use switchboard_supervisors::RestartPolicy;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::connection::{
     Close, Connection, ConnectionActor, ConnectionArgs, ConnectionLink, ConnectionSupervisor, slots,
 };
-use crate::conversation::{Command, ConversationSupervisor, Conversations};
+use crate::conversation::{Command, ConversationSupervisor, Conversations, Note};
 use crate::dependency::{BusLimits, BusWorkers};
 use crate::hub::{EncodedEvent, Hub};
 use crate::mailbox::Mailbox;
+use crate::subscriptions::Subscriptions;
 use crate::{ActorError, Metrics};
 
 /// Every bound the node enforces.
@@ -71,14 +73,15 @@ impl Default for Limits {
 }
 
 /// What a node is built on.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Dependencies {
     /// The source of truth.
     pub store: Arc<dyn Store>,
     /// Time.
     pub clock: Arc<dyn Clock>,
-    /// The bus to other nodes; `None` for a single node.
-    pub bus: Option<Arc<dyn Bus>>,
+    /// The bus to other nodes and what it hears from them; `None` for a
+    /// single node.
+    pub bus: Option<(Arc<dyn Bus>, mpsc::Receiver<BusSignal>)>,
 }
 
 /// What every actor of a node shares.
@@ -92,6 +95,20 @@ pub(crate) struct Shared {
     pub(crate) limits: Limits,
     /// Publishes committed events to other nodes, off the send path.
     pub(crate) bus_workers: Option<BusWorkers>,
+    /// What this node listens to on the bus, and what it delivered.
+    pub(crate) subscriptions: Option<Subscriptions>,
+}
+
+impl Shared {
+    /// A connection's actor is gone: forget it, and its user's subscriptions
+    /// if it was their last connection here.
+    pub(crate) fn connection_closed(&self, actor_id: ractor::ActorId, close: Option<Close>) {
+        if let Some(user) = self.hub.unregister(actor_id, close)
+            && let Some(subscriptions) = &self.subscriptions
+        {
+            subscriptions.disconnect(user);
+        }
+    }
 }
 
 impl Shared {
@@ -126,18 +143,27 @@ impl Node {
     pub async fn start(dependencies: Dependencies, limits: Limits) -> Result<Self, ActorError> {
         let Dependencies { store, clock, bus } = dependencies;
         let metrics = Metrics::new();
-        let bus_workers = match bus {
+        let (bus, signals) = bus.unzip();
+        let bus_workers = match &bus {
             Some(bus) => Some(
-                BusWorkers::start(bus, Arc::clone(&clock), limits.bus, metrics.clone())
-                    .await
-                    .map_err(|e| ActorError::Internal(format!("cannot start bus workers: {e}")))?,
+                BusWorkers::start(
+                    Arc::clone(bus),
+                    Arc::clone(&clock),
+                    limits.bus,
+                    metrics.clone(),
+                )
+                .await
+                .map_err(|e| ActorError::Internal(format!("cannot start bus workers: {e}")))?,
             ),
             None => None,
         };
+        let subscriptions =
+            bus.map(|bus| Subscriptions::new(bus, limits.bus.conversations_per_user_max));
         let shared = Arc::new(Shared {
             store,
             clock,
             bus_workers,
+            subscriptions,
             hub: Hub::new(
                 limits.connections_max,
                 limits.connections_per_user_max,
@@ -158,6 +184,9 @@ impl Node {
             Actor::spawn(None, ConnectionSupervisor, Arc::clone(&shared))
                 .await
                 .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
+        if let Some(signals) = signals {
+            tokio::spawn(route(Arc::downgrade(&shared), signals));
+        }
         Ok(Self {
             shared,
             conversation_supervisor,
@@ -530,6 +559,16 @@ impl Node {
         self.shared
             .hub
             .register(user, actor.get_id(), mailbox, closer)?;
+        if let Some(subscriptions) = &self.shared.subscriptions
+            && let Err(error) = subscriptions
+                .connect(self.shared.store.as_ref(), user)
+                .await
+        {
+            self.shared.hub.unregister(actor.get_id(), None);
+            return Err(ActorError::Unavailable(format!(
+                "cannot load the user's conversations: {error}"
+            )));
+        }
         Ok(connection)
     }
 
@@ -552,6 +591,51 @@ impl Node {
         self.connection_supervisor.stop(None);
         if let Some(workers) = &self.shared.bus_workers {
             workers.stop();
+        }
+    }
+}
+
+/// Turns what the bus says into notes for conversation actors. Ends when the
+/// node or the bus goes away.
+async fn route(shared: std::sync::Weak<Shared>, mut signals: mpsc::Receiver<BusSignal>) {
+    while let Some(signal) = signals.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match signal {
+            BusSignal::Event(event) => {
+                shared.metrics.bus_events_received_total.inc();
+                let id = event.conversation_id();
+                shared
+                    .conversations
+                    .notify(&shared, id, Note::Remote(event))
+                    .await;
+            }
+            BusSignal::Lost => {
+                let held = shared
+                    .subscriptions
+                    .as_ref()
+                    .map(Subscriptions::held)
+                    .unwrap_or_default();
+                tracing::info!(
+                    conversations = held.len(),
+                    "bus link was lost; catching up from the store"
+                );
+                for id in held {
+                    shared
+                        .conversations
+                        .notify(&shared, id, Note::CatchUp)
+                        .await;
+                }
+            }
+            BusSignal::Subscribed(ids) => {
+                for id in ids {
+                    shared
+                        .conversations
+                        .notify(&shared, id, Note::CatchUp)
+                        .await;
+                }
+            }
         }
     }
 }

@@ -22,6 +22,16 @@ pub enum BusError {
     Protocol(String),
 }
 
+/// What a node can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Every event of one conversation.
+    Conversation(Uuid),
+    /// Membership events about one user, so the node serving them learns of
+    /// conversations they join on another node.
+    User(Uuid),
+}
+
 /// What a node hears from the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusSignal {
@@ -30,6 +40,9 @@ pub enum BusSignal {
     /// The subscription was down for a while: events may have been missed,
     /// so every subscribed conversation should catch up from the store.
     Lost,
+    /// These conversations' subscriptions now stand; anything committed
+    /// before must be caught up from the store.
+    Subscribed(Vec<Uuid>),
 }
 
 /// Publishes events, keeps the replay tail, and manages this node's
@@ -45,6 +58,9 @@ pub trait Bus: Send + Sync + Debug + 'static {
     /// Publishes `frame` (the event's `{"type","data"}` JSON) on the
     /// conversation's channel and appends it to the conversation's stream.
     async fn publish(&self, event: &Event, frame: &[u8]) -> Result<(), BusError>;
+
+    /// Publishes `frame` (a membership event) on `user`'s channel.
+    async fn publish_to_user(&self, user: Uuid, frame: &[u8]) -> Result<(), BusError>;
 
     /// Events in the conversation's stream after `after_seq`, oldest first,
     /// at most `limit`. The stream is trimmed, so the answer may start later
@@ -66,10 +82,11 @@ pub trait Bus: Send + Sync + Debug + 'static {
     /// A cheap round trip, for health and breaker probes.
     async fn ping(&self) -> Result<(), BusError>;
 
-    /// Adds a conversation to this node's subscriptions. Takes effect in the
-    /// background and survives reconnects.
-    fn subscribe(&self, conversation_id: Uuid);
+    /// Adds a topic to this node's subscriptions. Takes effect in the
+    /// background (confirmed by [`BusSignal::Subscribed`]) and survives
+    /// reconnects.
+    fn subscribe(&self, topic: Topic);
 
-    /// Removes a conversation from this node's subscriptions.
-    fn unsubscribe(&self, conversation_id: Uuid);
+    /// Removes a topic from this node's subscriptions.
+    fn unsubscribe(&self, topic: Topic);
 }

@@ -16,7 +16,7 @@ mod rows;
 mod sqlite;
 mod store;
 
-pub use bus::{Bus, BusError, BusSignal};
+pub use bus::{Bus, BusError, BusSignal, Topic};
 pub use clock::{Clock, SystemClock};
 pub use error::{Rejection, StoreError};
 pub use postgres::{PostgresOptions, PostgresStore};

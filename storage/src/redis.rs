@@ -23,7 +23,7 @@ use switchboard_protocol::Event;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-use crate::bus::{Bus, BusError, BusSignal};
+use crate::bus::{Bus, BusError, BusSignal, Topic};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -71,8 +71,8 @@ struct Inner {
     /// The command connection, made on first use and after a failure.
     commands: tokio::sync::Mutex<Option<ConnectionManager>>,
     publish: Script,
-    /// Conversations this node wants to hear about.
-    wanted: Mutex<HashSet<Uuid>>,
+    /// Topics this node wants to hear about.
+    wanted: Mutex<HashSet<Topic>>,
     /// Wakes the subscriber loop when `wanted` changes.
     changed: Notify,
     /// Signals dropped because the node's queue was full.
@@ -118,7 +118,10 @@ impl RedisBus {
     }
 
     fn channel(&self, conversation_id: Uuid) -> String {
-        channel(&self.inner.options.key_prefix, conversation_id)
+        channel(
+            &self.inner.options.key_prefix,
+            Topic::Conversation(conversation_id),
+        )
     }
 
     fn stream(&self, conversation_id: Uuid) -> String {
@@ -147,8 +150,11 @@ impl RedisBus {
     }
 }
 
-fn channel(prefix: &str, conversation_id: Uuid) -> String {
-    format!("{prefix}conversation:{conversation_id}:messages")
+fn channel(prefix: &str, topic: Topic) -> String {
+    match topic {
+        Topic::Conversation(id) => format!("{prefix}conversation:{id}:messages"),
+        Topic::User(id) => format!("{prefix}user:{id}:events"),
+    }
 }
 
 fn unavailable(error: &redis::RedisError) -> BusError {
@@ -188,8 +194,12 @@ async fn manager(
 #[allow(clippy::disallowed_methods)]
 async fn subscriber(inner: std::sync::Weak<Inner>, signals: mpsc::Sender<BusSignal>) {
     let mut connection: Option<ConnectionManager> = None;
-    let mut subscribed: HashSet<Uuid> = HashSet::new();
+    let mut subscribed: HashSet<Topic> = HashSet::new();
     let mut delay = Duration::from_millis(50);
+    // Catch-ups still owed after the link came back: one at once, one a
+    // round later, after the automatic resubscription has surely landed.
+    let mut owed_catch_ups = 0u8;
+    let mut link_down = false;
     loop {
         let Some(inner) = inner.upgrade() else { return };
         if connection.is_none() {
@@ -226,13 +236,14 @@ async fn subscriber(inner: std::sync::Weak<Inner>, signals: mpsc::Sender<BusSign
             }
         }
         let wanted = inner.wanted.lock().expect("wanted lock").clone();
-        let add: Vec<String> = wanted
-            .difference(&subscribed)
-            .map(|id| channel(&inner.options.key_prefix, *id))
+        let added: Vec<Topic> = wanted.difference(&subscribed).copied().collect();
+        let add: Vec<String> = added
+            .iter()
+            .map(|topic| channel(&inner.options.key_prefix, *topic))
             .collect();
         let remove: Vec<String> = subscribed
             .difference(&wanted)
-            .map(|id| channel(&inner.options.key_prefix, *id))
+            .map(|topic| channel(&inner.options.key_prefix, *topic))
             .collect();
         let conn = connection.as_mut().expect("connected above");
         let mut ok = true;
@@ -244,10 +255,39 @@ async fn subscriber(inner: std::sync::Weak<Inner>, signals: mpsc::Sender<BusSign
         }
         if ok {
             subscribed = wanted;
+            let conversations: Vec<Uuid> = added
+                .iter()
+                .filter_map(|topic| match topic {
+                    Topic::Conversation(id) => Some(*id),
+                    Topic::User(_) => None,
+                })
+                .collect();
+            if !conversations.is_empty()
+                && signals
+                    .try_send(BusSignal::Subscribed(conversations))
+                    .is_err()
+            {
+                inner.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         } else {
             tracing::debug!("redis subscribe failed; retrying");
             connection = None;
             continue;
+        }
+        // A subscriber sends no commands of its own, so ping to notice a dead
+        // link (which makes the manager reconnect and resubscribe).
+        let pinged: Result<String, _> = redis::cmd("PING").query_async(conn).await;
+        if pinged.is_err() {
+            link_down = true;
+        } else if link_down {
+            link_down = false;
+            owed_catch_ups = 2;
+        }
+        if owed_catch_ups > 0 && !link_down {
+            owed_catch_ups -= 1;
+            if signals.try_send(BusSignal::Lost).is_err() {
+                inner.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         // Re-check now and then even without a change, to notice a dead
         // link, and to stop within a second once the bus is dropped.
@@ -287,6 +327,16 @@ impl Bus for RedisBus {
             .await
             .map(drop)
             .map_err(|e| unavailable(&e))
+    }
+
+    async fn publish_to_user(&self, user: Uuid, frame: &[u8]) -> Result<(), BusError> {
+        self.run(
+            redis::cmd("PUBLISH")
+                .arg(channel(&self.inner.options.key_prefix, Topic::User(user)))
+                .arg(frame),
+        )
+        .await
+        .map(|_receivers: i64| ())
     }
 
     async fn tail(
@@ -343,25 +393,19 @@ impl Bus for RedisBus {
         }
     }
 
-    fn subscribe(&self, conversation_id: Uuid) {
-        if self
-            .inner
-            .wanted
-            .lock()
-            .expect("wanted lock")
-            .insert(conversation_id)
-        {
+    fn subscribe(&self, topic: Topic) {
+        if self.inner.wanted.lock().expect("wanted lock").insert(topic) {
             self.inner.changed.notify_one();
         }
     }
 
-    fn unsubscribe(&self, conversation_id: Uuid) {
+    fn unsubscribe(&self, topic: Topic) {
         if self
             .inner
             .wanted
             .lock()
             .expect("wanted lock")
-            .remove(&conversation_id)
+            .remove(&topic)
         {
             self.inner.changed.notify_one();
         }

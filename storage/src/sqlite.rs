@@ -371,6 +371,21 @@ impl Store for SqliteStore {
         role.as_deref().map(rows::role).transpose()
     }
 
+    async fn positions_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT c.id, c.last_seq FROM members m JOIN conversations c ON c.id = m.conversation_id \
+             WHERE m.user_id = ?1 LIMIT ?2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?)
+    }
+
     async fn conversations_for(
         &self,
         user_id: Uuid,

@@ -150,6 +150,13 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// A user's role in a conversation, `None` if not a member.
     async fn role(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<Role>, StoreError>;
 
+    /// Every conversation of the user with its `last_seq`, at most `limit`.
+    async fn positions_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError>;
+
     /// The user's conversations, newest activity first, with last message,
     /// unread and member counts, in a constant number of queries.
     async fn conversations_for(

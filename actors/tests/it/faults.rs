@@ -107,6 +107,14 @@ impl Store for FaultyStore {
         self.inner.role(conversation_id, user_id).await
     }
 
+    async fn positions_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        self.inner.positions_for(user_id, limit).await
+    }
+
     async fn conversations_for(
         &self,
         user_id: Uuid,

@@ -100,13 +100,13 @@ pub(crate) async fn node(redis_url: &str, bus_limits: BusLimits) -> TestNode {
     let mut options = SqliteOptions::new(dir.path().join("node.db"));
     options.synchronous_full = false;
     let store = Arc::new(SqliteStore::open(&options).await.unwrap());
-    let (signals, _) = mpsc::channel(16);
+    let (signals, receiver) = mpsc::channel(4096);
     let bus = RedisBus::new(RedisOptions::new(redis_url), signals).unwrap();
     let node = Node::start(
         Dependencies {
             store,
             clock: Arc::new(SystemClock::new()),
-            bus: Some(Arc::new(bus.clone())),
+            bus: Some((Arc::new(bus.clone()), receiver)),
         },
         Limits {
             bus: bus_limits,
@@ -131,7 +131,7 @@ fn metric(node: &Node, name: &str) -> u64 {
 }
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..500 {
+    for _ in 0..3000 {
         if check() {
             return;
         }
@@ -254,4 +254,250 @@ async fn streams_stay_near_their_bound_and_only_the_trimmer_trims() {
     assert_eq!(xtrim, expected_trims);
     assert_eq!(xadd, appends);
     assert!(xtrim * 100 <= xadd, "trims are at most 1% of appends");
+}
+
+const CLUSTER_SECRET: &[u8] = b"cluster test secret, long enough for hs256";
+
+/// A node of an in-process cluster, with its HTTP server.
+struct Member {
+    base: String,
+    node: Node,
+}
+
+/// Nodes sharing one SQLite file and one Redis, each serving HTTP.
+struct Cluster {
+    members: Vec<Member>,
+    auth: switchboard_http::Auth,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(size: usize, redis_url: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut members = Vec::with_capacity(size);
+        for _ in 0..size {
+            let mut options = SqliteOptions::new(dir.path().join("cluster.db"));
+            options.synchronous_full = false;
+            let store: Arc<dyn switchboard_storage::Store> =
+                Arc::new(SqliteStore::open(&options).await.unwrap());
+            let (signals, receiver) = mpsc::channel(4096);
+            let bus: Arc<dyn Bus> =
+                Arc::new(RedisBus::new(RedisOptions::new(redis_url), signals).unwrap());
+            let node = Node::start(
+                Dependencies {
+                    store: Arc::clone(&store),
+                    clock: Arc::new(SystemClock::new()),
+                    bus: Some((Arc::clone(&bus), receiver)),
+                },
+                Limits::default(),
+            )
+            .await
+            .unwrap();
+            let state = switchboard_http::AppState::new(
+                node.clone(),
+                store,
+                switchboard_http::Auth::new(CLUSTER_SECRET),
+                switchboard_http::HttpLimits::default(),
+            )
+            .with_bus(Some(bus));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            tokio::spawn(async move {
+                axum::serve(listener, switchboard_http::router(state))
+                    .await
+                    .unwrap();
+            });
+            members.push(Member { base, node });
+        }
+        Self {
+            members,
+            auth: switchboard_http::Auth::new(CLUSTER_SECRET),
+            _dir: dir,
+        }
+    }
+
+    /// Publishes that failed or were skipped, over all nodes.
+    fn publish_failures(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| {
+                ["error", "breaker_open", "queue_full", "restarting"]
+                    .iter()
+                    .map(|reason| {
+                        metric(
+                            &m.node,
+                            &format!("redis_pubsub_failure_total{{reason=\"{reason}\"}}"),
+                        )
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// A user acting through node `node`.
+    fn user(&self, id: Uuid, node: usize) -> crate::support::User {
+        let token = self.auth.mint(id, Duration::from_secs(3600)).unwrap();
+        crate::support::User {
+            id,
+            client: switchboard_client::Client::new(
+                &self.members[node % self.members.len()].base,
+                token,
+            ),
+        }
+    }
+}
+
+/// Users in one group, each watching through node `i % 3` and sending
+/// through node `(i + 1) % 3`.
+async fn spread_group(
+    cluster: &Cluster,
+    users: usize,
+) -> (Uuid, Vec<Uuid>, Vec<switchboard_client::EventStream>) {
+    let ids: Vec<Uuid> = (0..users).map(|_| Uuid::new_v4()).collect();
+    let owner = cluster.user(ids[0], 0);
+    let conversation = owner
+        .client
+        .create_conversation(&CreateConversation {
+            kind: ConversationKind::Group,
+            title: Some("spread".into()),
+            member_ids: ids[1..].to_vec(),
+        })
+        .await
+        .unwrap()
+        .id;
+    let mut streams = Vec::with_capacity(users);
+    for (i, id) in ids.iter().enumerate() {
+        streams.push(crate::support::connect(&cluster.user(*id, i)).await);
+    }
+    (conversation, ids, streams)
+}
+
+/// Every stream holds exactly `acked`, in `seq` order, and nothing more.
+async fn assert_each_got_all(
+    streams: &mut [switchboard_client::EventStream],
+    acked: &[switchboard_protocol::Message],
+) {
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let events = crate::support::events(stream, acked.len()).await;
+        let got: Vec<(i64, Uuid)> = events
+            .iter()
+            .map(|event| match event {
+                switchboard_protocol::Event::MessageNew(m) => (m.seq, m.id),
+                other => panic!("client {i} got an unexpected {other:?}"),
+            })
+            .collect();
+        let want: Vec<(i64, Uuid)> = acked.iter().map(|m| (m.seq, m.id)).collect();
+        assert_eq!(
+            got, want,
+            "client {i}: every acknowledged message once, in seq order"
+        );
+        assert!(
+            crate::support::next(stream).await.is_none(),
+            "client {i} got a duplicate"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_three_nodes_each_get_every_message_once_in_order() {
+    let redis = RedisServer::start(&[]);
+    let cluster = Cluster::start(3, &redis.url()).await;
+    let (conversation, ids, mut streams) = spread_group(&cluster, 6).await;
+    let mut senders = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let sender = cluster.user(*id, i + 1);
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..15 {
+                let sent = sender
+                    .client
+                    .send(&text(conversation, &format!("{i}:{n}")))
+                    .await
+                    .unwrap();
+                acked.push(sent.message);
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for sender in senders {
+        acked.extend(sender.await.unwrap());
+    }
+    acked.sort_by_key(|m| m.seq);
+    assert_eq!(acked.len(), 90);
+    assert_each_got_all(&mut streams, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_message_is_lost_while_redis_stops_and_returns() {
+    let mut redis = RedisServer::start(&[]);
+    let cluster = Cluster::start(3, &redis.url()).await;
+    let (conversation, ids, mut streams) = spread_group(&cluster, 6).await;
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let sender = cluster.user(*id, i + 1);
+        let sent = Arc::clone(&sent);
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..30 {
+                let message = sender
+                    .client
+                    .send(&text(conversation, &format!("{i}:{n}")))
+                    .await
+                    .unwrap();
+                acked.push(message.message);
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            acked
+        }));
+    }
+    let at = |count: usize| {
+        let sent = Arc::clone(&sent);
+        async move {
+            while sent.load(std::sync::atomic::Ordering::SeqCst) < count {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    at(50).await;
+    redis.stop();
+    at(110).await;
+    redis.restart();
+    let mut acked = Vec::new();
+    for sender in senders {
+        acked.extend(sender.await.unwrap());
+    }
+    acked.sort_by_key(|m| m.seq);
+    assert_eq!(acked.len(), 180);
+    // Sends went on after Redis came back, so gaps were seen and filled.
+    assert_each_got_all(&mut streams, &acked).await;
+
+    // Now an outage at the end of the load: nothing is sent after Redis
+    // returns, so only the catch-up on recovery can deliver these.
+    redis.stop();
+    let failed_before = cluster.publish_failures();
+    let mut tail = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let sender = cluster.user(*id, i + 1);
+        for n in 0..5 {
+            let message = sender
+                .client
+                .send(&text(conversation, &format!("late {i}:{n}")))
+                .await
+                .unwrap();
+            tail.push(message.message);
+        }
+    }
+    // Keep Redis down until every late publish has failed, so none of them
+    // can slip through late from a publisher's queue.
+    let late = u64::try_from(tail.len()).unwrap();
+    eventually("every late publish fails", || {
+        cluster.publish_failures() >= failed_before + late
+    })
+    .await;
+    redis.restart();
+    tail.sort_by_key(|m| m.seq);
+    assert_each_got_all(&mut streams, &tail).await;
 }

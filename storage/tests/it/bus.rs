@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use switchboard_protocol::{Event, MessageRead};
-use switchboard_storage::{Bus, BusError, BusSignal, RedisBus, RedisOptions};
+use switchboard_storage::{Bus, BusError, BusSignal, RedisBus, RedisOptions, Topic};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -46,7 +46,7 @@ async fn next_event(rx: &mut mpsc::Receiver<BusSignal>) -> Event {
     loop {
         match tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
             Ok(Some(BusSignal::Event(event))) => return event,
-            Ok(Some(BusSignal::Lost)) => {}
+            Ok(Some(BusSignal::Lost | BusSignal::Subscribed(_))) => {}
             other => panic!("no event arrived: {other:?}"),
         }
     }
@@ -86,7 +86,7 @@ async fn events_reach_subscribers_in_order_on_the_seed_channel() {
         .await
         .unwrap();
 
-    listener.subscribe(conversation);
+    listener.subscribe(Topic::Conversation(conversation));
     until_heard(&publisher, &mut rx, conversation).await;
     let mut operator_messages = operator.on_message();
     let warmup: redis::Msg = tokio::time::timeout(Duration::from_secs(5), operator_messages.next())
@@ -118,7 +118,7 @@ async fn events_reach_subscribers_in_order_on_the_seed_channel() {
     listener.ping().await.unwrap();
 
     // Unsubscribed, nothing more arrives.
-    listener.unsubscribe(conversation);
+    listener.unsubscribe(Topic::Conversation(conversation));
     tokio::time::sleep(Duration::from_millis(300)).await;
     while rx.try_recv().is_ok() {}
     publish(&publisher, &event(conversation, 21)).await.unwrap();
@@ -174,7 +174,7 @@ async fn a_subscriber_comes_back_after_redis_restarts() {
     let conversation = Uuid::new_v4();
     let (publisher, _) = bus(&url, "");
     let (listener, mut rx) = bus(&url, "");
-    listener.subscribe(conversation);
+    listener.subscribe(Topic::Conversation(conversation));
     until_heard(&publisher, &mut rx, conversation).await;
 
     server.stop();

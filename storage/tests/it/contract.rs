@@ -435,6 +435,11 @@ pub(crate) async fn the_list_summarizes_in_one_query(b: Arc<Backend>) {
     );
     assert_eq!(list[0].role, Role::Member);
     assert_eq!(store.conversations_for(bob, 1).await.unwrap().len(), 1);
+    let mut positions = store.positions_for(bob, 50).await.unwrap();
+    positions.sort_unstable();
+    let mut expected = vec![(quiet, 1), (busy, 5)];
+    expected.sort_unstable();
+    assert_eq!(positions, expected);
     assert!(
         store
             .conversations_for(Uuid::new_v4(), 50)

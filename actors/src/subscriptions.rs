@@ -1,0 +1,191 @@
+//! This node's subscriptions to the bus and, for each subscribed
+//! conversation, the last `seq` delivered here.
+//!
+//! A node subscribes to the channel of every user with a connection here and
+//! to every conversation of those users, and drops them when the last such
+//! connection closes. The watermark lives here rather than in the
+//! conversation actor so it survives the actor's idle stops and restarts:
+//! it is what lets the node deliver each event exactly once, in order, and
+//! fill any gap from the store.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use switchboard_storage::{Bus, Store, StoreError, Topic};
+use uuid::Uuid;
+
+#[derive(Debug, Default)]
+struct Local {
+    /// Open connections of the user on this node.
+    connections: usize,
+    /// The user's conversations this node holds for them.
+    conversations: HashSet<Uuid>,
+}
+
+#[derive(Debug)]
+struct Held {
+    /// Local users holding the subscription.
+    users: usize,
+    /// The last `seq` delivered on this node.
+    delivered: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    users: HashMap<Uuid, Local>,
+    conversations: HashMap<Uuid, Held>,
+}
+
+/// The node's subscriptions.
+#[derive(Debug)]
+pub(crate) struct Subscriptions {
+    bus: Arc<dyn Bus>,
+    /// Never held across an await.
+    state: Mutex<State>,
+    /// Conversations loaded per user on connect.
+    conversations_per_user_max: u32,
+}
+
+impl Subscriptions {
+    pub(crate) fn new(bus: Arc<dyn Bus>, conversations_per_user_max: u32) -> Self {
+        Self {
+            bus,
+            state: Mutex::default(),
+            conversations_per_user_max,
+        }
+    }
+
+    /// A connection of `user` opened here.
+    pub(crate) async fn connect(&self, store: &dyn Store, user: Uuid) -> Result<(), StoreError> {
+        if let Some(local) = self
+            .state
+            .lock()
+            .expect("subscriptions lock")
+            .users
+            .get_mut(&user)
+        {
+            local.connections += 1;
+            return Ok(());
+        }
+        let positions = store
+            .positions_for(user, self.conversations_per_user_max)
+            .await?;
+        let mut state = self.state.lock().expect("subscriptions lock");
+        match state.users.entry(user) {
+            Entry::Occupied(mut entry) => entry.get_mut().connections += 1,
+            Entry::Vacant(entry) => {
+                entry.insert(Local {
+                    connections: 1,
+                    conversations: positions.iter().map(|(id, _)| *id).collect(),
+                });
+                self.bus.subscribe(Topic::User(user));
+                for (id, last_seq) in positions {
+                    self.hold(&mut state, id, last_seq);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A connection of `user` closed here.
+    pub(crate) fn disconnect(&self, user: Uuid) {
+        let mut state = self.state.lock().expect("subscriptions lock");
+        let Some(local) = state.users.get_mut(&user) else {
+            return;
+        };
+        local.connections = local.connections.saturating_sub(1);
+        if local.connections > 0 {
+            return;
+        }
+        let local = state.users.remove(&user).expect("present above");
+        self.bus.unsubscribe(Topic::User(user));
+        for id in local.conversations {
+            self.release(&mut state, id);
+        }
+    }
+
+    /// `user` joined `conversation` with the event at `seq`. If the user is
+    /// connected here, the node holds the conversation for them; a newly held
+    /// conversation starts right before the join, so it is delivered.
+    pub(crate) fn joined(&self, user: Uuid, conversation: Uuid, seq: i64) {
+        let mut state = self.state.lock().expect("subscriptions lock");
+        let added = state
+            .users
+            .get_mut(&user)
+            .is_some_and(|local| local.conversations.insert(conversation));
+        if added {
+            self.hold(&mut state, conversation, seq - 1);
+        }
+    }
+
+    /// `user` left `conversation`.
+    pub(crate) fn left(&self, user: Uuid, conversation: Uuid) {
+        let mut state = self.state.lock().expect("subscriptions lock");
+        let removed = state
+            .users
+            .get_mut(&user)
+            .is_some_and(|local| local.conversations.remove(&conversation));
+        if removed {
+            self.release(&mut state, conversation);
+        }
+    }
+
+    /// The last `seq` delivered here, for a held conversation.
+    pub(crate) fn delivered(&self, conversation: Uuid) -> Option<i64> {
+        self.state
+            .lock()
+            .expect("subscriptions lock")
+            .conversations
+            .get(&conversation)
+            .map(|held| held.delivered)
+    }
+
+    /// Records that `seq` was delivered here.
+    pub(crate) fn advance(&self, conversation: Uuid, seq: i64) {
+        if let Some(held) = self
+            .state
+            .lock()
+            .expect("subscriptions lock")
+            .conversations
+            .get_mut(&conversation)
+        {
+            held.delivered = held.delivered.max(seq);
+        }
+    }
+
+    /// Every held conversation.
+    pub(crate) fn held(&self) -> Vec<Uuid> {
+        self.state
+            .lock()
+            .expect("subscriptions lock")
+            .conversations
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    fn hold(&self, state: &mut State, conversation: Uuid, delivered: i64) {
+        state
+            .conversations
+            .entry(conversation)
+            .or_insert_with(|| {
+                self.bus.subscribe(Topic::Conversation(conversation));
+                Held {
+                    users: 0,
+                    delivered,
+                }
+            })
+            .users += 1;
+    }
+
+    fn release(&self, state: &mut State, conversation: Uuid) {
+        if let Entry::Occupied(mut entry) = state.conversations.entry(conversation) {
+            entry.get_mut().users -= 1;
+            if entry.get().users == 0 {
+                entry.remove();
+                self.bus.unsubscribe(Topic::Conversation(conversation));
+            }
+        }
+    }
+}
