@@ -251,6 +251,9 @@ async fn streams_stay_near_their_bound_and_only_the_trimmer_trims() {
     // Redis saw exactly the trimmer's trims, one per 100 appends, and no
     // append carried a MAXLEN of its own.
     let (xtrim, xadd) = (redis.calls("xtrim").await, redis.calls("xadd").await);
+    eprintln!(
+        "stream: {len} entries kept of {appends} appended (bound 5000); XADD {xadd}, XTRIM {xtrim}"
+    );
     assert_eq!(xtrim, expected_trims);
     assert_eq!(xadd, appends);
     assert!(xtrim * 100 <= xadd, "trims are at most 1% of appends");
@@ -500,4 +503,50 @@ async fn no_acknowledged_message_is_lost_while_redis_stops_and_returns() {
     redis.restart();
     tail.sort_by_key(|m| m.seq);
     assert_each_got_all(&mut streams, &tail).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_and_serves_with_redis_unreachable_and_says_so() {
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cluster = Cluster::start(1, &format!("redis://127.0.0.1:{port}")).await;
+    let user = cluster.user(Uuid::new_v4(), 0);
+    let conversation = user
+        .client
+        .create_conversation(&CreateConversation {
+            kind: ConversationKind::Group,
+            title: None,
+            member_ids: vec![],
+        })
+        .await
+        .unwrap()
+        .id;
+    let mut stream = crate::support::connect(&user).await;
+    let sent = user
+        .client
+        .send(&text(conversation, "still here"))
+        .await
+        .unwrap();
+    assert!(sent.created);
+    // Delivered on its own node without Redis.
+    let events = crate::support::events(&mut stream, 1).await;
+    assert!(
+        matches!(&events[0], switchboard_protocol::Event::MessageNew(m) if m.id == sent.message.id)
+    );
+
+    let ready: serde_json::Value =
+        reqwest::get(format!("{}/health/ready", cluster.members[0].base))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert_eq!(ready["dependencies"]["database"]["ok"], true);
+    assert_eq!(ready["dependencies"]["redis"]["ok"], false, "{ready}");
+    assert!(ready["dependencies"]["redis"]["breakers"]["redis_publish"].is_string());
 }
