@@ -159,3 +159,42 @@ pub(crate) fn decode_events(
         })
         .collect()
 }
+
+/// The members a new conversation starts with: the creator as owner, the
+/// rest as members, in the order every later read returns them.
+pub(crate) fn initial_members(command: &crate::CreateConversation) -> Vec<Member> {
+    let mut members = Vec::with_capacity(command.members.len() + 1);
+    members.push(Member {
+        user_id: command.creator,
+        role: Role::Owner,
+        last_read_seq: 0,
+        joined_at: command.at,
+    });
+    members.extend(command.members.iter().map(|&user_id| Member {
+        user_id,
+        role: Role::Member,
+        last_read_seq: 0,
+        joined_at: command.at,
+    }));
+    members.sort_by_key(|m| (m.joined_at, m.user_id));
+    members
+}
+
+/// The answer to a send whose idempotency key already stored `stored`: the
+/// stored message, unless the key is being reused for a different one.
+pub(crate) fn replay(
+    stored: Message,
+    command: &crate::NewMessage,
+) -> Result<crate::SendOutcome, StoreError> {
+    let unchanged = stored.edited_at.is_none() && stored.deleted_at.is_none();
+    if unchanged
+        && (stored.encrypted_content != command.encrypted_content
+            || stored.nonce != command.nonce
+            || stored.message_type != command.message_type)
+    {
+        return Err(StoreError::Conflict(
+            "idempotency key already used for a different message".into(),
+        ));
+    }
+    Ok(crate::SendOutcome::Duplicate(stored))
+}

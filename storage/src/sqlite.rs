@@ -302,21 +302,7 @@ impl Store for SqliteStore {
         .bind(command.at)
         .execute(&mut *tx)
         .await?;
-        let mut members = Vec::with_capacity(command.members.len() + 1);
-        members.push(Member {
-            user_id: command.creator,
-            role: Role::Owner,
-            last_read_seq: 0,
-            joined_at: command.at,
-        });
-        members.extend(command.members.iter().map(|&user_id| Member {
-            user_id,
-            role: Role::Member,
-            last_read_seq: 0,
-            joined_at: command.at,
-        }));
-        // The order every later read returns: by join time, then user id.
-        members.sort_by_key(|m| (m.joined_at, m.user_id));
+        let members = rows::initial_members(&command);
         for member in &members {
             sqlx::query(
                 "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
@@ -419,18 +405,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = existing {
-                let message = rows::message(&row)?;
-                let unchanged = message.edited_at.is_none() && message.deleted_at.is_none();
-                if unchanged
-                    && (message.encrypted_content != command.encrypted_content
-                        || message.nonce != command.nonce
-                        || message.message_type != command.message_type)
-                {
-                    return Err(StoreError::Conflict(
-                        "idempotency key already used for a different message".into(),
-                    ));
-                }
-                return Ok(SendOutcome::Duplicate(message));
+                return rows::replay(rows::message(&row)?, &command);
             }
         }
         // The membership check is part of the statement that takes the seq.
