@@ -11,5 +11,6 @@ mod errors;
 mod idempotency;
 mod live;
 mod membership;
+mod openapi;
 mod race;
 mod support;
