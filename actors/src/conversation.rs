@@ -904,23 +904,28 @@ impl ConversationState {
         }
     }
 
-    /// Delivers the stored events strictly between `after` and `before`.
+    /// Delivers the events strictly between `after` and `before`: from the
+    /// bus's replay tail when it holds them without a hole, else from the
+    /// store.
     async fn fill(&mut self, after: i64, before: i64) {
         const BATCH: i64 = 500;
         let mut cursor = after;
         while cursor.saturating_add(1) < before {
             let want = (before - cursor - 1).min(BATCH);
-            let batch = match self
-                .shared
-                .store
-                .events(self.id, cursor, u32::try_from(want).unwrap_or(500))
-                .await
-            {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::warn!(conversation = %self.id, %error, "cannot fill a gap from the store");
-                    return;
-                }
+            let (batch, source) = match self.tail_from_stream(cursor, want).await {
+                Some(batch) => (batch, "stream"),
+                None => match self
+                    .shared
+                    .store
+                    .events(self.id, cursor, u32::try_from(want).unwrap_or(500))
+                    .await
+                {
+                    Ok(batch) => (batch, "store"),
+                    Err(error) => {
+                        tracing::warn!(conversation = %self.id, %error, "cannot fill a gap from the store");
+                        return;
+                    }
+                },
             };
             if batch.is_empty() {
                 return;
@@ -928,12 +933,42 @@ impl ConversationState {
             self.shared
                 .metrics
                 .gap_filled_events_total
+                .with_label_values(&[source])
                 .inc_by(batch.len() as u64);
             for event in batch {
                 cursor = event.seq();
                 self.deliver(&EncodedEvent::new(event));
             }
         }
+    }
+
+    /// Up to `want` events after `after` from the bus's replay tail, if it
+    /// has them starting right after `after` and without a hole. Skipped
+    /// while publishing to the bus fails, so a Redis outage never slows the
+    /// actor down.
+    async fn tail_from_stream(&self, after: i64, want: i64) -> Option<Vec<Event>> {
+        let bus = self.shared.bus.as_ref()?;
+        let healthy = self
+            .shared
+            .bus_workers
+            .as_ref()
+            .is_some_and(|w| w.breakers().get("redis_publish") == Some(&"closed"));
+        if !healthy {
+            return None;
+        }
+        let limit = usize::try_from(want).ok()?;
+        let tail = tokio::time::timeout(
+            std::time::Duration::from_millis(250),
+            bus.tail(self.id, after, limit),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        let contiguous = tail
+            .iter()
+            .enumerate()
+            .all(|(i, e)| e.seq() == after + 1 + i as i64 && e.conversation_id() == self.id);
+        (!tail.is_empty() && contiguous).then_some(tail)
     }
 
     /// Applies one event to the cached state and hands it to the members it

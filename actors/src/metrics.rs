@@ -49,8 +49,9 @@ pub struct Metrics {
     /// Bus notes dropped because a conversation actor was full; gap checks
     /// and catch-ups deliver what they carried.
     pub(crate) bus_notes_dropped_total: IntCounter,
-    /// Events delivered from the store to fill a gap in what the bus brought.
-    pub(crate) gap_filled_events_total: IntCounter,
+    /// Events delivered to fill a gap in what the bus brought, by source
+    /// (`stream` or `store`).
+    pub(crate) gap_filled_events_total: IntCounterVec,
 }
 
 impl Metrics {
@@ -165,10 +166,11 @@ impl Metrics {
                 "bus_notes_dropped_total",
                 "Bus notes dropped because a conversation actor was full",
             ),
-            gap_filled_events_total: counter(
+            gap_filled_events_total: counters(
                 r,
                 "gap_filled_events_total",
-                "Events delivered from the store to fill a gap",
+                "Events delivered to fill a gap, by source",
+                &["source"],
             ),
             registry,
         }

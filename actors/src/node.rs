@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub(crate) bus_workers: Option<BusWorkers>,
     /// What this node listens to on the bus, and what it delivered.
     pub(crate) subscriptions: Option<Subscriptions>,
+    /// The bus itself, for its replay tail.
+    pub(crate) bus: Option<Arc<dyn Bus>>,
 }
 
 impl Shared {
@@ -157,13 +159,15 @@ impl Node {
             ),
             None => None,
         };
-        let subscriptions =
-            bus.map(|bus| Subscriptions::new(bus, limits.bus.conversations_per_user_max));
+        let subscriptions = bus
+            .clone()
+            .map(|bus| Subscriptions::new(bus, limits.bus.conversations_per_user_max));
         let shared = Arc::new(Shared {
             store,
             clock,
             bus_workers,
             subscriptions,
+            bus,
             hub: Hub::new(
                 limits.connections_max,
                 limits.connections_per_user_max,
