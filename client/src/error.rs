@@ -1,6 +1,10 @@
 //! [`ClientError`] and its retryable/permanent classification.
 
+use std::time::Duration;
+
 use switchboard_protocol::{ErrorBody, ErrorCode};
+
+use crate::retry::{Class, Failure, classify};
 
 /// A failed call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,14 +80,29 @@ impl ClientError {
         }
     }
 
+    /// The failure as the retry policy sees it; `None` for an answer that
+    /// could not be decoded, which no retry mends.
+    #[must_use]
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Self::Transport(_) => Some(Failure::Network),
+            Self::Api {
+                status,
+                retry_after,
+                ..
+            } => Some(Failure::Status {
+                code: *status,
+                retry_after: retry_after.map(Duration::from_secs),
+            }),
+            Self::Decode(_) => None,
+        }
+    }
+
     /// Whether trying again may succeed: transport failures, 5xx and 429.
     /// Every other answer is permanent; retrying it only repeats the failure.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Transport(_) => true,
-            Self::Api { status, .. } => *status == 429 || *status >= 500,
-            Self::Decode(_) => false,
-        }
+        self.failure()
+            .is_some_and(|f| matches!(classify(f), Class::Retryable { .. }))
     }
 }

@@ -2,11 +2,14 @@
 //! stream over WebSocket.
 //!
 //! Errors are sorted into retryable (network, 5xx, 429) and permanent (the
-//! other 4xx) by [`ClientError::is_retryable`], the distinction a retry policy
-//! is built on.
+//! other 4xx) by [`classify`]; [`RetryPolicy`] bounds the attempts and
+//! spaces them, and [`Outbox`] holds sends until they are acknowledged or
+//! given up. Those three are sans-IO: they read no clock and open no socket.
 
 mod error;
 mod events;
+mod outbox;
+mod retry;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -18,6 +21,8 @@ use uuid::Uuid;
 
 pub use error::ClientError;
 pub use events::{Closed, EventStream};
+pub use outbox::{GiveUp, Outbox, OutboxError, Settled};
+pub use retry::{Class, Failure, RetryPolicy, classify};
 
 /// A client bound to one server and one user's token.
 #[derive(Debug, Clone)]
