@@ -11,7 +11,7 @@
 //! restarted after a panic under a [`RestartTracker`]'s bounds: lazily, by the
 //! next request, once the backoff has passed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -882,6 +882,11 @@ impl ConversationState {
                     }
                 }
             }
+            // Another node's event this node already delivered: nothing to
+            // encode, deliver or publish.
+            if skip && !local {
+                continue;
+            }
             let encoded = EncodedEvent::new(event);
             if !skip {
                 self.deliver(&encoded);
@@ -992,7 +997,8 @@ impl ConversationState {
             }
             _ => {}
         }
-        let recipients: HashSet<&Uuid> = loaded.members.keys().chain(departed.as_ref()).collect();
+        // The departed member is no longer a key, so nobody is named twice.
+        let recipients = loaded.members.keys().chain(departed.as_ref());
         self.shared.hub.deliver(recipients, encoded);
         if let Some(subscriptions) = &self.shared.subscriptions {
             subscriptions.advance(self.id, event.seq());

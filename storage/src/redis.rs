@@ -12,7 +12,7 @@
 //! and serves while Redis is down.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,8 +75,10 @@ struct Inner {
     wanted: Mutex<HashSet<Topic>>,
     /// Wakes the subscriber loop when `wanted` changes.
     changed: Notify,
-    /// Signals dropped because the node's queue was full.
-    dropped: AtomicU64,
+    /// A signal was dropped because the node's queue was full. The node may
+    /// have missed events (or a `Lost`), so the subscriber loop owes it a
+    /// `Lost` until one gets through.
+    overflowed: AtomicBool,
 }
 
 impl RedisBus {
@@ -105,16 +107,10 @@ impl RedisBus {
             publish: Script::new(PUBLISH),
             wanted: Mutex::new(HashSet::new()),
             changed: Notify::new(),
-            dropped: AtomicU64::new(0),
+            overflowed: AtomicBool::new(false),
         });
         tokio::spawn(subscriber(Arc::downgrade(&inner), signals));
         Ok(Self { inner })
-    }
-
-    /// Signals dropped because the node's queue was full.
-    #[must_use]
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped.load(Ordering::Relaxed)
     }
 
     fn channel(&self, conversation_id: Uuid) -> String {
@@ -215,7 +211,7 @@ async fn subscriber(inner: std::sync::Weak<Inner>, signals: mpsc::Sender<BusSign
                     && push_signals.try_send(signal).is_err()
                     && let Some(inner) = push_inner.upgrade()
                 {
-                    inner.dropped.fetch_add(1, Ordering::Relaxed);
+                    inner.overflowed.store(true, Ordering::Relaxed);
                 }
             });
             match manager(&inner, Some(push)).await {
@@ -267,7 +263,7 @@ async fn subscriber(inner: std::sync::Weak<Inner>, signals: mpsc::Sender<BusSign
                     .try_send(BusSignal::Subscribed(conversations))
                     .is_err()
             {
-                inner.dropped.fetch_add(1, Ordering::Relaxed);
+                inner.overflowed.store(true, Ordering::Relaxed);
             }
         } else {
             tracing::debug!("redis subscribe failed; retrying");
@@ -283,10 +279,14 @@ async fn subscriber(inner: std::sync::Weak<Inner>, signals: mpsc::Sender<BusSign
             link_down = false;
             owed_catch_ups = 2;
         }
+        if inner.overflowed.swap(false, Ordering::Relaxed) {
+            tracing::warn!("the node's bus queue overflowed; asking it to catch up");
+            owed_catch_ups = owed_catch_ups.max(1);
+        }
         if owed_catch_ups > 0 && !link_down {
             owed_catch_ups -= 1;
             if signals.try_send(BusSignal::Lost).is_err() {
-                inner.dropped.fetch_add(1, Ordering::Relaxed);
+                inner.overflowed.store(true, Ordering::Relaxed);
             }
         }
         // Re-check now and then even without a change, to notice a dead
