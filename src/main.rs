@@ -134,15 +134,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         data_dir = %settings.data_dir.display(),
         "switchboard is serving"
     );
-    let router = switchboard_http::router(state.clone());
     let drain_timeout = settings.drain_timeout;
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: draining connections");
-            state.start_draining();
-            node_close(&state).await;
-        })
+    switchboard_http::serve(listener, state, shutdown_signal(), drain_timeout)
         .await
         .context("server failed")?;
     node.shutdown(drain_timeout).await;
@@ -186,12 +179,6 @@ async fn open_store(database: Database) -> anyhow::Result<OpenStore> {
                 .context("cannot open the postgres database")?,
         ),
     })
-}
-
-/// Closes every live connection so upgraded sockets do not hold up the
-/// server's graceful shutdown.
-async fn node_close(state: &AppState) {
-    state.node.close_connections();
 }
 
 async fn shutdown_signal() {

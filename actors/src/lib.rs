@@ -2,8 +2,9 @@
 //!
 //! A conversation actor serializes every mutation of its conversation: the
 //! permission check and the write happen in one handler, in order, so there is
-//! no window between them. A connection actor owns one client connection's
-//! outbound side. Both sit behind bounded mailboxes and under supervisors.
+//! no window between them. A session actor is a client's place in the live
+//! stream and outlives its connections; a connection actor owns one client
+//! connection. All sit behind bounded mailboxes and under supervisors.
 //!
 //! Architecture invariant: this crate knows nothing of axum, sqlx or sockets.
 //! It talks to storage through `switchboard_storage::Store` and to a client
@@ -18,13 +19,17 @@ mod hub;
 mod mailbox;
 mod metrics;
 mod node;
+mod session;
 mod subscriptions;
 
-pub use connection::{ClientFrameError, Close, Connection, ConnectionLink, LinkReceivers};
+pub use connection::{
+    ClientFrameError, Close, Connection, ConnectionLink, Frame, LinkReceivers, Transport,
+};
 pub use dependency::BusLimits;
 pub use error::ActorError;
 pub use hub::EncodedEvent;
 pub use metrics::Metrics;
-pub use node::{Dependencies, Limits, Node};
+pub use node::{ConnectRequest, Dependencies, Limits, Node, ResumeAt};
+pub use session::SessionLimits;
 /// The policies `Limits` and `BusLimits` are made of.
 pub use switchboard_supervisors::{BreakerPolicy, RestartPolicy};

@@ -15,6 +15,32 @@ pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections on this node.
     pub(crate) websocket_active_connections: IntGauge,
+    /// Open Server-Sent Events connections on this node.
+    pub(crate) sse_active_connections: IntGauge,
+    /// Connections refused by a limit, by transport and limit (`user`,
+    /// `node`).
+    pub(crate) connections_refused_total: IntCounterVec,
+    /// Sessions on this node, connected or not.
+    pub(crate) sessions_active: IntGauge,
+    /// Sessions on this node waiting, within their grace period, for a
+    /// connection to resume them.
+    pub(crate) sessions_detached: IntGauge,
+    /// Sessions ended because their grace period passed.
+    pub(crate) sessions_expired_total: IntCounter,
+    /// Sessions ended to make room, or replaced by a new one for the device.
+    pub(crate) sessions_replaced_total: IntCounter,
+    /// Connections attaching to a session, by outcome (`attached`,
+    /// `not_found`, `overflowed`, `invalid_cursor`).
+    pub(crate) session_attaches_total: IntCounterVec,
+    /// Events a session did not send, by reason (`duplicate`,
+    /// `awaiting_sync`).
+    pub(crate) session_events_skipped_total: IntCounterVec,
+    /// Events dropped from session buffers to stay within their bounds.
+    pub(crate) session_buffer_evicted_total: IntCounter,
+    /// Events sent again from a session buffer on resume.
+    pub(crate) session_replayed_events_total: IntCounter,
+    /// Events read from the store to answer `sync`.
+    pub(crate) sync_events_total: IntCounter,
     /// Conversation actors alive on this node.
     pub(crate) conversation_actors_active: IntGauge,
     /// Conversation actors that failed (panicked) and were restarted.
@@ -69,6 +95,60 @@ impl Metrics {
                 r,
                 "websocket_active_connections",
                 "Open WebSocket connections on this node",
+            ),
+            sse_active_connections: gauge(
+                r,
+                "sse_active_connections",
+                "Open Server-Sent Events connections on this node",
+            ),
+            connections_refused_total: counters(
+                r,
+                "connections_refused_total",
+                "Connections refused by a limit",
+                &["transport", "limit"],
+            ),
+            sessions_active: gauge(r, "sessions_active", "Sessions on this node"),
+            sessions_detached: gauge(
+                r,
+                "sessions_detached",
+                "Sessions without a connection, within their grace period",
+            ),
+            sessions_expired_total: counter(
+                r,
+                "sessions_expired_total",
+                "Sessions ended after their grace period",
+            ),
+            sessions_replaced_total: counter(
+                r,
+                "sessions_replaced_total",
+                "Sessions ended to make room or replaced for their device",
+            ),
+            session_attaches_total: counters(
+                r,
+                "session_attaches_total",
+                "Connections attaching to a session, by outcome",
+                &["outcome"],
+            ),
+            session_events_skipped_total: counters(
+                r,
+                "session_events_skipped_total",
+                "Events a session did not send, by reason",
+                &["reason"],
+            ),
+            session_buffer_evicted_total: counter(
+                r,
+                "session_buffer_evicted_total",
+                "Events dropped from session buffers to stay within bounds",
+            ),
+            session_replayed_events_total: counter(
+                r,
+                "session_replayed_events_total",
+                "Events replayed from session buffers on resume",
+            ),
+            sync_events_total: counter(
+                r,
+                "sync_events_total",
+                "Events read from the store to answer sync",
             ),
             conversation_actors_active: gauge(
                 r,
@@ -174,6 +254,14 @@ impl Metrics {
             ),
             registry,
         }
+    }
+
+    /// Counts a connection a transport refused by one of its own limits
+    /// (such as `ip`), next to the node's refusals.
+    pub fn connection_refused(&self, transport: &str, limit: &str) {
+        self.connections_refused_total
+            .with_label_values(&[transport, limit])
+            .inc();
     }
 
     /// The registry, for transports to add their own metrics to.

@@ -6,27 +6,33 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use switchboard_protocol::{
     AddMember, Conversation, ConversationKind, ConversationSummary, CreateConversation,
-    EditMessage, Event, Member, Message, Role, SendMessage,
+    EditMessage, Event, Member, Message, ResumeFailed, ResumeRefusal, Role, SendMessage, Sync,
+    Synced,
 };
 use switchboard_storage::{
     Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Store,
 };
 use switchboard_supervisors::RestartPolicy;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::connection::{
-    Close, Connection, ConnectionActor, ConnectionArgs, ConnectionLink, ConnectionSupervisor, slots,
+    Close, Connection, ConnectionActor, ConnectionArgs, ConnectionLink, ConnectionSupervisor,
+    Sockets, Transport, control, slots,
 };
 use crate::conversation::{Command, ConversationSupervisor, Conversations, Note};
 use crate::dependency::{BusLimits, BusWorkers};
-use crate::hub::{EncodedEvent, Hub};
+use crate::hub::{EncodedEvent, Hub, NewSession};
 use crate::mailbox::Mailbox;
+use crate::session::{
+    Attach, SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionSupervisor, Start,
+};
 use crate::subscriptions::Subscriptions;
 use crate::{ActorError, Metrics};
 
@@ -43,12 +49,15 @@ pub struct Limits {
     pub conversation_members_max: usize,
     /// How long a caller waits for a conversation actor's answer.
     pub call_timeout: Duration,
-    /// Events and client frames that may wait in one connection actor.
+    /// Events and client frames that may wait in one session or connection
+    /// actor.
     pub connection_mailbox_len_max: usize,
-    /// Connections this node holds at once.
+    /// Connections (WebSocket and SSE) this node holds at once.
     pub connections_max: usize,
     /// Connections one user may hold on this node.
     pub connections_per_user_max: usize,
+    /// Sessions: grace period, buffer bounds, sync budget.
+    pub sessions: SessionLimits,
     /// How often and how fast a failing conversation actor is restarted.
     pub restart: RestartPolicy,
     /// Bounds of the bus workers, when there is a bus.
@@ -66,6 +75,7 @@ impl Default for Limits {
             connection_mailbox_len_max: 1024,
             connections_max: 50_000,
             connections_per_user_max: 16,
+            sessions: SessionLimits::default(),
             restart: RestartPolicy::default(),
             bus: BusLimits::default(),
         }
@@ -90,6 +100,11 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) hub: Hub,
+    /// Open connections, against the connection limits.
+    pub(crate) sockets: Arc<Sockets>,
+    /// Numbers connections, so a session tells its current one from an
+    /// earlier one.
+    links: AtomicU64,
     pub(crate) conversations: Conversations,
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
@@ -102,13 +117,41 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// A connection's actor is gone: forget it, and its user's subscriptions
-    /// if it was their last connection here.
-    pub(crate) fn connection_closed(&self, actor_id: ractor::ActorId, close: Option<Close>) {
-        if let Some(user) = self.hub.unregister(actor_id, close)
+    /// A session ended: forget it, close its connection with `close`, and
+    /// release its user's subscriptions if it was their last session here.
+    pub(crate) fn session_ended(&self, session_id: Uuid, close: Close) {
+        if let Some(user) = self.hub.unregister(session_id, close)
             && let Some(subscriptions) = &self.subscriptions
         {
             subscriptions.disconnect(user);
+        }
+    }
+
+    /// A session actor failed or stopped without saying so itself.
+    pub(crate) fn session_failed(&self, actor_id: ractor::ActorId) {
+        if let Some(session_id) = self.hub.session_of(actor_id) {
+            self.session_ended(session_id, Close::INTERNAL);
+        }
+    }
+
+    /// Attaches a connection to a session and waits for the outcome; a
+    /// session that is gone or does not answer counts as not found.
+    pub(crate) async fn attach(
+        &self,
+        session: &Mailbox<SessionMsg>,
+        attach: Attach,
+    ) -> Result<(), ResumeRefusal> {
+        let (reply, answer) = oneshot::channel();
+        if session
+            .actor()
+            .send_message(SessionMsg::Attach(attach, reply))
+            .is_err()
+        {
+            return Err(ResumeRefusal::NotFound);
+        }
+        match tokio::time::timeout(self.limits.call_timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            _ => Err(ResumeRefusal::NotFound),
         }
     }
 }
@@ -134,6 +177,33 @@ pub struct Node {
     shared: Arc<Shared>,
     conversation_supervisor: ActorRef<()>,
     connection_supervisor: ActorRef<()>,
+    session_supervisor: ActorRef<()>,
+}
+
+/// A connection to open.
+#[derive(Debug)]
+pub struct ConnectRequest {
+    /// Who is connecting.
+    pub user: Uuid,
+    /// Where the connection's frames go.
+    pub link: ConnectionLink,
+    /// How the client is connected.
+    pub transport: Transport,
+    /// The client's name for its device; a new session for a device ends
+    /// the device's earlier one, and an SSE resume may find its session by
+    /// it.
+    pub device: Option<String>,
+    /// Resume a session at connect (SSE's `Last-Event-ID`).
+    pub resume: Option<ResumeAt>,
+}
+
+/// Where to resume.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumeAt {
+    /// The session; `None` for the session of the request's device.
+    pub session_id: Option<Uuid>,
+    /// The last cursor the client received.
+    pub cursor: u64,
 }
 
 impl Node {
@@ -169,10 +239,16 @@ impl Node {
             subscriptions,
             bus,
             hub: Hub::new(
+                limits.sessions.sessions_max,
+                limits.sessions.sessions_per_user_max,
+                metrics.clone(),
+            ),
+            sockets: Arc::new(Sockets::new(
                 limits.connections_max,
                 limits.connections_per_user_max,
                 metrics.clone(),
-            ),
+            )),
+            links: AtomicU64::new(0),
             conversations: Conversations::new(),
             metrics,
             limits,
@@ -184,10 +260,12 @@ impl Node {
         shared
             .conversations
             .set_supervisor(conversation_supervisor.get_cell());
-        let (connection_supervisor, _) =
-            Actor::spawn(None, ConnectionSupervisor, Arc::clone(&shared))
-                .await
-                .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
+        let (connection_supervisor, _) = Actor::spawn(None, ConnectionSupervisor, ())
+            .await
+            .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
+        let (session_supervisor, _) = Actor::spawn(None, SessionSupervisor, Arc::clone(&shared))
+            .await
+            .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
         if let Some(signals) = signals {
             tokio::spawn(route(Arc::downgrade(&shared), signals));
         }
@@ -195,6 +273,7 @@ impl Node {
             shared,
             conversation_supervisor,
             connection_supervisor,
+            session_supervisor,
         })
     }
 
@@ -224,6 +303,12 @@ impl Node {
     /// Open connections on this node.
     #[must_use]
     pub fn connection_count(&self) -> usize {
+        self.shared.sockets.len()
+    }
+
+    /// Sessions on this node, connected or within their grace period.
+    #[must_use]
+    pub fn session_count(&self) -> usize {
         self.shared.hub.len()
     }
 
@@ -530,50 +615,230 @@ impl Node {
             .await
     }
 
-    /// Opens a connection for `user`: starts its actor, which sends `hello`
-    /// through `link`, and registers it for its user's events.
+    /// Opens a connection: resumes the session it asks for, or starts a new
+    /// one, and starts its connection actor. The session sends `hello` (and,
+    /// after a refused resume, `resume_failed`) through the link first.
     ///
     /// # Errors
     ///
-    /// [`ActorError::TooMany`] past the per-user limit,
-    /// [`ActorError::Overloaded`] past the node's.
-    pub async fn connect(
-        &self,
-        user: Uuid,
-        link: ConnectionLink,
-    ) -> Result<Connection, ActorError> {
-        let session_id = self.shared.new_id();
-        let closer = link.closer();
-        let slots = slots(self.shared.limits.connection_mailbox_len_max);
-        let (actor, _) = Actor::spawn_linked(
+    /// [`ActorError::TooMany`] past a per-user limit,
+    /// [`ActorError::Overloaded`] past the node's,
+    /// [`ActorError::Unavailable`] when the user's conversations cannot be
+    /// loaded.
+    pub async fn connect(&self, request: ConnectRequest) -> Result<Connection, ActorError> {
+        let ConnectRequest {
+            user,
+            link,
+            transport,
+            device,
+            resume,
+        } = request;
+        let shared = &self.shared;
+        let ticket = shared.sockets.open(user, transport)?;
+        let link = link.observed(&shared.metrics);
+        let link_id = shared.links.fetch_add(1, Ordering::Relaxed);
+        let mut refused = None;
+        let mut resumed = None;
+        if let Some(resume) = resume {
+            let target = match (resume.session_id, device.as_deref()) {
+                (Some(id), _) => shared.hub.session(user, id).map(|m| (id, m)),
+                (None, Some(device)) => shared.hub.session_on(user, device),
+                (None, None) => None,
+            };
+            let attached = match &target {
+                Some((_, session)) => {
+                    let attach = Attach {
+                        link: link.clone(),
+                        link_id,
+                        start: Start::Resume {
+                            cursor: resume.cursor,
+                            by_frame: false,
+                        },
+                    };
+                    shared.attach(session, attach).await
+                }
+                None => {
+                    shared
+                        .metrics
+                        .session_attaches_total
+                        .with_label_values(&["not_found"])
+                        .inc();
+                    Err(ResumeRefusal::NotFound)
+                }
+            };
+            match attached {
+                Ok(()) => resumed = target,
+                Err(reason) => {
+                    refused = Some(ResumeFailed {
+                        session_id: resume.session_id.or(target.map(|(id, _)| id)),
+                        reason,
+                    });
+                }
+            }
+        }
+        let (session_id, session, may_resume) = match resumed {
+            Some((id, session)) => (id, session, false),
+            None => {
+                let (id, session) = self.start_session(user, device).await?;
+                // A WebSocket client may still resume by frame, and one whose
+                // resume failed syncs next: either way live events wait.
+                let hold = transport == Transport::WebSocket || refused.is_some();
+                let attach = Attach {
+                    link: link.clone(),
+                    link_id,
+                    start: Start::Fresh { hold },
+                };
+                if shared.attach(&session, attach).await.is_err() {
+                    return Err(ActorError::Unavailable("the new session stopped".into()));
+                }
+                let may_resume = transport == Transport::WebSocket && refused.is_none();
+                (id, session, may_resume)
+            }
+        };
+        let refusal = refused.as_ref().map(|r| r.reason);
+        if let Some(refused) = refused {
+            link.send(control(&switchboard_protocol::Control::ResumeFailed(
+                refused,
+            )));
+        }
+        let slots = slots(shared.limits.connection_mailbox_len_max);
+        let spawned = Actor::spawn_linked(
             None,
             ConnectionActor,
             ConnectionArgs {
-                shared: Arc::clone(&self.shared),
-                session_id,
+                shared: Arc::clone(shared),
+                user,
                 link,
+                link_id,
+                session: session.clone(),
+                session_id,
+                may_resume,
+                ticket,
             },
             self.connection_supervisor.get_cell(),
         )
-        .await
-        .map_err(|e| ActorError::Internal(format!("cannot start connection actor: {e}")))?;
-        let mailbox = Mailbox::new(actor.clone(), slots);
-        // Dropping the handle on a refused registration stops the actor.
-        let connection = Connection::new(session_id, mailbox.clone());
-        self.shared
-            .hub
-            .register(user, actor.get_id(), mailbox, closer)?;
-        if let Some(subscriptions) = &self.shared.subscriptions
-            && let Err(error) = subscriptions
-                .connect(self.shared.store.as_ref(), user)
+        .await;
+        match spawned {
+            Ok((actor, _)) => Ok(Connection::new(
+                session_id,
+                refusal,
+                Mailbox::new(actor, slots),
+            )),
+            Err(error) => {
+                let _ = session.actor().send_message(SessionMsg::Detach(link_id));
+                Err(ActorError::Internal(format!(
+                    "cannot start connection actor: {error}"
+                )))
+            }
+        }
+    }
+
+    /// Starts and registers a session for `user`, holding the user's bus
+    /// subscriptions for as long as it lives.
+    async fn start_session(
+        &self,
+        user: Uuid,
+        device: Option<String>,
+    ) -> Result<(Uuid, Mailbox<SessionMsg>), ActorError> {
+        let shared = &self.shared;
+        if let Some(subscriptions) = &shared.subscriptions {
+            subscriptions
+                .connect(shared.store.as_ref(), user)
                 .await
-        {
-            self.shared.hub.unregister(actor.get_id(), None);
-            return Err(ActorError::Unavailable(format!(
-                "cannot load the user's conversations: {error}"
+                .map_err(|e| {
+                    ActorError::Unavailable(format!("cannot load the user's conversations: {e}"))
+                })?;
+        }
+        let release = || {
+            if let Some(subscriptions) = &shared.subscriptions {
+                subscriptions.disconnect(user);
+            }
+        };
+        let id = shared.new_id();
+        let spawned = Actor::spawn_linked(
+            None,
+            SessionActor,
+            SessionArgs {
+                shared: Arc::clone(shared),
+                id,
+                user,
+            },
+            self.session_supervisor.get_cell(),
+        )
+        .await;
+        let actor = match spawned {
+            Ok((actor, _)) => actor,
+            Err(error) => {
+                release();
+                return Err(ActorError::Internal(format!(
+                    "cannot start session actor: {error}"
+                )));
+            }
+        };
+        let mailbox = Mailbox::new(
+            actor.clone(),
+            slots(shared.limits.connection_mailbox_len_max),
+        );
+        let registered = shared.hub.register(NewSession {
+            session_id: id,
+            user,
+            device,
+            mailbox: mailbox.clone(),
+        });
+        match registered {
+            Ok(ended) => {
+                for session in ended {
+                    session.stop(Some("replaced".into()));
+                    release();
+                }
+                Ok((id, mailbox))
+            }
+            Err(error) => {
+                actor.stop(None);
+                release();
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs a `sync` on one of `user`'s sessions (for SSE clients, which
+    /// cannot send frames): the events go to the session's connection, then
+    /// `synced`, which is also returned.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a session this node does not hold for
+    /// `user`, [`ActorError::Overloaded`] when the session is busy,
+    /// [`ActorError::Invalid`] for too many conversations.
+    pub async fn sync(
+        &self,
+        user: Uuid,
+        session_id: Uuid,
+        sync: Sync,
+    ) -> Result<Synced, ActorError> {
+        let limits = &self.shared.limits.sessions;
+        if sync.positions.len() > limits.sync_conversations_max {
+            return Err(ActorError::Invalid(format!(
+                "a sync lists at most {} conversations",
+                limits.sync_conversations_max
             )));
         }
-        Ok(connection)
+        let session = self
+            .shared
+            .hub
+            .session(user, session_id)
+            .ok_or(ActorError::NotFound("session not found"))?;
+        let (reply, answer) = oneshot::channel();
+        session
+            .try_send(|permit| SessionMsg::Sync {
+                positions: sync.positions,
+                permit,
+                reply: Some(reply),
+            })
+            .map_err(|_| ActorError::Overloaded("session busy: retry the sync"))?;
+        answer
+            .await
+            .map_err(|_| ActorError::NotFound("session not found"))?
     }
 
     /// Tells every connection to close and reconnect (to another node, or to
@@ -593,6 +858,10 @@ impl Node {
             .stop_children_and_wait(None, Some(drain_timeout))
             .await;
         self.connection_supervisor.stop(None);
+        self.session_supervisor
+            .stop_children_and_wait(None, Some(drain_timeout))
+            .await;
+        self.session_supervisor.stop(None);
         if let Some(workers) = &self.shared.bus_workers {
             workers.stop();
         }

@@ -1,7 +1,7 @@
 //! The live event stream over WebSocket.
 
 use futures_util::{SinkExt, StreamExt};
-use switchboard_protocol::ServerFrame;
+use switchboard_protocol::{ClientFrame, ServerFrame};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -96,6 +96,16 @@ impl EventStream {
             .send(WsMessage::text(text))
             .await
             .map_err(ClientError::transport)
+    }
+
+    /// Sends a client frame (`ping`, `resume`, `sync`).
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Transport`] when the connection is broken.
+    pub async fn send(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        let text = serde_json::to_string(frame).expect("client frames always encode");
+        self.send_text(&text).await
     }
 
     /// Closes the stream.

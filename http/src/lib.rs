@@ -1,6 +1,7 @@
-//! The HTTP surface of a node: the JSON API under `/api/v1`, the WebSocket
-//! at `/api/v1/ws`, and the operational endpoints `/metrics`, `/health/live`
-//! and `/health/ready`.
+//! The HTTP surface of a node: the JSON API under `/api/v1`, the live event
+//! stream over a WebSocket (`/api/v1/ws`) or Server-Sent Events
+//! (`/api/v1/subscribe`), and the operational endpoints `/metrics`,
+//! `/health/live` and `/health/ready`.
 //!
 //! Architecture invariant: only this crate speaks JSON to clients. Handlers
 //! authenticate, validate and translate; every rule about conversations lives
@@ -10,15 +11,19 @@ mod auth;
 mod error;
 mod extract;
 mod metrics;
+mod peers;
 mod routes;
+mod serve;
 mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 pub use auth::{Auth, AuthError};
 pub use error::ApiError;
 pub use routes::router;
+pub use serve::serve;
 use switchboard_actors::Node;
 use switchboard_storage::{Bus, Store};
 
@@ -41,10 +46,26 @@ pub struct HttpLimits {
     pub page_len_max: u32,
     /// Largest page of events.
     pub events_page_len_max: u32,
-    /// Frames that may wait to be written to one WebSocket.
+    /// Frames that may wait to be written to one WebSocket or SSE stream;
+    /// a client that lets more pile up is disconnected as a slow consumer.
     pub websocket_outbound_len_max: usize,
     /// Largest frame a client may send over a WebSocket, in bytes.
     pub websocket_frame_len_max: usize,
+    /// WebSocket and SSE connections one IP address may hold.
+    pub connections_per_ip_max: usize,
+    /// How often the server pings a WebSocket client.
+    pub websocket_ping_interval: Duration,
+    /// A WebSocket client silent (no frame, no pong) for this long is
+    /// closed as stale.
+    pub websocket_idle_timeout: Duration,
+    /// How often an SSE stream gets a heartbeat comment.
+    pub sse_heartbeat_interval: Duration,
+    /// How long a final close frame or event may take to write before the
+    /// connection is dropped anyway.
+    pub close_write_timeout: Duration,
+    /// How long unacknowledged data may sit on a connection before the
+    /// kernel drops it (`TCP_USER_TIMEOUT`): reaps peers that vanished.
+    pub tcp_user_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -60,6 +81,12 @@ impl Default for HttpLimits {
             events_page_len_max: 1_000,
             websocket_outbound_len_max: 256,
             websocket_frame_len_max: 64 * 1024,
+            connections_per_ip_max: 256,
+            websocket_ping_interval: Duration::from_secs(30),
+            websocket_idle_timeout: Duration::from_secs(75),
+            sse_heartbeat_interval: Duration::from_secs(15),
+            close_write_timeout: Duration::from_secs(5),
+            tcp_user_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -81,6 +108,8 @@ pub struct AppState {
     draining: Arc<AtomicBool>,
     /// HTTP metrics, registered in the node's registry.
     metrics: metrics::HttpMetrics,
+    /// Live connections by client address.
+    peers: Arc<peers::Peers>,
 }
 
 impl AppState {
@@ -88,7 +117,9 @@ impl AppState {
     #[must_use]
     pub fn new(node: Node, store: Arc<dyn Store>, auth: Auth, limits: HttpLimits) -> Self {
         let metrics = metrics::HttpMetrics::register(node.metrics().registry());
+        let peers = Arc::new(peers::Peers::new(limits.connections_per_ip_max));
         Self {
+            peers,
             node,
             store,
             bus: None,

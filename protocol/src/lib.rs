@@ -16,7 +16,10 @@ pub use event::{
     ConversationCreated, Event, MemberJoined, MemberLeft, MemberRoleChanged, MessageDeleted,
     MessageEdited, MessageRead,
 };
-pub use frame::{Control, Hello, ServerFrame};
+pub use frame::{
+    ClientFrame, CloseReason, Control, EventFrame, Hello, Resume, ResumeFailed, ResumeRefusal,
+    ServerFrame, Sync, Synced,
+};
 pub use request::{
     AddMember, ChangeRole, CreateConversation, EditMessage, EventPage, MarkRead, MessagePage,
     SendMessage,

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use switchboard_client::{Client, EventStream};
 use switchboard_protocol::{
-    Control, ConversationKind, CreateConversation, Event, Message, SendMessage, ServerFrame,
+    ClientFrame, Control, ConversationKind, CreateConversation, Event, EventFrame, Message,
+    SendMessage, ServerFrame, Sync,
 };
 use uuid::Uuid;
 
@@ -118,11 +119,20 @@ fn node(port: u16, database: &str, redis: &str, data: &std::path::Path) -> Proce
     process
 }
 
+/// Connects and starts live delivery with an empty `sync`.
 async fn connect(client: &Client) -> EventStream {
     let mut stream = client.connect().await.unwrap();
     match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-        Ok(Ok(Some(ServerFrame::Control(Control::Hello(_))))) => stream,
+        Ok(Ok(Some(ServerFrame::Control(Control::Hello(_))))) => {}
         other => panic!("expected hello, got {other:?}"),
+    }
+    stream
+        .send(&ClientFrame::Sync(Sync::default()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        Ok(Ok(Some(ServerFrame::Control(Control::Synced(_))))) => stream,
+        other => panic!("expected synced, got {other:?}"),
     }
 }
 
@@ -137,7 +147,10 @@ async fn assert_got(i: usize, stream: &mut EventStream, want: &[Message]) {
             .unwrap()
             .unwrap();
         match frame {
-            ServerFrame::Event(Event::MessageNew(m)) => got.push((m.seq, m.id)),
+            ServerFrame::Event(EventFrame {
+                event: Event::MessageNew(m),
+                ..
+            }) => got.push((m.seq, m.id)),
             other => panic!("client {i}: unexpected {other:?}"),
         }
     }

@@ -1,8 +1,10 @@
 //! The router: every path the node serves.
 
 mod conversations;
+mod live;
 mod messages;
 mod ops;
+mod sse;
 mod ws;
 
 use axum::Router;
@@ -36,7 +38,9 @@ pub fn router(state: AppState) -> Router {
             "/messages/{id}",
             patch(messages::edit).delete(messages::delete),
         )
-        .route("/ws", get(ws::upgrade));
+        .route("/ws", get(ws::upgrade))
+        .route("/subscribe", get(sse::subscribe))
+        .route("/sessions/{id}/sync", post(live::sync));
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(ops::metrics))

@@ -2,9 +2,9 @@
 //!
 //! Authentication and the connection limits are checked before the upgrade,
 //! so a refused client gets a JSON error with the right status. After the
-//! upgrade one task writes the connection actor's frames to the socket and
-//! reads the client's frames into the actor; whichever side ends first ends
-//! both.
+//! upgrade one task writes the connection's frames to the socket, pings the
+//! client, and reads the client's frames into the connection actor;
+//! whichever side ends first ends both.
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -12,15 +12,26 @@ use axum::http::request::Parts;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use switchboard_actors::{Close, Connection, ConnectionLink, LinkReceivers};
+use switchboard_actors::{
+    Close, ConnectRequest, Connection, ConnectionLink, LinkReceivers, ResumeAt, Transport,
+};
+use uuid::Uuid;
 
+use super::live::{admit_peer, device_name};
 use crate::extract::{Query, authenticate, bearer};
+use crate::peers::PeerTicket;
 use crate::{ApiError, AppState};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct WsQuery {
     /// Browsers cannot set headers on a WebSocket, so the token may come here.
     access_token: Option<String>,
+    /// The client's name for its device: one session per user and device.
+    device: Option<String>,
+    /// Resume this session at connect instead of with a `resume` frame.
+    session_id: Option<Uuid>,
+    /// The last cursor received, with `session_id`.
+    cursor: Option<u64>,
 }
 
 pub(super) async fn upgrade(
@@ -34,49 +45,115 @@ pub(super) async fn upgrade(
         .or(query.access_token)
         .ok_or_else(|| ApiError::unauthorized("missing bearer token or access_token"))?;
     let user = authenticate(&state, &token)?;
+    let device = device_name(query.device)?;
+    let resume = match (query.session_id, query.cursor) {
+        (Some(session_id), Some(cursor)) => Some(ResumeAt {
+            session_id: Some(session_id),
+            cursor,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::unprocessable(
+                "session_id and cursor come together",
+            ));
+        }
+    };
+    let peer = admit_peer(&state, &parts, Transport::WebSocket)?;
     let (link, receivers) = ConnectionLink::new(state.limits.websocket_outbound_len_max);
-    let connection = state.node.connect(user, link).await?;
+    let connection = state
+        .node
+        .connect(ConnectRequest {
+            user,
+            link,
+            transport: Transport::WebSocket,
+            device,
+            resume,
+        })
+        .await?;
     Ok(upgrade
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
         .max_message_size(state.limits.websocket_frame_len_max)
         .max_frame_size(state.limits.websocket_frame_len_max)
-        .on_upgrade(move |socket| run(socket, connection, receivers)))
+        .on_upgrade(move |socket| run(socket, state, connection, receivers, peer)))
 }
 
-async fn run(socket: WebSocket, connection: Connection, receivers: LinkReceivers) {
+// The transport's heartbeats and idle timeout run on real time.
+#[allow(clippy::disallowed_methods)]
+async fn run(
+    socket: WebSocket,
+    state: AppState,
+    connection: Connection,
+    receivers: LinkReceivers,
+    peer: Option<PeerTicket>,
+) {
     let (mut sink, mut stream) = socket.split();
     let LinkReceivers {
         mut frames,
         mut close,
     } = receivers;
+    let limits = state.limits;
+    // The reader records when it last heard from the client; the writer
+    // pings and closes a client silent for too long.
+    let (heard, mut last_heard) = tokio::sync::watch::channel(());
     let writer = async {
-        loop {
+        let mut ping = tokio::time::interval(limits.websocket_ping_interval);
+        ping.reset();
+        let idle = tokio::time::sleep(limits.websocket_idle_timeout);
+        tokio::pin!(idle);
+        let closing = loop {
+            let message = tokio::select! {
+                biased;
+                changed = close.changed() => {
+                    break if changed.is_ok() { *close.borrow() } else { None };
+                }
+                frame = frames.recv() => {
+                    let Some(frame) = frame else { break None };
+                    let Ok(text) = Utf8Bytes::try_from(frame.json) else {
+                        tracing::error!("a frame that is not utf-8");
+                        break Some(Close::INTERNAL);
+                    };
+                    Message::Text(text)
+                }
+                _ = ping.tick() => Message::Ping(Default::default()),
+                changed = last_heard.changed() => {
+                    if changed.is_err() {
+                        break None;
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.websocket_idle_timeout);
+                    continue;
+                }
+                () = &mut idle => break Some(Close::STALE),
+            };
+            // A client that stops reading blocks this write; the close that
+            // its full queue causes must still get through.
             tokio::select! {
                 biased;
                 changed = close.changed() => {
-                    let reason = if changed.is_ok() { *close.borrow() } else { None };
-                    if let Some(Close { code, reason }) = reason {
-                        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-                        let _ = sink.send(Message::Close(Some(frame))).await;
-                    }
-                    break;
+                    break if changed.is_ok() { *close.borrow() } else { None };
                 }
-                frame = frames.recv() => {
-                    let Some(frame) = frame else { break };
-                    let Ok(text) = Utf8Bytes::try_from(frame) else {
-                        tracing::error!("connection actor produced a frame that is not utf-8");
-                        break;
-                    };
-                    if sink.send(Message::Text(text)).await.is_err() {
-                        break;
+                sent = sink.send(message) => {
+                    if sent.is_err() {
+                        break None;
                     }
                 }
             }
+        };
+        if let Some(Close { code, reason }) = closing {
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            };
+            let _ = tokio::time::timeout(
+                limits.close_write_timeout,
+                sink.send(Message::Close(Some(frame))),
+            )
+            .await;
         }
     };
     let reader = async {
         while let Some(Ok(message)) = stream.next().await {
+            heard.send_replace(());
             match message {
                 Message::Text(text) => {
                     if connection.client_frame(text.to_string()).is_err() {
@@ -92,6 +169,8 @@ async fn run(socket: WebSocket, connection: Connection, receivers: LinkReceivers
         () = writer => {}
         () = reader => {}
     }
-    // Dropping the handle stops the connection actor, which unregisters it.
+    // Dropping the handle stops the connection actor, which detaches it from
+    // its session; the session keeps buffering for its grace period.
     drop(connection);
+    drop(peer);
 }

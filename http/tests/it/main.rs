@@ -13,4 +13,6 @@ mod live;
 mod membership;
 mod openapi;
 mod race;
+mod sessions;
+mod sse;
 mod support;

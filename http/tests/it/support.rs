@@ -9,7 +9,8 @@ use switchboard_actors::{Dependencies, Limits, Node};
 use switchboard_client::{Client, EventStream};
 use switchboard_http::{AppState, Auth, HttpLimits};
 use switchboard_protocol::{
-    Control, Conversation, ConversationKind, CreateConversation, Event, SendMessage, ServerFrame,
+    ClientFrame, Control, Conversation, ConversationKind, CreateConversation, Event, SendMessage,
+    ServerFrame, Sync,
 };
 use switchboard_storage::{SqliteOptions, SqliteStore, Store, SystemClock};
 use tempfile::TempDir;
@@ -20,7 +21,10 @@ const SECRET: &[u8] = b"test secret that is long enough for hs256 use";
 /// A node with its HTTP server on 127.0.0.1 and a fresh database.
 pub(crate) struct TestServer {
     pub(crate) base: String,
+    pub(crate) node: Node,
     auth: Auth,
+    /// Begins the server's graceful shutdown.
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     _dir: TempDir,
 }
 
@@ -30,6 +34,10 @@ impl TestServer {
     }
 
     pub(crate) async fn with_limits(limits: Limits) -> Self {
+        Self::with_config(limits, HttpLimits::default()).await
+    }
+
+    pub(crate) async fn with_config(limits: Limits, http_limits: HttpLimits) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut options = SqliteOptions::new(dir.path().join("switchboard.db"));
         // Durability settings do not change behaviour; skip the fsyncs.
@@ -45,20 +53,33 @@ impl TestServer {
         )
         .await
         .expect("node");
-        let state = AppState::new(node, store, Auth::new(SECRET), HttpLimits::default());
+        let state = AppState::new(node.clone(), store, Auth::new(SECRET), http_limits);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            axum::serve(listener, switchboard_http::router(state))
+            let signal = async move {
+                let _ = signal.await;
+            };
+            switchboard_http::serve(listener, state, signal, Duration::from_secs(5))
                 .await
                 .expect("serve");
         });
         Self {
             base: format!("http://{addr}"),
+            node,
             auth: Auth::new(SECRET),
+            shutdown: Some(shutdown),
             _dir: dir,
+        }
+    }
+
+    /// Begins a graceful shutdown, as SIGTERM does.
+    pub(crate) fn begin_shutdown(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
         }
     }
 
@@ -71,6 +92,14 @@ impl TestServer {
     /// A new user and a client acting as them.
     pub(crate) fn user(&self) -> User {
         let id = Uuid::new_v4();
+        User {
+            id,
+            client: Client::new(&self.base, self.token(id)),
+        }
+    }
+
+    /// A client acting as `id`.
+    pub(crate) fn user_as(&self, id: Uuid) -> User {
         User {
             id,
             client: Client::new(&self.base, self.token(id)),
@@ -109,12 +138,21 @@ pub(crate) async fn group(owner: &User, members: &[&User]) -> Conversation {
         .expect("create group")
 }
 
-/// Connects and consumes the `hello`.
+/// Connects, consumes the `hello`, and starts live delivery with an empty
+/// `sync` (a new session holds live events until the client's first frame).
 pub(crate) async fn connect(user: &User) -> EventStream {
     let mut stream = user.client.connect().await.expect("connect");
     match next(&mut stream).await {
-        Some(ServerFrame::Control(Control::Hello(_))) => stream,
+        Some(ServerFrame::Control(Control::Hello(_))) => {}
         other => panic!("expected hello, got {other:?}"),
+    }
+    stream
+        .send(&ClientFrame::Sync(Sync::default()))
+        .await
+        .expect("sync");
+    match next(&mut stream).await {
+        Some(ServerFrame::Control(Control::Synced(_))) => stream,
+        other => panic!("expected synced, got {other:?}"),
     }
 }
 
@@ -136,8 +174,8 @@ pub(crate) async fn events(stream: &mut EventStream, count: usize) -> Vec<Event>
             .unwrap_or_else(|_| panic!("only {} of {count} events arrived", events.len()))
             .expect("stream")
             .expect("stream open");
-        if let ServerFrame::Event(event) = frame {
-            events.push(event);
+        if let ServerFrame::Event(frame) = frame {
+            events.push(frame.event);
         }
     }
     events
@@ -157,5 +195,27 @@ pub(crate) async fn log(user: &User, conversation: Uuid) -> Vec<Event> {
             return all;
         }
         all.extend(page.events);
+    }
+}
+
+/// A small seeded generator (SplitMix64), so a failing run can be replayed.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A value in `0..n`.
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
     }
 }

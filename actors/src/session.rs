@@ -1,0 +1,591 @@
+//! The session actor: a client's place in the live stream, which outlives any
+//! one connection.
+//!
+//! The hub hands a session every event of its user's conversations. The
+//! session gives each a cursor, keeps the most recent ones in a bounded
+//! buffer (count and bytes), and writes them to its connection when it has
+//! one. When the connection drops, the session keeps buffering for a grace
+//! period; a connection that resumes with a cursor the buffer still covers
+//! gets the missed events and then the live ones, from this one actor, so
+//! there is no window between replay and live delivery. When the buffer
+//! cannot cover the gap, the client is told so and catches up with `sync`,
+//! served from the store.
+//!
+//! Per conversation, the session remembers the last `seq` it sent, and never
+//! sends that conversation an older or equal one again: a `sync` and live
+//! delivery can overlap without duplicating anything.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use switchboard_protocol::{Control, Hello, ResumeRefusal, Synced};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::ActorError;
+use crate::connection::{Close, ConnectionLink, Frame, control};
+use crate::hub::EncodedEvent;
+use crate::mailbox::Permit;
+use crate::node::Shared;
+
+/// Bounds and timings of sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// How long a session without a connection keeps buffering.
+    pub grace: Duration,
+    /// Events a session keeps for a resume.
+    pub buffer_len_max: usize,
+    /// Bytes of encoded events a session keeps for a resume.
+    pub buffer_bytes_max: usize,
+    /// How long a new WebSocket session holds live events while it waits for
+    /// the client's first frame (a `resume` or `sync` must come first).
+    pub hold_timeout: Duration,
+    /// Sessions, connected or not, on this node; past it the oldest
+    /// unconnected session of the user is ended, else new ones are refused.
+    pub sessions_max: usize,
+    /// Sessions one user may hold on this node, likewise.
+    pub sessions_per_user_max: usize,
+    /// Events one `sync` sends; conversations past it are reported
+    /// `incomplete` and synced again by the client.
+    pub sync_events_max: usize,
+    /// Conversations one `sync` may list.
+    pub sync_conversations_max: usize,
+    /// How long a replay waits for room in a connection's outbound queue
+    /// before it treats the client as a slow consumer.
+    pub replay_send_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(120),
+            buffer_len_max: 2_048,
+            buffer_bytes_max: 1024 * 1024,
+            hold_timeout: Duration::from_secs(1),
+            sessions_max: 100_000,
+            sessions_per_user_max: 32,
+            sync_events_max: 5_000,
+            sync_conversations_max: 10_000,
+            replay_send_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Events read from the store per query during a `sync`.
+const SYNC_PAGE_LEN: usize = 500;
+
+/// How a connection starts on a session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Start {
+    /// The session's first connection: `hello`, then live events, held until
+    /// the client's first frame when `hold` is set.
+    Fresh { hold: bool },
+    /// Continue after `cursor`: `hello` (resume at connect) or `resumed`
+    /// (resume by frame), then the buffered events, then live ones.
+    Resume { cursor: u64, by_frame: bool },
+}
+
+/// A connection asking to be the session's connection.
+#[derive(Debug)]
+pub(crate) struct Attach {
+    pub(crate) link: ConnectionLink,
+    pub(crate) link_id: u64,
+    pub(crate) start: Start,
+}
+
+/// What a session actor handles.
+#[derive(Debug)]
+pub(crate) enum SessionMsg {
+    /// An event for the session's user, from the hub.
+    Event(Arc<EncodedEvent>, Permit),
+    /// A connection takes the session over.
+    Attach(Attach, oneshot::Sender<Result<(), ResumeRefusal>>),
+    /// A connection ended.
+    Detach(u64),
+    /// A fresh session's connection ends its hold.
+    GoLive(u64),
+    /// A connection moved to another session (a `resume` succeeded): let it
+    /// go without closing it, and end.
+    Release(u64),
+    /// Send the events after each position, then `synced`.
+    Sync {
+        positions: BTreeMap<Uuid, i64>,
+        permit: Permit,
+        reply: Option<oneshot::Sender<Result<Synced, ActorError>>>,
+    },
+    /// The grace period that began with detach number `.0` is over.
+    Expire(u64),
+}
+
+pub(crate) struct SessionArgs {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: Uuid,
+    pub(crate) user: Uuid,
+}
+
+/// The connection currently attached.
+#[derive(Debug)]
+struct Attached {
+    link: ConnectionLink,
+    link_id: u64,
+    /// Live events held until the client's first frame, not yet given a
+    /// cursor; `None` once live.
+    held: Option<VecDeque<Arc<EncodedEvent>>>,
+}
+
+pub(crate) struct SessionState {
+    shared: Arc<Shared>,
+    id: Uuid,
+    user: Uuid,
+    limits: SessionLimits,
+    /// The last cursor given out.
+    cursor: u64,
+    /// The most recent events, by ascending cursor.
+    buffer: VecDeque<(u64, Arc<EncodedEvent>)>,
+    /// Encoded bytes in `buffer`.
+    buffer_bytes: usize,
+    /// The highest cursor evicted from the buffer (0: none).
+    evicted: u64,
+    /// The last `seq` sent, by conversation.
+    sent: HashMap<Uuid, i64>,
+    /// Conversations whose `sync` ran out of budget: their live events wait
+    /// for the client's next `sync`.
+    incomplete: HashSet<Uuid>,
+    attached: Option<Attached>,
+    /// Counts detaches, so a stale grace timer is ignored.
+    detaches: u64,
+}
+
+/// Appends `,"cursor":N` to an encoded event; the JSON object's closing
+/// brace is its last byte.
+pub(crate) fn event_frame(cursor: u64, event: &EncodedEvent) -> Frame {
+    let json = &event.frame;
+    let mut out = Vec::with_capacity(json.len() + 32);
+    out.extend_from_slice(&json[..json.len() - 1]);
+    write!(out, ",\"cursor\":{cursor}}}").expect("writing to a Vec cannot fail");
+    Frame {
+        cursor: Some(cursor),
+        json: Bytes::from(out),
+    }
+}
+
+impl SessionState {
+    /// Gives `event` the next cursor and buffers it, unless this
+    /// conversation already had it; returns the frame to send.
+    fn admit(&mut self, event: &Arc<EncodedEvent>) -> Option<Frame> {
+        let conversation = event.event.conversation_id();
+        let seq = event.event.seq();
+        let metrics = &self.shared.metrics;
+        if self.incomplete.contains(&conversation) {
+            metrics
+                .session_events_skipped_total
+                .with_label_values(&["awaiting_sync"])
+                .inc();
+            return None;
+        }
+        if self
+            .sent
+            .get(&conversation)
+            .is_some_and(|&sent| seq <= sent)
+        {
+            metrics
+                .session_events_skipped_total
+                .with_label_values(&["duplicate"])
+                .inc();
+            return None;
+        }
+        self.sent.insert(conversation, seq);
+        self.cursor += 1;
+        self.buffer_bytes += event.frame.len();
+        self.buffer.push_back((self.cursor, Arc::clone(event)));
+        while self.buffer.len() > self.limits.buffer_len_max
+            || self.buffer_bytes > self.limits.buffer_bytes_max
+        {
+            let Some((cursor, old)) = self.buffer.pop_front() else {
+                break;
+            };
+            self.buffer_bytes -= old.frame.len();
+            self.evicted = cursor;
+            metrics.session_buffer_evicted_total.inc();
+        }
+        Some(event_frame(self.cursor, event))
+    }
+
+    /// A live event: hold it, or admit it and write it without waiting.
+    fn live(&mut self, myself: &ActorRef<SessionMsg>, event: Arc<EncodedEvent>) {
+        if let Some(held) = self.attached.as_mut().and_then(|a| a.held.as_mut()) {
+            if held.len() < self.limits.buffer_len_max {
+                held.push_back(event);
+                return;
+            }
+            // A client that neither resumes nor syncs while this much
+            // arrives has lost its place; it starts over.
+            tracing::warn!(session = %self.id, "held events overflowed before the first frame");
+            myself.stop(Some("held events overflowed".into()));
+            return;
+        }
+        let Some(frame) = self.admit(&event) else {
+            return;
+        };
+        if let Some(attached) = &self.attached
+            && !attached.link.send(frame)
+        {
+            self.detach(myself);
+        }
+    }
+
+    /// Writes `frame`, waiting for room; detaches a client that stays full.
+    async fn send_waiting(&mut self, myself: &ActorRef<SessionMsg>, frame: Frame) {
+        let Some(attached) = &self.attached else {
+            return;
+        };
+        if !attached
+            .link
+            .send_waiting(frame, self.limits.replay_send_timeout)
+            .await
+        {
+            self.detach(myself);
+        }
+    }
+
+    /// Ends the hold: held events are admitted (the duplicates of a `sync`
+    /// fall out here) and written.
+    async fn go_live(&mut self, myself: &ActorRef<SessionMsg>) {
+        let Some(held) = self.attached.as_mut().and_then(|a| a.held.take()) else {
+            return;
+        };
+        for event in held {
+            if let Some(frame) = self.admit(&event) {
+                self.send_waiting(myself, frame).await;
+            }
+        }
+    }
+
+    /// Forgets the connection (already closed or closing) and starts the
+    /// grace period.
+    fn detach(&mut self, myself: &ActorRef<SessionMsg>) {
+        let Some(attached) = self.attached.take() else {
+            return;
+        };
+        for event in attached.held.into_iter().flatten() {
+            self.admit(&event);
+        }
+        self.detaches += 1;
+        let detaches = self.detaches;
+        self.shared.hub.set_attached(self.id, None);
+        myself.send_after(self.limits.grace, move || SessionMsg::Expire(detaches));
+    }
+
+    async fn attach(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        attach: Attach,
+    ) -> Result<(), ResumeRefusal> {
+        let replay_from = match attach.start {
+            Start::Resume { cursor, .. } if cursor > self.cursor => {
+                return Err(ResumeRefusal::InvalidCursor);
+            }
+            Start::Resume { cursor, .. } if cursor < self.evicted => {
+                return Err(ResumeRefusal::Overflowed);
+            }
+            Start::Resume { cursor, .. } => Some(cursor),
+            Start::Fresh { .. } => None,
+        };
+        if let Some(previous) = self.attached.take() {
+            previous.link.close(Close::SESSION_TAKEN);
+            for event in previous.held.into_iter().flatten() {
+                self.admit(&event);
+            }
+        }
+        let hold = matches!(attach.start, Start::Fresh { hold: true });
+        let greeting = Hello {
+            session_id: self.id,
+            cursor: replay_from.unwrap_or(self.cursor),
+        };
+        let greeting = match attach.start {
+            Start::Resume { by_frame: true, .. } => Control::Resumed(greeting),
+            _ => Control::Hello(greeting),
+        };
+        self.shared
+            .hub
+            .set_attached(self.id, Some(attach.link.closer()));
+        self.attached = Some(Attached {
+            link: attach.link,
+            link_id: attach.link_id,
+            held: hold.then(VecDeque::new),
+        });
+        self.send_waiting(myself, control(&greeting)).await;
+        if hold {
+            let link_id = attach.link_id;
+            myself.send_after(self.limits.hold_timeout, move || {
+                SessionMsg::GoLive(link_id)
+            });
+        }
+        if let Some(after) = replay_from {
+            let start = self.buffer.partition_point(|(cursor, _)| *cursor <= after);
+            let replay: Vec<Frame> = self
+                .buffer
+                .range(start..)
+                .map(|(cursor, event)| event_frame(*cursor, event))
+                .collect();
+            self.shared
+                .metrics
+                .session_replayed_events_total
+                .inc_by(replay.len() as u64);
+            for frame in replay {
+                self.send_waiting(myself, frame).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends each listed conversation's events after its position from the
+    /// store, within the sync budget, then `synced`; then ends any hold.
+    async fn sync(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        positions: BTreeMap<Uuid, i64>,
+    ) -> Result<Synced, ActorError> {
+        let shared = Arc::clone(&self.shared);
+        let store = shared.store.as_ref();
+        let limit = u32::try_from(self.limits.sync_conversations_max).unwrap_or(u32::MAX);
+        let mine: BTreeMap<Uuid, i64> = store
+            .positions_for(self.user, limit)
+            .await?
+            .into_iter()
+            .collect();
+        let mut budget = self.limits.sync_events_max;
+        let mut incomplete = Vec::new();
+        let mut not_member = Vec::new();
+        for (&conversation, &position) in &positions {
+            if !mine.contains_key(&conversation) {
+                not_member.push(conversation);
+                continue;
+            }
+            self.incomplete.remove(&conversation);
+            let mut after = position.max(0);
+            self.sent.insert(conversation, after);
+            loop {
+                if budget == 0 {
+                    self.incomplete.insert(conversation);
+                    incomplete.push(conversation);
+                    break;
+                }
+                let asked = budget.min(SYNC_PAGE_LEN);
+                let page = store
+                    .events(
+                        conversation,
+                        after,
+                        u32::try_from(asked).unwrap_or(u32::MAX),
+                    )
+                    .await?;
+                let complete = page.len() < asked;
+                for event in page {
+                    after = event.seq();
+                    budget -= 1;
+                    shared.metrics.sync_events_total.inc();
+                    if let Some(frame) = self.admit(&EncodedEvent::new(event)) {
+                        self.send_waiting(myself, frame).await;
+                    }
+                }
+                if complete {
+                    break;
+                }
+            }
+        }
+        let positions = mine
+            .into_iter()
+            .map(|(conversation, last_seq)| {
+                (
+                    conversation,
+                    *self.sent.entry(conversation).or_insert(last_seq),
+                )
+            })
+            .collect();
+        let synced = Synced {
+            positions,
+            incomplete,
+            not_member,
+        };
+        self.send_waiting(myself, control(&Control::Synced(synced.clone())))
+            .await;
+        self.go_live(myself).await;
+        Ok(synced)
+    }
+}
+
+/// The session actor.
+#[derive(Debug)]
+pub(crate) struct SessionActor;
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionState;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let limits = args.shared.limits.sessions;
+        Ok(SessionState {
+            shared: args.shared,
+            id: args.id,
+            user: args.user,
+            limits,
+            cursor: 0,
+            buffer: VecDeque::new(),
+            buffer_bytes: 0,
+            evicted: 0,
+            sent: HashMap::new(),
+            incomplete: HashSet::new(),
+            attached: None,
+            detaches: 0,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        state.shared.session_ended(state.id, Close::SESSION_ENDED);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionMsg::Event(event, _permit) => state.live(&myself, event),
+            SessionMsg::Attach(attach, reply) => {
+                let outcome = state.attach(&myself, attach).await;
+                let label = match outcome {
+                    Ok(()) => "attached",
+                    Err(ResumeRefusal::Overflowed) => "overflowed",
+                    Err(ResumeRefusal::InvalidCursor) => "invalid_cursor",
+                    Err(ResumeRefusal::NotFound) => "not_found",
+                };
+                state
+                    .shared
+                    .metrics
+                    .session_attaches_total
+                    .with_label_values(&[label])
+                    .inc();
+                let refused = outcome.is_err();
+                let _ = reply.send(outcome);
+                if refused {
+                    // The client gave up on this session and syncs on a
+                    // fresh one; nothing will resume it now.
+                    myself.stop(Some("resume refused".into()));
+                }
+            }
+            SessionMsg::Detach(link_id) => {
+                if state
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.link_id == link_id)
+                {
+                    state.detach(&myself);
+                }
+            }
+            SessionMsg::GoLive(link_id) => {
+                if state
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.link_id == link_id)
+                {
+                    state.go_live(&myself).await;
+                }
+            }
+            SessionMsg::Release(link_id) => {
+                if state
+                    .attached
+                    .as_ref()
+                    .is_some_and(|a| a.link_id == link_id)
+                {
+                    // The link is the other session's now: not closed here.
+                    state.attached = None;
+                    state.shared.hub.set_attached(state.id, None);
+                    myself.stop(Some("resumed elsewhere".into()));
+                }
+            }
+            SessionMsg::Sync {
+                positions,
+                permit,
+                reply,
+            } => {
+                let outcome = state.sync(&myself, positions).await;
+                drop(permit);
+                if let Err(error) = &outcome {
+                    tracing::warn!(session = %state.id, %error, "sync failed");
+                    if let Some(attached) = &state.attached {
+                        attached.link.send(control(&Control::Error(
+                            switchboard_protocol::ErrorDetail {
+                                code: switchboard_protocol::ErrorCode::Unavailable,
+                                message: "sync failed: retry".into(),
+                            },
+                        )));
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            SessionMsg::Expire(detaches) => {
+                if state.attached.is_none() && state.detaches == detaches {
+                    state.shared.metrics.sessions_expired_total.inc();
+                    myself.stop(Some("grace period over".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Supervises session actors. A failed session is not restarted: its buffer
+/// is gone, so its connection is closed and the client resumes, is told the
+/// session is unknown, and syncs.
+#[derive(Debug)]
+pub(crate) struct SessionSupervisor;
+
+impl Actor for SessionSupervisor {
+    type Msg = ();
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shared: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                tracing::error!(actor = %cell.get_id(), %error, "session actor failed");
+                shared.session_failed(cell.get_id());
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                shared.session_failed(cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

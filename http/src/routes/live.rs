@@ -1,0 +1,63 @@
+//! What the two live transports share: the per-address limit, device names,
+//! and the `sync` endpoint for clients that cannot send frames.
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::request::Parts;
+use switchboard_actors::Transport;
+use switchboard_protocol::{Sync, Synced};
+use uuid::Uuid;
+
+use crate::extract::{AuthUser, Json, Path};
+use crate::peers::PeerTicket;
+use crate::{ApiError, AppState};
+
+/// The longest device name a client may give.
+const DEVICE_LEN_MAX: usize = 64;
+
+/// Counts the connection against its address's limit. Without a known
+/// address (a router served without connect info) nothing is counted.
+pub(super) fn admit_peer(
+    state: &AppState,
+    parts: &Parts,
+    transport: Transport,
+) -> Result<Option<PeerTicket>, ApiError> {
+    let Some(ConnectInfo(address)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>()
+    else {
+        return Ok(None);
+    };
+    state.peers.admit(address.ip()).map(Some).inspect_err(|_| {
+        let label = match transport {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        };
+        state.node.metrics().connection_refused(label, "ip");
+    })
+}
+
+/// Checks a client's device name: 1 to 64 visible ASCII characters.
+pub(super) fn device_name(device: Option<String>) -> Result<Option<String>, ApiError> {
+    match device {
+        Some(name)
+            if name.is_empty()
+                || name.len() > DEVICE_LEN_MAX
+                || !name.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Err(ApiError::unprocessable(format!(
+                "device is 1 to {DEVICE_LEN_MAX} visible ASCII characters"
+            )))
+        }
+        other => Ok(other),
+    }
+}
+
+/// `POST /api/v1/sessions/{id}/sync`: catch a session up from the store.
+/// The events go out on the session's stream, followed by `synced`, which
+/// is also the answer.
+pub(super) async fn sync(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Path(session_id): Path<Uuid>,
+    Json(body): Json<Sync>,
+) -> Result<axum::Json<Synced>, ApiError> {
+    Ok(axum::Json(state.node.sync(user, session_id, body).await?))
+}

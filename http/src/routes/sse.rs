@@ -1,0 +1,138 @@
+//! `GET /api/v1/subscribe`: the live event stream as Server-Sent Events.
+//!
+//! Each event's `id:` is its cursor and its `data:` the same JSON frame a
+//! WebSocket gets, so a browser's `EventSource` resumes with
+//! `Last-Event-ID` on its own. The stream carries heartbeat comments; it
+//! ends with a `close` event when the server ends it (shutdown, slow
+//! consumer), and a client that vanishes is reaped when a write fails.
+
+use std::convert::Infallible;
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::request::Parts;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Deserialize;
+use switchboard_actors::{
+    Close, ConnectRequest, Connection, ConnectionLink, LinkReceivers, ResumeAt, Transport,
+};
+use switchboard_protocol::{CloseReason, Control};
+use uuid::Uuid;
+
+use super::live::{admit_peer, device_name};
+use crate::extract::{Query, authenticate, bearer};
+use crate::peers::PeerTicket;
+use crate::{ApiError, AppState};
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SseQuery {
+    /// `EventSource` cannot set headers, so the token may come here.
+    access_token: Option<String>,
+    /// The client's name for its device; an `EventSource` reconnecting to
+    /// the same URL finds its session by it.
+    device: Option<String>,
+    /// The session to resume, when the client tracks it itself.
+    session_id: Option<Uuid>,
+    /// The last cursor received, for clients that cannot set
+    /// `Last-Event-ID`.
+    last_event_id: Option<u64>,
+}
+
+pub(super) async fn subscribe(
+    State(state): State<AppState>,
+    Query(query): Query<SseQuery>,
+    parts: Parts,
+) -> Result<Response, ApiError> {
+    let token = bearer(&parts)
+        .map(str::to_owned)
+        .or(query.access_token)
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token or access_token"))?;
+    let user = authenticate(&state, &token)?;
+    let device = device_name(query.device)?;
+    let last_event_id = match parts.headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::unprocessable("Last-Event-ID is not a cursor"))?,
+        ),
+        None => query.last_event_id,
+    };
+    let resume = last_event_id.map(|cursor| ResumeAt {
+        session_id: query.session_id,
+        cursor,
+    });
+    let peer = admit_peer(&state, &parts, Transport::Sse)?;
+    let (link, receivers) = ConnectionLink::new(state.limits.websocket_outbound_len_max);
+    let connection = state
+        .node
+        .connect(ConnectRequest {
+            user,
+            link,
+            transport: Transport::Sse,
+            device,
+            resume,
+        })
+        .await?;
+    let stream = events(Open {
+        receivers,
+        connection,
+        _peer: peer,
+        done: false,
+    });
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(state.limits.sse_heartbeat_interval))
+        .into_response();
+    // Tells proxies such as nginx not to buffer the stream.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// What an open stream holds; dropping it (the client went away) stops the
+/// connection actor and releases the address's slot.
+struct Open {
+    receivers: LinkReceivers,
+    connection: Connection,
+    _peer: Option<PeerTicket>,
+    done: bool,
+}
+
+fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures_util::stream::unfold(open, |mut open| async move {
+        if open.done {
+            return None;
+        }
+        let event = tokio::select! {
+            biased;
+            changed = open.receivers.close.changed() => {
+                open.done = true;
+                let close = if changed.is_ok() { *open.receivers.close.borrow() } else { None };
+                close.map(closing)
+            }
+            frame = open.receivers.frames.recv() => frame.map(|frame| {
+                let data = String::from_utf8_lossy(&frame.json);
+                let event = Event::default().data(data);
+                match frame.cursor {
+                    Some(cursor) => event.id(cursor.to_string()),
+                    None => event,
+                }
+            }),
+        };
+        let _ = &open.connection;
+        event.map(|event| (Ok(event), open))
+    })
+}
+
+/// The last event of a stream the server ends.
+fn closing(close: Close) -> Event {
+    let frame = Control::Close(CloseReason {
+        code: close.code,
+        reason: close.reason.to_owned(),
+    });
+    Event::default().data(serde_json::to_string(&frame).expect("control frames always encode"))
+}

@@ -1,0 +1,311 @@
+//! Server-Sent Events with a real HTTP client reading the stream: cursors as
+//! event ids, `Last-Event-ID` resume, `sync` over HTTP, heartbeats, limits,
+//! reaping and shutdown.
+
+use std::time::Duration;
+
+use switchboard_actors::Limits;
+use switchboard_http::HttpLimits;
+use switchboard_protocol::{Control, Event, Message, ResumeRefusal, ServerFrame, Sync, Synced};
+use uuid::Uuid;
+
+use crate::support::{TestServer, User, connect, group, text};
+
+/// One block of an event stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Item {
+    /// A heartbeat (comment line).
+    Comment,
+    /// An event: its `id:` and its `data:`, decoded.
+    Event(Option<String>, ServerFrame),
+}
+
+/// A Server-Sent Events response being read.
+struct SseStream {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+/// How a refused subscribe was answered.
+#[derive(Debug)]
+struct Refused {
+    status: u16,
+    retry_after: Option<String>,
+}
+
+impl SseStream {
+    async fn open(
+        server: &TestServer,
+        user: &User,
+        query: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<Self, Refused> {
+        let mut request = reqwest::Client::new()
+            .get(server.url(&format!("/api/v1/subscribe?{query}")))
+            .bearer_auth(server.token(user.id));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("request");
+        if !response.status().is_success() {
+            return Err(Refused {
+                status: response.status().as_u16(),
+                retry_after: response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned()),
+            });
+        }
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "an event stream"
+        );
+        Ok(Self {
+            response,
+            buffer: String::new(),
+        })
+    }
+
+    /// The next block, or `None` when the stream ended; fails after 5 s.
+    async fn next(&mut self) -> Option<Item> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                let mut comment = false;
+                for line in block.lines() {
+                    if let Some(value) = line.strip_prefix("id:") {
+                        id = Some(value.trim().to_owned());
+                    } else if let Some(value) = line.strip_prefix("data:") {
+                        data = Some(value.trim().to_owned());
+                    } else if line.starts_with(':') {
+                        comment = true;
+                    }
+                }
+                return Some(match data {
+                    Some(data) => Item::Event(id, serde_json::from_str(&data).expect("json")),
+                    None if comment => Item::Comment,
+                    None => panic!("an empty block: {block:?}"),
+                });
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
+                .await
+                .expect("a chunk within 5 s")
+                .expect("stream");
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk?).expect("utf-8"));
+        }
+    }
+
+    /// The next frame, skipping heartbeats.
+    async fn frame(&mut self) -> Option<(Option<String>, ServerFrame)> {
+        loop {
+            match self.next().await? {
+                Item::Comment => {}
+                Item::Event(id, frame) => return Some((id, frame)),
+            }
+        }
+    }
+
+    /// The next `count` messages, checking that each event's id is its cursor.
+    async fn messages(&mut self, count: usize) -> Vec<Message> {
+        let mut messages = Vec::new();
+        while messages.len() < count {
+            match self.frame().await.expect("open") {
+                (Some(id), ServerFrame::Event(frame)) => {
+                    assert_eq!(id, frame.cursor.to_string(), "id is the cursor");
+                    if let Event::MessageNew(message) = frame.event {
+                        messages.push(message);
+                    }
+                }
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+        messages
+    }
+}
+
+async fn send(sender: &User, conversation: Uuid, count: usize) -> Vec<Message> {
+    let mut sent = Vec::new();
+    for i in 0..count {
+        let request = text(conversation, &format!("m{i}"));
+        sent.push(sender.client.send(&request).await.expect("send").message);
+    }
+    sent
+}
+
+#[tokio::test]
+async fn events_carry_their_cursor_as_id_and_last_event_id_resumes() {
+    let server = TestServer::start().await;
+    let alice = server.user();
+    let bob = server.user();
+    let conversation = group(&alice, &[&bob]).await;
+    let mut stream = SseStream::open(&server, &bob, "device=tab-1", None)
+        .await
+        .expect("subscribed");
+    let Some((None, ServerFrame::Control(Control::Hello(hello)))) = stream.frame().await else {
+        panic!("hello first");
+    };
+    let first = send(&alice, conversation.id, 3).await;
+    assert_eq!(stream.messages(3).await, first);
+    drop(stream);
+    let missed = send(&alice, conversation.id, 2).await;
+    // A browser reconnects to the same URL with the last id it saw.
+    let mut stream = SseStream::open(&server, &bob, "device=tab-1", Some("3"))
+        .await
+        .expect("resubscribed");
+    let Some((None, ServerFrame::Control(Control::Hello(again)))) = stream.frame().await else {
+        panic!("hello first");
+    };
+    assert_eq!((again.session_id, again.cursor), (hello.session_id, 3));
+    assert_eq!(stream.messages(2).await, missed);
+    let live = send(&alice, conversation.id, 1).await;
+    assert_eq!(stream.messages(1).await, live);
+}
+
+#[tokio::test]
+async fn a_refused_resume_is_said_and_sync_over_http_fills_the_stream() {
+    let server = TestServer::start().await;
+    let alice = server.user();
+    let bob = server.user();
+    let conversation = group(&alice, &[&bob]).await;
+    let sent = send(&alice, conversation.id, 4).await;
+    let unknown = Uuid::new_v4();
+    let mut stream = SseStream::open(&server, &bob, &format!("session_id={unknown}"), Some("9"))
+        .await
+        .expect("subscribed");
+    let Some((None, ServerFrame::Control(Control::Hello(hello)))) = stream.frame().await else {
+        panic!("hello first");
+    };
+    let Some((None, ServerFrame::Control(Control::ResumeFailed(failed)))) = stream.frame().await
+    else {
+        panic!("resume_failed next");
+    };
+    assert_eq!(failed.session_id, Some(unknown));
+    assert_eq!(failed.reason, ResumeRefusal::NotFound);
+    // Bob had seen up to the first message (seq 2).
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/api/v1/sessions/{}/sync", hello.session_id)))
+        .bearer_auth(server.token(bob.id))
+        .json(&Sync {
+            positions: [(conversation.id, 2)].into(),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let synced: Synced = response.json().await.unwrap();
+    assert_eq!(synced.positions[&conversation.id], 5);
+    assert_eq!(stream.messages(3).await, sent[1..]);
+    let Some((None, ServerFrame::Control(Control::Synced(on_stream)))) = stream.frame().await
+    else {
+        panic!("synced after the events");
+    };
+    assert_eq!(on_stream, synced);
+    // Someone else's session is not found.
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/api/v1/sessions/{}/sync", hello.session_id)))
+        .bearer_auth(server.token(alice.id))
+        .json(&Sync::default())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn connections_are_limited_per_address_and_per_node_and_reaped_when_clients_leave() {
+    let per_ip = HttpLimits {
+        connections_per_ip_max: 2,
+        ..HttpLimits::default()
+    };
+    let server = TestServer::with_config(Limits::default(), per_ip).await;
+    let bob = server.user();
+    let first = SseStream::open(&server, &bob, "", None).await.unwrap();
+    let ws = connect(&bob).await;
+    let refused = SseStream::open(&server, &bob, "", None)
+        .await
+        .err()
+        .expect("third from one address");
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.retry_after.as_deref(), Some("5"));
+    let metrics = server.node.metrics().encode();
+    assert!(metrics.contains("sse_active_connections 1"), "{metrics}");
+    assert!(
+        metrics.contains("websocket_active_connections 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"connections_refused_total{limit="ip",transport="sse"} 1"#),
+        "{metrics}"
+    );
+    // Leaving gives the slots back.
+    drop(first);
+    ws.close().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.node.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server.node.connection_count(), 0, "reaped");
+    let metrics = server.node.metrics().encode();
+    assert!(metrics.contains("sse_active_connections 0"), "{metrics}");
+    let _again = SseStream::open(&server, &bob, "", None).await.unwrap();
+
+    let node_full = Limits {
+        connections_max: 1,
+        ..Limits::default()
+    };
+    let server = TestServer::with_config(node_full, HttpLimits::default()).await;
+    let carol = server.user();
+    let dave = server.user();
+    let _held = SseStream::open(&server, &carol, "", None).await.unwrap();
+    let refused = SseStream::open(&server, &dave, "", None)
+        .await
+        .err()
+        .expect("node full");
+    assert_eq!(refused.status, 503);
+    assert!(refused.retry_after.is_some());
+
+    let one_each = Limits {
+        connections_per_user_max: 1,
+        ..Limits::default()
+    };
+    let server = TestServer::with_config(one_each, HttpLimits::default()).await;
+    let erin = server.user();
+    let _held = connect(&erin).await;
+    let error = erin
+        .client
+        .connect()
+        .await
+        .expect_err("second for one user");
+    assert_eq!(error.status(), Some(429));
+}
+
+#[tokio::test]
+async fn heartbeats_keep_the_stream_warm_and_shutdown_ends_it_with_a_reason() {
+    let http = HttpLimits {
+        sse_heartbeat_interval: Duration::from_millis(100),
+        ..HttpLimits::default()
+    };
+    let mut server = TestServer::with_config(Limits::default(), http).await;
+    let bob = server.user();
+    let mut stream = SseStream::open(&server, &bob, "", None).await.unwrap();
+    assert!(matches!(
+        stream.next().await,
+        Some(Item::Event(None, ServerFrame::Control(Control::Hello(_))))
+    ));
+    assert_eq!(stream.next().await, Some(Item::Comment), "a heartbeat");
+    let mut ws = connect(&bob).await;
+    server.begin_shutdown();
+    // Heartbeats may come first; then the close event.
+    let closing = match stream.frame().await {
+        Some((None, ServerFrame::Control(Control::Close(close)))) => close,
+        other => panic!("expected the close event, got {other:?}"),
+    };
+    assert_eq!(closing.code, 1012);
+    assert!(stream.next().await.is_none(), "the stream ends after close");
+    let closed = ws.next_or_close().await.unwrap().expect_err("closed");
+    assert_eq!(closed.code, Some(1012));
+}
