@@ -39,6 +39,24 @@ pub(crate) struct ConfigArgs {
     /// Seconds to let connections and queued work drain on shutdown [default: 10].
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS")]
     drain_timeout_secs: Option<u64>,
+    /// Seconds a session outlives its connection, buffering for a resume [default: 120].
+    #[arg(long, env = "SWITCHBOARD_SESSION_GRACE_SECS")]
+    session_grace_secs: Option<u64>,
+    /// Events a session buffers for a resume [default: 2048].
+    #[arg(long, env = "SWITCHBOARD_SESSION_BUFFER_EVENTS")]
+    session_buffer_events: Option<usize>,
+    /// Seconds between heartbeat comments on an SSE stream [default: 15].
+    #[arg(long, env = "SWITCHBOARD_SSE_HEARTBEAT_SECS")]
+    sse_heartbeat_secs: Option<u64>,
+    /// WebSocket and SSE connections this node accepts [default: 50000].
+    #[arg(long, env = "SWITCHBOARD_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
+    /// Connections one user may hold on this node [default: 16].
+    #[arg(long, env = "SWITCHBOARD_CONNECTIONS_PER_USER_MAX")]
+    connections_per_user_max: Option<usize>,
+    /// Connections one client address may hold [default: 256].
+    #[arg(long, env = "SWITCHBOARD_CONNECTIONS_PER_IP_MAX")]
+    connections_per_ip_max: Option<usize>,
 }
 
 /// The config file: the same settings, all optional.
@@ -52,6 +70,12 @@ struct FileConfig {
     jwt_secret: Option<String>,
     log: Option<String>,
     drain_timeout_secs: Option<u64>,
+    session_grace_secs: Option<u64>,
+    session_buffer_events: Option<usize>,
+    sse_heartbeat_secs: Option<u64>,
+    connections_max: Option<usize>,
+    connections_per_user_max: Option<usize>,
+    connections_per_ip_max: Option<usize>,
 }
 
 /// The database the node stores everything in.
@@ -73,6 +97,12 @@ pub(crate) struct Settings {
     jwt_secret: Option<String>,
     pub(crate) log: String,
     pub(crate) drain_timeout: Duration,
+    pub(crate) session_grace: Duration,
+    pub(crate) session_buffer_events: usize,
+    pub(crate) sse_heartbeat: Duration,
+    pub(crate) connections_max: usize,
+    pub(crate) connections_per_user_max: usize,
+    pub(crate) connections_per_ip_max: usize,
 }
 
 impl Settings {
@@ -110,6 +140,37 @@ impl Settings {
                     .or(file.drain_timeout_secs)
                     .unwrap_or(10),
             ),
+            session_grace: Duration::from_secs(
+                args.session_grace_secs
+                    .or(file.session_grace_secs)
+                    .unwrap_or(120),
+            ),
+            session_buffer_events: positive(
+                "session_buffer_events",
+                args.session_buffer_events.or(file.session_buffer_events),
+                2048,
+            )?,
+            sse_heartbeat: Duration::from_secs(positive(
+                "sse_heartbeat_secs",
+                args.sse_heartbeat_secs.or(file.sse_heartbeat_secs),
+                15,
+            )?),
+            connections_max: positive(
+                "connections_max",
+                args.connections_max.or(file.connections_max),
+                50_000,
+            )?,
+            connections_per_user_max: positive(
+                "connections_per_user_max",
+                args.connections_per_user_max
+                    .or(file.connections_per_user_max),
+                16,
+            )?,
+            connections_per_ip_max: positive(
+                "connections_per_ip_max",
+                args.connections_per_ip_max.or(file.connections_per_ip_max),
+                256,
+            )?,
         })
     }
 
@@ -142,6 +203,19 @@ impl Settings {
             return Ok(secret.as_bytes().to_vec());
         }
         secret_file(&self.data_dir.join("jwt-secret"))
+    }
+}
+
+/// `value`, or `default`; zero is refused (it would refuse everything).
+fn positive<T: Default + PartialEq + Copy>(
+    name: &str,
+    value: Option<T>,
+    default: T,
+) -> anyhow::Result<T> {
+    match value {
+        Some(v) if v == T::default() => bail!("{name} must be greater than zero"),
+        Some(v) => Ok(v),
+        None => Ok(default),
     }
 }
 

@@ -115,7 +115,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             clock: Arc::new(SystemClock::new()),
             bus: link,
         },
-        Limits::default(),
+        limits(&settings),
     )
     .await
     .context("cannot start the node")?;
@@ -123,7 +123,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         node.clone(),
         store.shared(),
         Auth::new(&secret),
-        HttpLimits::default(),
+        HttpLimits {
+            sse_heartbeat_interval: settings.sse_heartbeat,
+            connections_per_ip_max: settings.connections_per_ip_max,
+            ..HttpLimits::default()
+        },
     )
     .with_bus(bus);
     let listener = tokio::net::TcpListener::bind(&settings.listen)
@@ -142,6 +146,18 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The node's limits, with what the settings change.
+fn limits(settings: &Settings) -> Limits {
+    let mut limits = Limits {
+        connections_max: settings.connections_max,
+        connections_per_user_max: settings.connections_per_user_max,
+        ..Limits::default()
+    };
+    limits.sessions.grace = settings.session_grace;
+    limits.sessions.buffer_len_max = settings.session_buffer_events;
+    limits
 }
 
 /// An open database, whichever kind.
