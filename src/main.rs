@@ -18,6 +18,9 @@ use switchboard_storage::{
     Bus, PostgresStore, RedisBus, RedisOptions, SqliteStore, Store, SystemClock,
 };
 use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use uuid::Uuid;
 
 use crate::config::{ConfigArgs, Database, Settings};

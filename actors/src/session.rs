@@ -280,16 +280,22 @@ impl SessionState {
         myself.send_after(self.limits.grace, move || SessionMsg::Expire(detaches));
     }
 
+    /// Attaches a connection. The caller hears the outcome as soon as the
+    /// greeting is queued, before the replay: a transport only starts
+    /// draining its queue once its connect returns.
     async fn attach(
         &mut self,
         myself: &ActorRef<SessionMsg>,
         attach: Attach,
+        reply: oneshot::Sender<Result<(), ResumeRefusal>>,
     ) -> Result<(), ResumeRefusal> {
         let replay_from = match attach.start {
             Start::Resume { cursor, .. } if cursor > self.cursor => {
+                let _ = reply.send(Err(ResumeRefusal::InvalidCursor));
                 return Err(ResumeRefusal::InvalidCursor);
             }
             Start::Resume { cursor, .. } if cursor < self.evicted => {
+                let _ = reply.send(Err(ResumeRefusal::Overflowed));
                 return Err(ResumeRefusal::Overflowed);
             }
             Start::Resume { cursor, .. } => Some(cursor),
@@ -319,6 +325,7 @@ impl SessionState {
             held: hold.then(VecDeque::new),
         });
         self.send_waiting(myself, control(&greeting)).await;
+        let _ = reply.send(Ok(()));
         if hold {
             let link_id = attach.link_id;
             myself.send_after(self.limits.hold_timeout, move || {
@@ -467,7 +474,7 @@ impl Actor for SessionActor {
         match message {
             SessionMsg::Event(event, _permit) => state.live(&myself, event),
             SessionMsg::Attach(attach, reply) => {
-                let outcome = state.attach(&myself, attach).await;
+                let outcome = state.attach(&myself, attach, reply).await;
                 let label = match outcome {
                     Ok(()) => "attached",
                     Err(ResumeRefusal::Overflowed) => "overflowed",
@@ -480,9 +487,7 @@ impl Actor for SessionActor {
                     .session_attaches_total
                     .with_label_values(&[label])
                     .inc();
-                let refused = outcome.is_err();
-                let _ = reply.send(outcome);
-                if refused {
+                if outcome.is_err() {
                     // The client gave up on this session and syncs on a
                     // fresh one; nothing will resume it now.
                     myself.stop(Some("resume refused".into()));

@@ -23,7 +23,7 @@ use std::time::Duration;
 pub use auth::{Auth, AuthError};
 pub use error::ApiError;
 pub use routes::router;
-pub use serve::serve;
+pub use serve::{PeerAddr, serve};
 use switchboard_actors::Node;
 use switchboard_storage::{Bus, Store};
 
@@ -66,6 +66,9 @@ pub struct HttpLimits {
     /// How long unacknowledged data may sit on a connection before the
     /// kernel drops it (`TCP_USER_TIMEOUT`): reaps peers that vanished.
     pub tcp_user_timeout: Duration,
+    /// How long a write may make no progress before the connection is
+    /// dropped: reaps peers that are there but stopped reading.
+    pub write_stall_max: Duration,
 }
 
 impl Default for HttpLimits {
@@ -87,6 +90,7 @@ impl Default for HttpLimits {
             sse_heartbeat_interval: Duration::from_secs(15),
             close_write_timeout: Duration::from_secs(5),
             tcp_user_timeout: Duration::from_secs(60),
+            write_stall_max: Duration::from_secs(30),
         }
     }
 }

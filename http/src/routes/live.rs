@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::extract::{AuthUser, Json, Path};
 use crate::peers::PeerTicket;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, PeerAddr};
 
 /// The longest device name a client may give.
 const DEVICE_LEN_MAX: usize = 64;
@@ -21,7 +21,7 @@ pub(super) fn admit_peer(
     parts: &Parts,
     transport: Transport,
 ) -> Result<Option<PeerTicket>, ApiError> {
-    let Some(ConnectInfo(address)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>()
+    let Some(ConnectInfo(PeerAddr(address))) = parts.extensions.get::<ConnectInfo<PeerAddr>>()
     else {
         return Ok(None);
     };

@@ -276,6 +276,10 @@ struct Cluster {
 
 impl Cluster {
     async fn start(size: usize, redis_url: &str) -> Self {
+        Self::with_limits(size, redis_url, Limits::default()).await
+    }
+
+    async fn with_limits(size: usize, redis_url: &str, limits: Limits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut members = Vec::with_capacity(size);
         for _ in 0..size {
@@ -292,7 +296,7 @@ impl Cluster {
                     clock: Arc::new(SystemClock::new()),
                     bus: Some((Arc::clone(&bus), receiver)),
                 },
-                Limits::default(),
+                limits,
             )
             .await
             .unwrap();
@@ -549,4 +553,43 @@ async fn a_node_starts_and_serves_with_redis_unreachable_and_says_so() {
     assert_eq!(ready["dependencies"]["database"]["ok"], true);
     assert_eq!(ready["dependencies"]["redis"]["ok"], false, "{ready}");
     assert!(ready["dependencies"]["redis"]["breakers"]["redis_publish"].is_string());
+}
+
+/// The reconnect chaos run across three nodes: a client that comes back
+/// through another node finds no session there, is told so, and syncs from
+/// the shared store; every client still ends with every acknowledged
+/// message of its conversations once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnecting_to_other_nodes_lose_nothing() {
+    use crate::sessions::{Chaos, Follower, chaos, chaos_seed, three_groups};
+    let redis = RedisServer::start(&[]);
+    let mut limits = Limits::default();
+    limits.sessions.grace = Duration::from_millis(300);
+    limits.sessions.buffer_len_max = 16;
+    let cluster = Cluster::with_limits(3, &redis.url(), limits).await;
+    let ids: Vec<Uuid> = (0..12).map(|_| Uuid::new_v4()).collect();
+    let users: Vec<crate::support::User> = ids.iter().map(|id| cluster.user(*id, 0)).collect();
+    let conversations = three_groups(&users).await;
+    let senders = conversations
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cluster.user(c.members[0].user_id, i))
+        .collect();
+    let followers = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut follower = Follower::on_nodes((0..3).map(|n| cluster.user(*id, n)).collect());
+            follower.node = i % 3;
+            follower
+        })
+        .collect();
+    chaos(Chaos {
+        seed: chaos_seed(),
+        conversations,
+        followers,
+        senders,
+        expect: &["resumed", "expired"],
+    })
+    .await;
 }

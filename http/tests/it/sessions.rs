@@ -11,7 +11,8 @@ use switchboard_actors::Limits;
 use switchboard_client::EventStream;
 use switchboard_http::HttpLimits;
 use switchboard_protocol::{
-    ClientFrame, Control, Event, EventFrame, Message, Resume, ResumeRefusal, ServerFrame, Sync,
+    ClientFrame, Control, Conversation, Event, EventFrame, Message, Resume, ResumeRefusal,
+    ServerFrame, Sync,
 };
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -20,8 +21,10 @@ use crate::support::{Rng, TestServer, User, group, next, text};
 
 /// A client that keeps its place: the session and cursor it last saw, and
 /// per conversation the last `seq` and every message it received.
-struct Follower {
-    user: User,
+pub(crate) struct Follower {
+    /// The same user through each node; `node` picks the next connection's.
+    users: Vec<User>,
+    pub(crate) node: usize,
     session: Option<(Uuid, u64)>,
     positions: BTreeMap<Uuid, i64>,
     messages: HashMap<Uuid, Vec<(i64, Uuid)>>,
@@ -30,9 +33,15 @@ struct Follower {
 }
 
 impl Follower {
-    fn new(user: User) -> Self {
+    pub(crate) fn new(user: User) -> Self {
+        Self::on_nodes(vec![user])
+    }
+
+    /// A follower that can connect through any of `users`' nodes.
+    pub(crate) fn on_nodes(users: Vec<User>) -> Self {
         Self {
-            user,
+            users,
+            node: 0,
             session: None,
             positions: BTreeMap::new(),
             messages: HashMap::new(),
@@ -52,7 +61,11 @@ impl Follower {
     /// resume is refused) syncs from its positions. Returns with live
     /// delivery started.
     async fn open(&mut self) -> EventStream {
-        let mut stream = self.user.client.connect().await.expect("connect");
+        let mut stream = self.users[self.node]
+            .client
+            .connect()
+            .await
+            .expect("connect");
         let ServerFrame::Control(Control::Hello(hello)) = Self::frame(&mut stream).await else {
             panic!("hello first");
         };
@@ -191,7 +204,7 @@ async fn a_client_that_resumes_within_the_grace_period_gets_exactly_what_it_miss
     let server = TestServer::start().await;
     let alice = server.user();
     let mut bob = Follower::new(server.user());
-    let conversation = group(&alice, &[&bob.user]).await;
+    let conversation = group(&alice, &[&bob.users[0]]).await;
     let mut stream = bob.open().await;
     let before = send_all(&alice, conversation.id, 3).await;
     let until = tokio::time::Instant::now() + Duration::from_millis(300);
@@ -218,7 +231,7 @@ async fn a_resume_the_buffer_cannot_cover_is_refused_and_sync_fills_the_gap() {
     let server = TestServer::with_limits(limits).await;
     let alice = server.user();
     let mut bob = Follower::new(server.user());
-    let conversation = group(&alice, &[&bob.user]).await;
+    let conversation = group(&alice, &[&bob.users[0]]).await;
     let stream = bob.open().await;
     drop(stream);
     let missed = send_all(&alice, conversation.id, 10).await;
@@ -245,7 +258,7 @@ async fn a_session_past_its_grace_period_is_gone_and_the_client_is_told() {
     let server = TestServer::with_limits(limits).await;
     let alice = server.user();
     let mut bob = Follower::new(server.user());
-    let conversation = group(&alice, &[&bob.user]).await;
+    let conversation = group(&alice, &[&bob.users[0]]).await;
     drop(bob.open().await);
     let missed = send_all(&alice, conversation.id, 3).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -320,7 +333,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() 
     let server = TestServer::with_config(limits, http).await;
     let alice = server.user();
     let mut bob = Follower::new(server.user());
-    let conversation = group(&alice, &[&bob.user]).await;
+    let conversation = group(&alice, &[&bob.users[0]]).await;
     let mut stream = bob.open().await;
     // Bob stops reading while large messages pile up: the kernel buffers
     // fill, then his four-frame queue, and the server lets go of him.
@@ -388,22 +401,70 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() 
 /// every event on the way was the next of its conversation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_drop_and_reconnect_hold_every_acknowledged_event_once_in_order() {
-    let seed = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_0004);
-    eprintln!("chaos seed {seed} (rerun with CHAOS_SEED={seed})");
     let mut limits = Limits::default();
     limits.sessions.grace = Duration::from_millis(300);
     limits.sessions.buffer_len_max = 16;
     let server = TestServer::with_limits(limits).await;
     let users: Vec<User> = (0..12).map(|_| server.user()).collect();
-    // Three groups of five; users 0, 4 and 8 are in two each.
+    let conversations = three_groups(&users).await;
+    let senders = conversations
+        .iter()
+        .map(|c| server.user_as(c.members[0].user_id))
+        .collect();
+    let followers = users
+        .iter()
+        .map(|u| Follower::new(server.user_as(u.id)))
+        .collect();
+    chaos(Chaos {
+        seed: chaos_seed(),
+        conversations,
+        followers,
+        senders,
+        expect: &["resumed", "expired", "overflowed"],
+    })
+    .await;
+}
+
+/// The seed of a chaos run: `CHAOS_SEED`, else a fixed one.
+pub(crate) fn chaos_seed() -> u64 {
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_0004);
+    eprintln!("chaos seed {seed} (rerun with CHAOS_SEED={seed})");
+    seed
+}
+
+/// Three groups of five among twelve users; users 0, 4 and 8 are in two.
+pub(crate) async fn three_groups(users: &[User]) -> Vec<Conversation> {
     let mut conversations = Vec::new();
     for g in 0..3 {
         let members: Vec<&User> = (1..5).map(|k| &users[(g * 4 + k) % 12]).collect();
         conversations.push(group(&users[g * 4], &members).await);
     }
+    conversations
+}
+
+/// A chaos run.
+pub(crate) struct Chaos {
+    pub(crate) seed: u64,
+    pub(crate) conversations: Vec<Conversation>,
+    /// One per user; each reconnects through a node of its choosing.
+    pub(crate) followers: Vec<Follower>,
+    /// One member of each conversation, sending to it.
+    pub(crate) senders: Vec<User>,
+    /// The ways back to a session the run must have exercised.
+    pub(crate) expect: &'static [&'static str],
+}
+
+pub(crate) async fn chaos(run: Chaos) {
+    let Chaos {
+        seed,
+        conversations,
+        followers,
+        senders: sending,
+        expect,
+    } = run;
     let membership = |user: Uuid| -> Vec<Uuid> {
         conversations
             .iter()
@@ -415,14 +476,12 @@ async fn clients_that_drop_and_reconnect_hold_every_acknowledged_event_once_in_o
     let sent = Arc::new(Mutex::new(Vec::<Message>::new()));
     // Everyone is connected before the first send.
     let mut opened = Vec::new();
-    for user in &users {
-        let mut follower = Follower::new(server.user_as(user.id));
+    for mut follower in followers {
         let stream = follower.open().await;
         opened.push((follower, stream));
     }
     let mut senders = Vec::new();
-    for (s, conversation) in conversations.iter().enumerate() {
-        let sender = server.user_as(conversation.members[0].user_id);
+    for (s, (sender, conversation)) in sending.into_iter().zip(&conversations).enumerate() {
         let sent = Arc::clone(&sent);
         let conversation = conversation.id;
         let mut rng = Rng::new(seed ^ (s as u64 + 1));
@@ -461,6 +520,10 @@ async fn clients_that_drop_and_reconnect_hold_every_acknowledged_event_once_in_o
                     _ => 0,
                 };
                 tokio::time::sleep(Duration::from_millis(away)).await;
+                // Half the time, back through another node (if there is one).
+                if rng.below(2) == 0 {
+                    follower.node = rng.below(follower.users.len() as u64) as usize;
+                }
                 stream = follower.open().await;
             }
             (follower, stream)
@@ -474,7 +537,7 @@ async fn clients_that_drop_and_reconnect_hold_every_acknowledged_event_once_in_o
     let mut starts: BTreeMap<&str, usize> = BTreeMap::new();
     for client in clients {
         let (mut follower, mut stream) = client.await.expect("client");
-        let mine = membership(follower.user.id);
+        let mine = membership(follower.users[0].id);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         while mine
             .iter()
@@ -493,7 +556,7 @@ async fn clients_that_drop_and_reconnect_hold_every_acknowledged_event_once_in_o
                     .unwrap_or_default(),
                 acknowledged(&sent, *conversation),
                 "user {} in {conversation}",
-                follower.user.id
+                follower.users[0].id
             );
         }
         for start in &follower.starts {
@@ -501,8 +564,7 @@ async fn clients_that_drop_and_reconnect_hold_every_acknowledged_event_once_in_o
         }
     }
     eprintln!("connection starts: {starts:?}");
-    // The run exercised every way back.
-    for way in ["resumed", "expired", "overflowed"] {
+    for way in expect {
         assert!(
             starts.get(way).copied().unwrap_or(0) > 0,
             "no {way}: {starts:?}"

@@ -92,10 +92,13 @@ impl SseStream {
             }
             let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
                 .await
-                .expect("a chunk within 5 s")
-                .expect("stream");
+                .expect("a chunk within 5 s");
+            // The end of the stream, or the server dropped the connection.
+            let Ok(Some(chunk)) = chunk else {
+                return None;
+            };
             self.buffer
-                .push_str(std::str::from_utf8(&chunk?).expect("utf-8"));
+                .push_str(std::str::from_utf8(&chunk).expect("utf-8"));
         }
     }
 
@@ -308,4 +311,60 @@ async fn heartbeats_keep_the_stream_warm_and_shutdown_ends_it_with_a_reason() {
     assert!(stream.next().await.is_none(), "the stream ends after close");
     let closed = ws.next_or_close().await.unwrap().expect_err("closed");
     assert_eq!(closed.code, Some(1012));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_reaped_and_resumes_with_last_event_id() {
+    let http = HttpLimits {
+        websocket_outbound_len_max: 4,
+        write_stall_max: Duration::from_millis(300),
+        ..HttpLimits::default()
+    };
+    let mut limits = Limits::default();
+    limits.sessions.buffer_len_max = 10_000;
+    limits.sessions.buffer_bytes_max = 64 * 1024 * 1024;
+    let server = TestServer::with_config(limits, http).await;
+    let alice = server.user();
+    let bob = server.user();
+    let conversation = group(&alice, &[&bob]).await;
+    let mut stream = SseStream::open(&server, &bob, "device=phone", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.frame().await,
+        Some((None, ServerFrame::Control(Control::Hello(_))))
+    ));
+    // Bob stops reading while large messages pile up: his writes stall and
+    // his queue fills; whichever comes first lets the connection go (the
+    // stream is not being written, so no close event can go out).
+    let body = "x".repeat(40 * 1024);
+    let mut sent = Vec::new();
+    while sent.len() < 400 && server.node.connection_count() > 0 {
+        let request = text(conversation.id, &body);
+        sent.push(alice.client.send(&request).await.unwrap().message);
+    }
+    assert_eq!(server.node.connection_count(), 0, "reaped");
+    assert_eq!(server.node.session_count(), 1, "the session waits");
+    // Bob reads what reached him, then resumes from the last id he saw.
+    let mut got = Vec::new();
+    let mut last_id = None;
+    while let Some(item) = stream.next().await {
+        if let Item::Event(Some(id), ServerFrame::Event(frame)) = item {
+            if let Event::MessageNew(message) = frame.event {
+                got.push(message);
+            }
+            last_id = Some(id);
+        }
+    }
+    let last_id = last_id.unwrap_or_else(|| "0".into());
+    let mut stream = SseStream::open(&server, &bob, "device=phone", Some(&last_id))
+        .await
+        .unwrap();
+    let Some((None, ServerFrame::Control(Control::Hello(hello)))) = stream.frame().await else {
+        panic!("hello first");
+    };
+    assert_eq!(hello.cursor.to_string(), last_id, "resumed where he was");
+    let rest = sent.len() - got.len();
+    got.extend(stream.messages(rest).await);
+    assert_eq!(got, sent, "every message once, in order");
 }
