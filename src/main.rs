@@ -4,6 +4,7 @@
 // A command-line program's output is its stdout; the libraries never print.
 #![allow(clippy::print_stdout)]
 
+mod cli;
 mod config;
 
 use std::process::ExitCode;
@@ -18,12 +19,13 @@ use switchboard_storage::{
     Bus, PostgresStore, RedisBus, RedisOptions, SqliteStore, Store, SystemClock,
 };
 use tracing_subscriber::EnvFilter;
+use uuid::Uuid;
+
+use crate::cli::{Conversations, ServerArgs};
+use crate::config::{ConfigArgs, Database, Settings};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-use uuid::Uuid;
-
-use crate::config::{ConfigArgs, Database, Settings};
 
 /// Real-time messaging backend.
 #[derive(Debug, Parser)]
@@ -50,6 +52,47 @@ enum Command {
         ttl_secs: u64,
         #[command(flatten)]
         config: ConfigArgs,
+    },
+    /// List or create your conversations.
+    Conversations {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(subcommand)]
+        command: Option<Conversations>,
+    },
+    /// Send a text message, retrying (at most 5 attempts) while the server
+    /// is unreachable or busy; prints the stored message as JSON.
+    Send {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The conversation's id.
+        conversation: Uuid,
+        /// The text; it travels as the message's opaque payload.
+        text: String,
+        /// Makes a repeated `send` store the message once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Print a conversation's latest messages, oldest first.
+    History {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The conversation's id.
+        conversation: Uuid,
+        /// How many messages.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print live events as JSON lines; reconnects and resumes by itself, so
+    /// nothing is missed or shown twice across a disconnect.
+    Tail {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only this conversation's events [default: every conversation].
+        conversation: Option<Uuid>,
     },
 }
 
@@ -88,7 +131,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Conversations { server, command } => {
+            client_runtime()?.block_on(cli::conversations(
+                &server,
+                command.unwrap_or(Conversations::List { json: false }),
+            ))
+        }
+        Command::Send {
+            server,
+            conversation,
+            text,
+            idempotency_key,
+        } => client_runtime()?.block_on(cli::send(&server, conversation, &text, idempotency_key)),
+        Command::History {
+            server,
+            conversation,
+            limit,
+            json,
+        } => client_runtime()?.block_on(cli::history(&server, conversation, limit, json)),
+        Command::Tail {
+            server,
+            conversation,
+        } => client_runtime()?.block_on(cli::tail(&server, conversation)),
     }
+}
+
+/// A small runtime for the client commands.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 fn init_tracing(filter: &str) {

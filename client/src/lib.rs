@@ -1,15 +1,22 @@
 //! Rust client for the Switchboard API: typed REST calls and the live event
 //! stream over WebSocket.
 //!
-//! Errors are sorted into retryable (network, 5xx, 429) and permanent (the
-//! other 4xx) by [`classify`]; [`RetryPolicy`] bounds the attempts and
-//! spaces them, and [`Outbox`] holds sends until they are acknowledged or
-//! given up. Those three are sans-IO: they read no clock and open no socket.
+//! The sans-IO core reads no clock and opens no socket: [`classify`] sorts
+//! errors into retryable (network, 5xx, 429) and permanent (the other 4xx);
+//! [`RetryPolicy`] bounds the attempts and spaces them; [`Outbox`] holds
+//! sends until they are acknowledged or given up; [`Place`] keeps the
+//! session cursor and per-conversation positions a reconnect resumes from.
+//! On top, the tokio transport: [`Sender`] drives the outbox over HTTP and
+//! [`Live`] is the event stream that reconnects, resumes and catches up by
+//! itself.
 
 mod error;
 mod events;
+mod live;
 mod outbox;
+mod place;
 mod retry;
+mod sender;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
@@ -21,8 +28,11 @@ use uuid::Uuid;
 
 pub use error::ClientError;
 pub use events::{Closed, EventStream};
+pub use live::{Live, LiveEvent, LiveOptions};
 pub use outbox::{GiveUp, Outbox, OutboxError, Settled};
+pub use place::{Place, Step};
 pub use retry::{Class, Failure, RetryPolicy, classify};
+pub use sender::{SendReport, Sender};
 
 /// A client bound to one server and one user's token.
 #[derive(Debug, Clone)]

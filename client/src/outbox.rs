@@ -158,6 +158,15 @@ impl Outbox {
             .min()
     }
 
+    /// When the waiting send with `key` is next due, if it is waiting.
+    #[must_use]
+    pub fn due_of(&self, key: &str) -> Option<Duration> {
+        self.entries
+            .iter()
+            .find(|e| e.key == key && !e.in_flight)
+            .map(|e| e.not_before)
+    }
+
     /// The attempt with `key` was acknowledged.
     pub fn succeeded(&mut self, key: &str, message: Message) -> Option<Settled> {
         let index = self.position(key)?;
