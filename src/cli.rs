@@ -147,16 +147,14 @@ pub(crate) async fn send(
         .context("cannot queue the send")?;
     while let Some(report) = sender.next().await {
         match report {
-            SendReport::Attempt { attempt, .. } if attempt > 1 => {
-                eprintln!(
-                    "attempt {attempt} of {}",
-                    RetryPolicy::default().attempts_max
-                );
-            }
             SendReport::Attempt { .. } => {}
             SendReport::Retrying {
-                reason, retry_in, ..
-            } => eprintln!("{reason}; retrying in {:.1} s", retry_in.as_secs_f64()),
+                failure, retry_in, ..
+            } => eprintln!(
+                "{}; retrying in {:.1} s",
+                describe(failure),
+                retry_in.as_secs_f64()
+            ),
             SendReport::Settled(settled) => match *settled {
                 Settled::Sent { message, .. } => {
                     println!("{}", serde_json::to_string(&message)?);

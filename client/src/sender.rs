@@ -28,7 +28,9 @@ pub enum SendReport {
     Retrying {
         /// The send's idempotency key.
         key: String,
-        /// What went wrong, for people.
+        /// What went wrong.
+        failure: Failure,
+        /// What went wrong, in the error's words.
         reason: String,
         /// When the next attempt goes out.
         retry_in: Duration,
@@ -176,6 +178,7 @@ async fn drive(
                                 .map_or(Duration::ZERO, |due| due.saturating_sub(now));
                             let report = SendReport::Retrying {
                                 key: key.clone(),
+                                failure,
                                 reason: error.to_string(),
                                 retry_in,
                             };
