@@ -10,6 +10,7 @@
 //! [`Live`] is the event stream that reconnects, resumes and catches up by
 //! itself.
 
+mod entropy;
 mod error;
 mod events;
 mod live;

@@ -9,6 +9,7 @@ use switchboard_protocol::{Control, Event};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::entropy::sample;
 use crate::place::{Place, Step};
 use crate::retry::RetryPolicy;
 use crate::{Client, ClientError};
@@ -88,15 +89,6 @@ impl Drop for Live {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A uniform draw from `[0, 1)` for jitter, from the operating system.
-fn sample() -> f64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 async fn follow(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use switchboard_protocol::SendMessage;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
-use uuid::Uuid;
 
+use crate::entropy::{new_key, sample};
 use crate::outbox::{Outbox, OutboxError, Settled};
 use crate::retry::{Failure, RetryPolicy};
 use crate::{Client, Sent};
@@ -102,22 +102,6 @@ impl Drop for Sender {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A uniform draw from `[0, 1)`, from the operating system.
-fn sample() -> f64 {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
-        return 0.5;
-    }
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// A random idempotency key.
-fn new_key() -> Uuid {
-    let mut bytes = [0u8; 16];
-    let _ = getrandom::fill(&mut bytes);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 type Attempted = (String, Result<Sent, crate::ClientError>);

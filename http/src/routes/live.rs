@@ -7,7 +7,7 @@ use switchboard_actors::Transport;
 use switchboard_protocol::{Sync, Synced};
 use uuid::Uuid;
 
-use crate::extract::{AuthUser, Json, Path};
+use crate::extract::{AuthUser, Json, Path, authenticate, bearer};
 use crate::peers::PeerTicket;
 use crate::{ApiError, AppState, PeerAddr};
 
@@ -32,6 +32,21 @@ pub(super) fn admit_peer(
         };
         state.node.metrics().connection_refused(label, "ip");
     })
+}
+
+/// The user of a live connection: from the bearer header, else from
+/// `access_token` (browsers cannot set headers on a WebSocket or an
+/// `EventSource`).
+pub(super) fn live_user(
+    state: &AppState,
+    parts: &Parts,
+    access_token: Option<String>,
+) -> Result<Uuid, ApiError> {
+    let token = bearer(parts)
+        .map(str::to_owned)
+        .or(access_token)
+        .ok_or_else(|| ApiError::unauthorized("missing bearer token or access_token"))?;
+    authenticate(state, &token)
 }
 
 /// Checks a client's device name: 1 to 64 visible ASCII characters.

@@ -21,8 +21,8 @@ use switchboard_actors::{
 use switchboard_protocol::{CloseReason, Control};
 use uuid::Uuid;
 
-use super::live::{admit_peer, device_name};
-use crate::extract::{Query, authenticate, bearer};
+use super::live::{admit_peer, device_name, live_user};
+use crate::extract::Query;
 use crate::peers::PeerTicket;
 use crate::{ApiError, AppState};
 
@@ -45,11 +45,7 @@ pub(super) async fn subscribe(
     Query(query): Query<SseQuery>,
     parts: Parts,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&parts)
-        .map(str::to_owned)
-        .or(query.access_token)
-        .ok_or_else(|| ApiError::unauthorized("missing bearer token or access_token"))?;
-    let user = authenticate(&state, &token)?;
+    let user = live_user(&state, &parts, query.access_token)?;
     let device = device_name(query.device)?;
     let last_event_id = match parts.headers.get("last-event-id") {
         Some(value) => Some(

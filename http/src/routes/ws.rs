@@ -17,8 +17,8 @@ use switchboard_actors::{
 };
 use uuid::Uuid;
 
-use super::live::{admit_peer, device_name};
-use crate::extract::{Query, authenticate, bearer};
+use super::live::{admit_peer, device_name, live_user};
+use crate::extract::Query;
 use crate::peers::PeerTicket;
 use crate::{ApiError, AppState};
 
@@ -40,11 +40,7 @@ pub(super) async fn upgrade(
     parts: Parts,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let token = bearer(&parts)
-        .map(str::to_owned)
-        .or(query.access_token)
-        .ok_or_else(|| ApiError::unauthorized("missing bearer token or access_token"))?;
-    let user = authenticate(&state, &token)?;
+    let user = live_user(&state, &parts, query.access_token)?;
     let device = device_name(query.device)?;
     let resume = match (query.session_id, query.cursor) {
         (Some(session_id), Some(cursor)) => Some(ResumeAt {

@@ -17,7 +17,7 @@ use switchboard_protocol::{
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::support::{Rng, TestServer, User, group, next, text};
+use crate::support::{Rng, TestServer, User, group, next, send_texts, text};
 
 /// A client that keeps its place: the session and cursor it last saw, and
 /// per conversation the last `seq` and every message it received.
@@ -190,15 +190,6 @@ fn acknowledged(sent: &[Message], conversation: Uuid) -> Vec<(i64, Uuid)> {
     messages
 }
 
-async fn send_all(sender: &User, conversation: Uuid, count: usize) -> Vec<Message> {
-    let mut sent = Vec::new();
-    for i in 0..count {
-        let request = text(conversation, &format!("m{i}"));
-        sent.push(sender.client.send(&request).await.expect("send").message);
-    }
-    sent
-}
-
 #[tokio::test]
 async fn a_client_that_resumes_within_the_grace_period_gets_exactly_what_it_missed() {
     let server = TestServer::start().await;
@@ -206,15 +197,15 @@ async fn a_client_that_resumes_within_the_grace_period_gets_exactly_what_it_miss
     let mut bob = Follower::new(server.user());
     let conversation = group(&alice, &[&bob.users[0]]).await;
     let mut stream = bob.open().await;
-    let before = send_all(&alice, conversation.id, 3).await;
+    let before = send_texts(&alice, conversation.id, 3).await;
     let until = tokio::time::Instant::now() + Duration::from_millis(300);
     assert!(bob.read_until(&mut stream, until).await);
     assert_eq!(bob.holds(conversation.id), 3);
     drop(stream);
-    let missed = send_all(&alice, conversation.id, 5).await;
+    let missed = send_texts(&alice, conversation.id, 5).await;
     let mut stream = bob.open().await;
     assert_eq!(bob.starts, ["fresh", "resumed"]);
-    let after = send_all(&alice, conversation.id, 2).await;
+    let after = send_texts(&alice, conversation.id, 2).await;
     let until = tokio::time::Instant::now() + Duration::from_millis(500);
     assert!(bob.read_until(&mut stream, until).await);
     let all: Vec<Message> = [before, missed, after].concat();
@@ -234,7 +225,7 @@ async fn a_resume_the_buffer_cannot_cover_is_refused_and_sync_fills_the_gap() {
     let conversation = group(&alice, &[&bob.users[0]]).await;
     let stream = bob.open().await;
     drop(stream);
-    let missed = send_all(&alice, conversation.id, 10).await;
+    let missed = send_texts(&alice, conversation.id, 10).await;
     let mut stream = bob.open().await;
     assert_eq!(bob.starts, ["fresh", "overflowed"]);
     assert_eq!(
@@ -242,7 +233,7 @@ async fn a_resume_the_buffer_cannot_cover_is_refused_and_sync_fills_the_gap() {
         acknowledged(&missed, conversation.id),
         "sync served all ten from the store"
     );
-    let live = send_all(&alice, conversation.id, 2).await;
+    let live = send_texts(&alice, conversation.id, 2).await;
     let until = tokio::time::Instant::now() + Duration::from_millis(500);
     assert!(bob.read_until(&mut stream, until).await);
     assert_eq!(
@@ -260,7 +251,7 @@ async fn a_session_past_its_grace_period_is_gone_and_the_client_is_told() {
     let mut bob = Follower::new(server.user());
     let conversation = group(&alice, &[&bob.users[0]]).await;
     drop(bob.open().await);
-    let missed = send_all(&alice, conversation.id, 3).await;
+    let missed = send_texts(&alice, conversation.id, 3).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(server.node.session_count(), 0, "the session expired");
     let _stream = bob.open().await;
@@ -269,12 +260,7 @@ async fn a_session_past_its_grace_period_is_gone_and_the_client_is_told() {
         bob.messages[&conversation.id],
         acknowledged(&missed, conversation.id)
     );
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.node.metrics().encode();
     assert!(metrics.contains("sessions_expired_total 1"), "{metrics}");
 }
 
@@ -288,7 +274,7 @@ async fn live_events_wait_for_the_first_frame_and_resume_is_only_accepted_first(
     let Some(ServerFrame::Control(Control::Hello(hello))) = next(&mut stream).await else {
         panic!("hello first");
     };
-    let sent = send_all(&alice, conversation.id, 1).await;
+    let sent = send_texts(&alice, conversation.id, 1).await;
     // Held: nothing arrives before the client's first frame...
     let early = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
     assert!(early.is_err(), "held, got {early:?}");
@@ -381,12 +367,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() 
         bob.messages[&conversation.id],
         acknowledged(&sent, conversation.id)
     );
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.node.metrics().encode();
     assert!(
         metrics.contains("slow_consumer_disconnects_total 1"),
         "{metrics}"

@@ -9,7 +9,7 @@ use switchboard_http::HttpLimits;
 use switchboard_protocol::{Control, Event, Message, ResumeRefusal, ServerFrame, Sync, Synced};
 use uuid::Uuid;
 
-use crate::support::{TestServer, User, connect, group, text};
+use crate::support::{TestServer, User, connect, group, send_texts, text};
 
 /// One block of an event stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -130,15 +130,6 @@ impl SseStream {
     }
 }
 
-async fn send(sender: &User, conversation: Uuid, count: usize) -> Vec<Message> {
-    let mut sent = Vec::new();
-    for i in 0..count {
-        let request = text(conversation, &format!("m{i}"));
-        sent.push(sender.client.send(&request).await.expect("send").message);
-    }
-    sent
-}
-
 #[tokio::test]
 async fn events_carry_their_cursor_as_id_and_last_event_id_resumes() {
     let server = TestServer::start().await;
@@ -151,10 +142,10 @@ async fn events_carry_their_cursor_as_id_and_last_event_id_resumes() {
     let Some((None, ServerFrame::Control(Control::Hello(hello)))) = stream.frame().await else {
         panic!("hello first");
     };
-    let first = send(&alice, conversation.id, 3).await;
+    let first = send_texts(&alice, conversation.id, 3).await;
     assert_eq!(stream.messages(3).await, first);
     drop(stream);
-    let missed = send(&alice, conversation.id, 2).await;
+    let missed = send_texts(&alice, conversation.id, 2).await;
     // A browser reconnects to the same URL with the last id it saw.
     let mut stream = SseStream::open(&server, &bob, "device=tab-1", Some("3"))
         .await
@@ -164,7 +155,7 @@ async fn events_carry_their_cursor_as_id_and_last_event_id_resumes() {
     };
     assert_eq!((again.session_id, again.cursor), (hello.session_id, 3));
     assert_eq!(stream.messages(2).await, missed);
-    let live = send(&alice, conversation.id, 1).await;
+    let live = send_texts(&alice, conversation.id, 1).await;
     assert_eq!(stream.messages(1).await, live);
 }
 
@@ -174,7 +165,7 @@ async fn a_refused_resume_is_said_and_sync_over_http_fills_the_stream() {
     let alice = server.user();
     let bob = server.user();
     let conversation = group(&alice, &[&bob]).await;
-    let sent = send(&alice, conversation.id, 4).await;
+    let sent = send_texts(&alice, conversation.id, 4).await;
     let unknown = Uuid::new_v4();
     let mut stream = SseStream::open(&server, &bob, &format!("session_id={unknown}"), Some("9"))
         .await

@@ -138,6 +138,20 @@ pub(crate) async fn group(owner: &User, members: &[&User]) -> Conversation {
         .expect("create group")
 }
 
+/// Sends `count` texts `m0`, `m1`, … and returns the stored messages.
+pub(crate) async fn send_texts(
+    sender: &User,
+    conversation: Uuid,
+    count: usize,
+) -> Vec<switchboard_protocol::Message> {
+    let mut sent = Vec::new();
+    for i in 0..count {
+        let request = text(conversation, &format!("m{i}"));
+        sent.push(sender.client.send(&request).await.expect("send").message);
+    }
+    sent
+}
+
 /// Connects, consumes the `hello`, and starts live delivery with an empty
 /// `sync` (a new session holds live events until the client's first frame).
 pub(crate) async fn connect(user: &User) -> EventStream {
