@@ -45,6 +45,9 @@ pub(crate) struct ConfigArgs {
     /// Events a session buffers for a resume [default: 2048].
     #[arg(long, env = "SWITCHBOARD_SESSION_BUFFER_EVENTS")]
     session_buffer_events: Option<usize>,
+    /// Bytes of events a session buffers for a resume [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_SESSION_BUFFER_BYTES")]
+    session_buffer_bytes: Option<usize>,
     /// Seconds between heartbeat comments on an SSE stream [default: 15].
     #[arg(long, env = "SWITCHBOARD_SSE_HEARTBEAT_SECS")]
     sse_heartbeat_secs: Option<u64>,
@@ -72,6 +75,7 @@ struct FileConfig {
     drain_timeout_secs: Option<u64>,
     session_grace_secs: Option<u64>,
     session_buffer_events: Option<usize>,
+    session_buffer_bytes: Option<usize>,
     sse_heartbeat_secs: Option<u64>,
     connections_max: Option<usize>,
     connections_per_user_max: Option<usize>,
@@ -99,6 +103,7 @@ pub(crate) struct Settings {
     pub(crate) drain_timeout: Duration,
     pub(crate) session_grace: Duration,
     pub(crate) session_buffer_events: usize,
+    pub(crate) session_buffer_bytes: usize,
     pub(crate) sse_heartbeat: Duration,
     pub(crate) connections_max: usize,
     pub(crate) connections_per_user_max: usize,
@@ -149,6 +154,11 @@ impl Settings {
                 "session_buffer_events",
                 args.session_buffer_events.or(file.session_buffer_events),
                 2048,
+            )?,
+            session_buffer_bytes: positive(
+                "session_buffer_bytes",
+                args.session_buffer_bytes.or(file.session_buffer_bytes),
+                1024 * 1024,
             )?,
             sse_heartbeat: Duration::from_secs(positive(
                 "sse_heartbeat_secs",

@@ -233,6 +233,7 @@ fn limits(settings: &Settings) -> Limits {
     };
     limits.sessions.grace = settings.session_grace;
     limits.sessions.buffer_len_max = settings.session_buffer_events;
+    limits.sessions.buffer_bytes_max = settings.session_buffer_bytes;
     limits
 }
 

@@ -7,6 +7,8 @@
 //!   connections and reports the server's memory before, at peak, after the
 //!   connections close, and after their sessions' grace period, per
 //!   connection and per transport.
+//! - `resume`: the time to deliver K missed events after a reconnect, from
+//!   the session buffer and, in the same run, from the store.
 
 // A benchmark measures the real world: real time and random ids are its job.
 #![allow(clippy::disallowed_methods)]
@@ -14,6 +16,7 @@
 #![allow(clippy::print_stdout)]
 
 mod connections;
+mod resume;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +38,9 @@ struct Cli {
 enum Scenario {
     /// Server memory while thousands of connections open and close.
     Connections(connections::Args),
+    /// Time to deliver K missed events after a reconnect: from the session
+    /// buffer, and from the store.
+    Resume(resume::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.scenario {
             Scenario::Connections(args) => connections::run(&server, &args, cli.json).await,
+            Scenario::Resume(args) => resume::run(&server, &args, cli.json).await,
         }
     })
 }
