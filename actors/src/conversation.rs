@@ -325,18 +325,19 @@ impl Conversations {
     /// Hands a note from the bus to the conversation's actor, starting it if
     /// needed. A note that does not fit is dropped and counted; the next
     /// event's gap check or the next catch-up delivers what it carried.
-    pub(crate) async fn notify(&self, shared: &Arc<Shared>, id: Uuid, note: Note) {
+    pub(crate) async fn notify(&self, shared: &Arc<Shared>, id: Uuid, note: Note) -> bool {
         for _ in 0..3 {
             let Ok(mailbox) = self.mailbox(shared, id).await else {
                 break;
             };
             match mailbox.try_send(|permit| ConversationMsg::Note(note.clone(), permit)) {
-                Ok(()) => return,
+                Ok(()) => return true,
                 Err(MailboxError::Full) => break,
                 Err(MailboxError::Closed) => self.retire(id, mailbox.actor().get_id()),
             }
         }
         shared.metrics.bus_notes_dropped_total.inc();
+        false
     }
 
     /// Stops every conversation actor after it finishes what it has queued.

@@ -4,7 +4,7 @@
 //! There is no process-global state: each [`Node`] owns its supervisors and
 //! registries, so a test or the simulation can run several in one process.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -870,21 +870,37 @@ impl Node {
 
 /// Turns what the bus says into notes for conversation actors. Ends when the
 /// node or the bus goes away.
+///
+/// A dropped remote event is recovered by the next event's gap check, but a
+/// dropped catch-up has nothing after it to notice: those conversations are
+/// owed a catch-up, retried every second until their actor takes it.
 async fn route(shared: std::sync::Weak<Shared>, mut signals: mpsc::Receiver<BusSignal>) {
-    while let Some(signal) = signals.recv().await {
+    let mut owed: HashSet<Uuid> = HashSet::new();
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let signal = tokio::select! {
+            signal = signals.recv() => match signal {
+                Some(signal) => Some(signal),
+                None => return,
+            },
+            _ = retry.tick(), if !owed.is_empty() => None,
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        match signal {
-            BusSignal::Event(event) => {
+        let catch_up: Vec<Uuid> = match signal {
+            None => owed.drain().collect(),
+            Some(BusSignal::Event(event)) => {
                 shared.metrics.bus_events_received_total.inc();
                 let id = event.conversation_id();
                 shared
                     .conversations
                     .notify(&shared, id, Note::Remote(event))
                     .await;
+                Vec::new()
             }
-            BusSignal::Lost => {
+            Some(BusSignal::Lost) => {
                 let held = shared
                     .subscriptions
                     .as_ref()
@@ -894,20 +910,17 @@ async fn route(shared: std::sync::Weak<Shared>, mut signals: mpsc::Receiver<BusS
                     conversations = held.len(),
                     "bus link was lost; catching up from the store"
                 );
-                for id in held {
-                    shared
-                        .conversations
-                        .notify(&shared, id, Note::CatchUp)
-                        .await;
-                }
+                held
             }
-            BusSignal::Subscribed(ids) => {
-                for id in ids {
-                    shared
-                        .conversations
-                        .notify(&shared, id, Note::CatchUp)
-                        .await;
-                }
+            Some(BusSignal::Subscribed(ids)) => ids,
+        };
+        for id in catch_up {
+            if !shared
+                .conversations
+                .notify(&shared, id, Note::CatchUp)
+                .await
+            {
+                owed.insert(id);
             }
         }
     }

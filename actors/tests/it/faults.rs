@@ -217,3 +217,59 @@ impl Store for FaultyStore {
         self.inner.events(conversation_id, after_seq, limit).await
     }
 }
+
+/// A bus that publishes nowhere and hears nothing: the test plays its
+/// signals itself.
+#[derive(Debug)]
+pub(crate) struct QuietBus;
+
+#[async_trait]
+impl switchboard_storage::Bus for QuietBus {
+    async fn publish(
+        &self,
+        _event: &Event,
+        _frame: &[u8],
+    ) -> Result<(), switchboard_storage::BusError> {
+        Ok(())
+    }
+
+    async fn publish_to_user(
+        &self,
+        _user: Uuid,
+        _frame: &[u8],
+    ) -> Result<(), switchboard_storage::BusError> {
+        Ok(())
+    }
+
+    async fn tail(
+        &self,
+        _conversation_id: Uuid,
+        _after_seq: i64,
+        _limit: usize,
+    ) -> Result<Vec<Event>, switchboard_storage::BusError> {
+        Ok(Vec::new())
+    }
+
+    async fn stream_len(
+        &self,
+        _conversation_id: Uuid,
+    ) -> Result<u64, switchboard_storage::BusError> {
+        Ok(0)
+    }
+
+    async fn trim(
+        &self,
+        _conversation_id: Uuid,
+        _len_max: usize,
+    ) -> Result<u64, switchboard_storage::BusError> {
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), switchboard_storage::BusError> {
+        Ok(())
+    }
+
+    fn subscribe(&self, _topic: switchboard_storage::Topic) {}
+
+    fn unsubscribe(&self, _topic: switchboard_storage::Topic) {}
+}

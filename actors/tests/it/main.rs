@@ -13,10 +13,14 @@ mod faults;
 use std::sync::Arc;
 use std::time::Duration;
 
-use faults::{FaultyStore, ManualClock};
-use switchboard_actors::{ActorError, Dependencies, Limits, Node};
-use switchboard_protocol::{ConversationKind, CreateConversation, SendMessage};
+use faults::{FaultyStore, ManualClock, QuietBus};
+use switchboard_actors::{
+    ActorError, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Transport,
+};
+use switchboard_protocol::{ConversationKind, CreateConversation, Role, SendMessage};
+use switchboard_storage::{Bus, BusSignal, Clock, Store};
 use switchboard_supervisors::RestartPolicy;
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 struct Fixture {
@@ -29,6 +33,13 @@ struct Fixture {
 }
 
 async fn fixture(limits: Limits) -> Fixture {
+    fixture_with_bus(limits, None).await
+}
+
+async fn fixture_with_bus(
+    limits: Limits,
+    bus: Option<(Arc<dyn Bus>, mpsc::Receiver<BusSignal>)>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FaultyStore::open(&dir.path().join("db.sqlite")).await);
     let clock = Arc::new(ManualClock::default());
@@ -36,7 +47,7 @@ async fn fixture(limits: Limits) -> Fixture {
         Dependencies {
             store: store.clone(),
             clock: clock.clone(),
-            bus: None,
+            bus,
         },
         limits,
     )
@@ -216,4 +227,82 @@ async fn a_full_mailbox_refuses_instead_of_growing() {
         metric(&f.node, "mailbox_full_total{actor=\"conversation\"}"),
         1.0
     );
+}
+
+/// A catch-up the bus asks for while the conversation actor's mailbox is full
+/// is not lost: it is owed, and retried until the actor takes it, so an
+/// event another node wrote (and whose bus message never came) still
+/// reaches this node's clients, with nothing after it to reveal the gap.
+#[tokio::test]
+async fn a_catch_up_dropped_on_a_full_mailbox_is_retried_until_taken() {
+    let (signals, receiver) = mpsc::channel(16);
+    let bus: Arc<dyn Bus> = Arc::new(QuietBus);
+    let f = fixture_with_bus(
+        Limits {
+            conversation_mailbox_len_max: 2,
+            ..Limits::default()
+        },
+        Some((bus, receiver)),
+    )
+    .await;
+    let (link, mut receivers) = ConnectionLink::new(64);
+    let _connection = f
+        .node
+        .connect(ConnectRequest {
+            user: f.owner,
+            link,
+            transport: Transport::Sse,
+            device: None,
+            resume: None,
+        })
+        .await
+        .unwrap();
+    // One send inside the store, one waiting: the mailbox of two is full.
+    f.store.close_gate();
+    let spawn_send = || {
+        let (node, owner, id) = (f.node.clone(), f.owner, f.conversation);
+        tokio::spawn(async move { node.send(owner, message(id, "aGk=")).await })
+    };
+    let held = spawn_send();
+    eventually("the first send reaches the store", || {
+        f.store.waiting() == 1
+    })
+    .await;
+    let queued = spawn_send();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signals
+        .send(BusSignal::Subscribed(vec![f.conversation]))
+        .await
+        .unwrap();
+    eventually("the catch-up is dropped", || {
+        metric(&f.node, "bus_notes_dropped_total") >= 1.0
+    })
+    .await;
+    f.store.open_gate();
+    held.await.unwrap().unwrap();
+    queued.await.unwrap().unwrap();
+    // Another node adds a member; its bus message never arrives here.
+    let stranger = Uuid::new_v4();
+    f.store
+        .add_member(
+            f.conversation,
+            f.owner,
+            stranger,
+            Role::Member,
+            f.clock.now(),
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, receivers.frames.recv())
+            .await
+            .expect("the member.joined event arrives")
+            .expect("link open");
+        let text = String::from_utf8(frame.json.to_vec()).unwrap();
+        if text.contains("member.joined") {
+            assert!(text.contains(&stranger.to_string()), "{text}");
+            break;
+        }
+    }
 }
