@@ -60,6 +60,10 @@ pub(crate) struct ConfigArgs {
     /// Connections one client address may hold [default: 256].
     #[arg(long, env = "SWITCHBOARD_CONNECTIONS_PER_IP_MAX")]
     connections_per_ip_max: Option<usize>,
+    /// Behind a proxy: the header holding the client's address, e.g.
+    /// `x-forwarded-for` (its last entry counts) [default: the peer address].
+    #[arg(long, env = "SWITCHBOARD_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
 }
 
 /// The config file: the same settings, all optional.
@@ -80,6 +84,7 @@ struct FileConfig {
     connections_max: Option<usize>,
     connections_per_user_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
+    client_ip_header: Option<String>,
 }
 
 /// The database the node stores everything in.
@@ -108,6 +113,7 @@ pub(crate) struct Settings {
     pub(crate) connections_max: usize,
     pub(crate) connections_per_user_max: usize,
     pub(crate) connections_per_ip_max: usize,
+    pub(crate) client_ip_header: Option<String>,
 }
 
 impl Settings {
@@ -181,7 +187,19 @@ impl Settings {
                 args.connections_per_ip_max.or(file.connections_per_ip_max),
                 256,
             )?,
+            client_ip_header: args.client_ip_header.clone().or(file.client_ip_header),
         })
+    }
+
+    /// The header naming the client's address behind a proxy, checked.
+    pub(crate) fn client_ip_header(&self) -> anyhow::Result<Option<axum::http::HeaderName>> {
+        self.client_ip_header
+            .as_deref()
+            .map(|name| {
+                axum::http::HeaderName::from_bytes(name.trim().as_bytes())
+                    .with_context(|| format!("invalid client ip header {name:?}"))
+            })
+            .transpose()
     }
 
     /// Which database to open, and how.

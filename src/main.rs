@@ -205,7 +205,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             ..HttpLimits::default()
         },
     )
-    .with_bus(bus);
+    .with_bus(bus)
+    .with_client_ip_header(settings.client_ip_header()?);
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;

@@ -114,6 +114,9 @@ pub struct AppState {
     metrics: metrics::HttpMetrics,
     /// Live connections by client address.
     peers: Arc<peers::Peers>,
+    /// The header a trusted proxy puts the client's address in, if the
+    /// node sits behind one.
+    client_ip_header: Option<axum::http::HeaderName>,
 }
 
 impl AppState {
@@ -124,6 +127,7 @@ impl AppState {
         let peers = Arc::new(peers::Peers::new(limits.connections_per_ip_max));
         Self {
             peers,
+            client_ip_header: None,
             node,
             store,
             bus: None,
@@ -132,6 +136,15 @@ impl AppState {
             draining: Arc::new(AtomicBool::new(false)),
             metrics,
         }
+    }
+
+    /// Behind a proxy, takes the client's address for the per-address limit
+    /// from `header` (such as `x-forwarded-for`): its last entry, the one
+    /// the nearest proxy added, so a client cannot choose it.
+    #[must_use]
+    pub fn with_client_ip_header(mut self, header: Option<axum::http::HeaderName>) -> Self {
+        self.client_ip_header = header;
+        self
     }
 
     /// Reports `bus` in readiness.

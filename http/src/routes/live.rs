@@ -1,6 +1,8 @@
 //! What the two live transports share: the per-address limit, device names,
 //! and the `sync` endpoint for clients that cannot send frames.
 
+use std::net::IpAddr;
+
 use axum::extract::{ConnectInfo, State};
 use axum::http::request::Parts;
 use switchboard_actors::Transport;
@@ -14,23 +16,39 @@ use crate::{ApiError, AppState, PeerAddr};
 /// The longest device name a client may give.
 const DEVICE_LEN_MAX: usize = 64;
 
-/// Counts the connection against its address's limit. Without a known
-/// address (a router served without connect info) nothing is counted.
+/// Counts the connection against its address's limit: the peer's address,
+/// or behind a proxy the last entry of the configured header. Without
+/// either (a router served without connect info) nothing is counted.
 pub(super) fn admit_peer(
     state: &AppState,
     parts: &Parts,
     transport: Transport,
 ) -> Result<Option<PeerTicket>, ApiError> {
-    let Some(ConnectInfo(PeerAddr(address))) = parts.extensions.get::<ConnectInfo<PeerAddr>>()
-    else {
+    let Some(address) = client_address(state, parts) else {
         return Ok(None);
     };
-    state.peers.admit(address.ip()).map(Some).inspect_err(|_| {
+    state.peers.admit(address).map(Some).inspect_err(|_| {
         let label = match transport {
             Transport::WebSocket => "websocket",
             Transport::Sse => "sse",
         };
         state.node.metrics().connection_refused(label, "ip");
+    })
+}
+
+fn client_address(state: &AppState, parts: &Parts) -> Option<IpAddr> {
+    let forwarded = state
+        .client_ip_header
+        .as_ref()
+        .and_then(|name| parts.headers.get_all(name).iter().next_back())
+        .and_then(|value| value.to_str().ok())
+        .and_then(|list| list.rsplit(',').next())
+        .and_then(|last| last.trim().parse::<IpAddr>().ok());
+    forwarded.or_else(|| {
+        parts
+            .extensions
+            .get::<ConnectInfo<PeerAddr>>()
+            .map(|ConnectInfo(PeerAddr(address))| address.ip())
     })
 }
 

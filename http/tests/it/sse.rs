@@ -40,9 +40,24 @@ impl SseStream {
         query: &str,
         last_event_id: Option<&str>,
     ) -> Result<Self, Refused> {
+        Self::open_from(server, user, query, last_event_id, None).await
+    }
+
+    /// As [`SseStream::open`], through a proxy that says the client is
+    /// `forwarded_for`.
+    async fn open_from(
+        server: &TestServer,
+        user: &User,
+        query: &str,
+        last_event_id: Option<&str>,
+        forwarded_for: Option<&str>,
+    ) -> Result<Self, Refused> {
         let mut request = reqwest::Client::new()
             .get(server.url(&format!("/api/v1/subscribe?{query}")))
             .bearer_auth(server.token(user.id));
+        if let Some(chain) = forwarded_for {
+            request = request.header("x-forwarded-for", chain);
+        }
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id);
         }
@@ -358,4 +373,30 @@ async fn a_client_that_stops_reading_is_reaped_and_resumes_with_last_event_id() 
     let rest = sent.len() - got.len();
     got.extend(stream.messages(rest).await);
     assert_eq!(got, sent, "every message once, in order");
+}
+
+#[tokio::test]
+async fn behind_a_proxy_the_limit_counts_the_address_the_proxy_saw() {
+    let one_each = HttpLimits {
+        connections_per_ip_max: 1,
+        ..HttpLimits::default()
+    };
+    let server = TestServer::with_state(Limits::default(), one_each, |state| {
+        state.with_client_ip_header(Some("x-forwarded-for".parse().unwrap()))
+    })
+    .await;
+    let bob = server.user();
+    // Two clients behind one proxy: one socket address, two client ones.
+    let _first = SseStream::open_from(&server, &bob, "", None, Some("10.0.0.1"))
+        .await
+        .unwrap();
+    let _second = SseStream::open_from(&server, &bob, "", None, Some("6.6.6.6, 10.0.0.2"))
+        .await
+        .unwrap();
+    // The first entry is the client's to write; only the last one counts.
+    let refused = SseStream::open_from(&server, &bob, "", None, Some("9.9.9.9, 10.0.0.1"))
+        .await
+        .err()
+        .expect("10.0.0.1 already holds its one connection");
+    assert_eq!(refused.status, 429);
 }

@@ -38,6 +38,15 @@ impl TestServer {
     }
 
     pub(crate) async fn with_config(limits: Limits, http_limits: HttpLimits) -> Self {
+        Self::with_state(limits, http_limits, |state| state).await
+    }
+
+    /// A server whose `AppState` `setup` adjusts before it serves.
+    pub(crate) async fn with_state(
+        limits: Limits,
+        http_limits: HttpLimits,
+        setup: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut options = SqliteOptions::new(dir.path().join("switchboard.db"));
         // Durability settings do not change behaviour; skip the fsyncs.
@@ -53,7 +62,12 @@ impl TestServer {
         )
         .await
         .expect("node");
-        let state = AppState::new(node.clone(), store, Auth::new(SECRET), http_limits);
+        let state = setup(AppState::new(
+            node.clone(),
+            store,
+            Auth::new(SECRET),
+            http_limits,
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
