@@ -175,8 +175,9 @@ pub(crate) fn event_frame(cursor: u64, event: &EncodedEvent) -> Frame {
 
 impl SessionState {
     /// Gives `event` the next cursor and buffers it, unless this
-    /// conversation already had it; returns the frame to send.
-    fn admit(&mut self, event: &Arc<EncodedEvent>) -> Option<Frame> {
+    /// conversation already had it; returns the cursor. The frame is built
+    /// only by a caller that has a connection to write it to.
+    fn admit(&mut self, event: &Arc<EncodedEvent>) -> Option<u64> {
         let conversation = event.event.conversation_id();
         let seq = event.event.seq();
         let metrics = &self.shared.metrics;
@@ -212,7 +213,7 @@ impl SessionState {
             self.evicted = cursor;
             metrics.session_buffer_evicted_total.inc();
         }
-        Some(event_frame(self.cursor, event))
+        Some(self.cursor)
     }
 
     /// A live event: hold it, or admit it and write it without waiting.
@@ -228,11 +229,11 @@ impl SessionState {
             myself.stop(Some("held events overflowed".into()));
             return;
         }
-        let Some(frame) = self.admit(&event) else {
+        let Some(cursor) = self.admit(&event) else {
             return;
         };
         if let Some(attached) = &self.attached
-            && !attached.link.send(frame)
+            && !attached.link.send(event_frame(cursor, &event))
         {
             self.detach(myself);
         }
@@ -259,8 +260,8 @@ impl SessionState {
             return;
         };
         for event in held {
-            if let Some(frame) = self.admit(&event) {
-                self.send_waiting(myself, frame).await;
+            if let Some(cursor) = self.admit(&event) {
+                self.send_waiting(myself, event_frame(cursor, &event)).await;
             }
         }
     }
@@ -395,8 +396,9 @@ impl SessionState {
                     after = event.seq();
                     budget -= 1;
                     shared.metrics.sync_events_total.inc();
-                    if let Some(frame) = self.admit(&EncodedEvent::new(event)) {
-                        self.send_waiting(myself, frame).await;
+                    let event = EncodedEvent::new(event);
+                    if let Some(cursor) = self.admit(&event) {
+                        self.send_waiting(myself, event_frame(cursor, &event)).await;
                     }
                 }
                 if complete {
@@ -592,5 +594,32 @@ impl Actor for SessionSupervisor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use switchboard_protocol::{Event, EventFrame, MessageRead};
+
+    use super::*;
+
+    #[test]
+    fn a_frame_is_the_shared_encoding_with_its_cursor_appended() {
+        let event = EncodedEvent::new(Event::MessageRead(MessageRead {
+            conversation_id: Uuid::nil(),
+            seq: 7,
+            user_id: Uuid::nil(),
+            read_seq: 6,
+        }));
+        let frame = event_frame(42, &event);
+        assert_eq!(frame.cursor, Some(42));
+        let parsed: EventFrame = serde_json::from_slice(&frame.json).unwrap();
+        assert_eq!(parsed.cursor, 42);
+        assert_eq!(parsed.event, event.event);
+        assert!(
+            frame
+                .json
+                .starts_with(&event.frame[..event.frame.len() - 1])
+        );
     }
 }
