@@ -17,7 +17,7 @@ use switchboard_protocol::{
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::support::{Rng, TestServer, User, group, next, send_texts, text};
+use crate::support::{Rng, TestServer, User, group, next, roomy_sessions, send_texts, text};
 
 /// A client that keeps its place: the session and cursor it last saw, and
 /// per conversation the last `seq` and every message it received.
@@ -313,10 +313,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_resumes_without_loss() 
         close_write_timeout: Duration::from_millis(300),
         ..HttpLimits::default()
     };
-    let mut limits = Limits::default();
-    limits.sessions.buffer_len_max = 10_000;
-    limits.sessions.buffer_bytes_max = 64 * 1024 * 1024;
-    let server = TestServer::with_config(limits, http).await;
+    let server = TestServer::with_config(roomy_sessions(), http).await;
     let alice = server.user();
     let mut bob = Follower::new(server.user());
     let conversation = group(&alice, &[&bob.users[0]]).await;

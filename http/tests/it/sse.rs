@@ -9,7 +9,7 @@ use switchboard_http::HttpLimits;
 use switchboard_protocol::{Control, Event, Message, ResumeRefusal, ServerFrame, Sync, Synced};
 use uuid::Uuid;
 
-use crate::support::{TestServer, User, connect, group, send_texts, text};
+use crate::support::{TestServer, User, connect, group, roomy_sessions, send_texts, text};
 
 /// One block of an event stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -326,10 +326,7 @@ async fn a_client_that_stops_reading_is_reaped_and_resumes_with_last_event_id() 
         write_stall_max: Duration::from_millis(300),
         ..HttpLimits::default()
     };
-    let mut limits = Limits::default();
-    limits.sessions.buffer_len_max = 10_000;
-    limits.sessions.buffer_bytes_max = 64 * 1024 * 1024;
-    let server = TestServer::with_config(limits, http).await;
+    let server = TestServer::with_config(roomy_sessions(), http).await;
     let alice = server.user();
     let bob = server.user();
     let conversation = group(&alice, &[&bob]).await;

@@ -152,6 +152,15 @@ pub(crate) async fn group(owner: &User, members: &[&User]) -> Conversation {
         .expect("create group")
 }
 
+/// Node limits whose session buffers hold everything a test sends, so a
+/// client that falls behind can always resume.
+pub(crate) fn roomy_sessions() -> Limits {
+    let mut limits = Limits::default();
+    limits.sessions.buffer_len_max = 10_000;
+    limits.sessions.buffer_bytes_max = 64 * 1024 * 1024;
+    limits
+}
+
 /// Sends `count` texts `m0`, `m1`, … and returns the stored messages.
 pub(crate) async fn send_texts(
     sender: &User,
