@@ -549,3 +549,27 @@ pub(crate) async fn chaos(run: Chaos) {
         );
     }
 }
+
+#[tokio::test]
+async fn a_large_sync_frame_is_read_whole_and_strangers_conversations_are_not_members() {
+    let server = TestServer::start().await;
+    let bob = server.user();
+    let mut stream = bob.client.connect().await.unwrap();
+    assert!(matches!(
+        next(&mut stream).await,
+        Some(ServerFrame::Control(Control::Hello(_)))
+    ));
+    // About 50 KB of JSON, far past the socket's 1 KiB read buffer.
+    let positions: BTreeMap<Uuid, i64> = (0..1000).map(|_| (Uuid::new_v4(), 0)).collect();
+    stream
+        .send(&ClientFrame::Sync(Sync {
+            positions: positions.clone(),
+        }))
+        .await
+        .unwrap();
+    let Some(ServerFrame::Control(Control::Synced(synced))) = next(&mut stream).await else {
+        panic!("synced");
+    };
+    assert_eq!(synced.not_member.len(), 1000);
+    assert!(synced.positions.is_empty());
+}
