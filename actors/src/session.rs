@@ -158,7 +158,12 @@ pub(crate) struct SessionState {
     attached: Option<Attached>,
     /// Counts detaches, so a stale grace timer is ignored.
     detaches: u64,
+    /// The one pending timer (grace expiry or hold), replaced rather than
+    /// stacked, so a client reconnecting in a loop cannot pile up timers.
+    timer: Option<Timer>,
 }
+
+type Timer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<SessionMsg>>>;
 
 /// Appends `,"cursor":N` to an encoded event; the JSON object's closing
 /// brace is its last byte.
@@ -278,7 +283,20 @@ impl SessionState {
         self.detaches += 1;
         let detaches = self.detaches;
         self.shared.hub.set_attached(self.id, None);
-        myself.send_after(self.limits.grace, move || SessionMsg::Expire(detaches));
+        self.arm(myself.send_after(self.limits.grace, move || SessionMsg::Expire(detaches)));
+    }
+
+    /// Makes `timer` the pending one, cancelling any other.
+    fn arm(&mut self, timer: Timer) {
+        if let Some(previous) = self.timer.replace(timer) {
+            previous.abort();
+        }
+    }
+
+    fn disarm(&mut self) {
+        if let Some(previous) = self.timer.take() {
+            previous.abort();
+        }
     }
 
     /// Attaches a connection. The caller hears the outcome as soon as the
@@ -329,9 +347,12 @@ impl SessionState {
         let _ = reply.send(Ok(()));
         if hold {
             let link_id = attach.link_id;
-            myself.send_after(self.limits.hold_timeout, move || {
+            self.arm(myself.send_after(self.limits.hold_timeout, move || {
                 SessionMsg::GoLive(link_id)
-            });
+            }));
+        } else {
+            // Attached: the grace period's expiry no longer applies.
+            self.disarm();
         }
         if let Some(after) = replay_from {
             let start = self.buffer.partition_point(|(cursor, _)| *cursor <= after);
@@ -455,6 +476,7 @@ impl Actor for SessionActor {
             incomplete: HashSet::new(),
             attached: None,
             detaches: 0,
+            timer: None,
         })
     }
 
@@ -463,6 +485,7 @@ impl Actor for SessionActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        state.disarm();
         state.shared.session_ended(state.id, Close::SESSION_ENDED);
         Ok(())
     }
