@@ -202,7 +202,9 @@ pub enum Transport {
 }
 
 impl Transport {
-    fn label(self) -> &'static str {
+    /// Its name in metric labels.
+    #[must_use]
+    pub fn label(self) -> &'static str {
         match self {
             Self::WebSocket => "websocket",
             Self::Sse => "sse",
@@ -249,12 +251,7 @@ impl Sockets {
     ) -> Result<SocketTicket, ActorError> {
         let mut guard = self.by_user.lock().expect("sockets lock");
         let (total, by_user) = &mut *guard;
-        let refused = |reason| {
-            self.metrics
-                .connections_refused_total
-                .with_label_values(&[transport.label(), reason])
-                .inc();
-        };
+        let refused = |limit| self.metrics.connection_refused(transport.label(), limit);
         if *total >= self.connections_max {
             refused("node");
             return Err(ActorError::Overloaded(
@@ -420,11 +417,15 @@ impl ConnectionState {
     /// ends the session's hold.
     fn first_frame(&mut self) {
         if std::mem::take(&mut self.may_resume) {
-            let _ = self
-                .session
-                .actor()
-                .send_message(SessionMsg::GoLive(self.link_id));
+            self.go_live();
         }
+    }
+
+    fn go_live(&self) {
+        let _ = self
+            .session
+            .actor()
+            .send_message(SessionMsg::GoLive(self.link_id));
     }
 
     async fn resume(&mut self, session_id: Uuid, cursor: u64) {
@@ -435,52 +436,37 @@ impl ConnectionState {
             );
             return;
         }
-        let refusal = match self.shared.hub.session(self.user, session_id) {
-            None => Some(ResumeRefusal::NotFound),
-            Some(target) if target.actor().get_id() == self.session.actor().get_id() => {
+        let target = self.shared.hub.session(self.user, session_id);
+        if target
+            .as_ref()
+            .is_some_and(|t| t.actor().get_id() == self.session.actor().get_id())
+        {
+            // Its own session: nothing to move, just go live.
+            self.go_live();
+            return;
+        }
+        let attach = Attach {
+            link: self.link.clone(),
+            link_id: self.link_id,
+            start: Start::Resume {
+                cursor,
+                by_frame: true,
+            },
+        };
+        let refusal = match (self.shared.attach(target.as_ref(), attach).await, target) {
+            (Ok(()), Some(target)) => {
                 let _ = self
                     .session
                     .actor()
-                    .send_message(SessionMsg::GoLive(self.link_id));
+                    .send_message(SessionMsg::Release(self.link_id));
+                self.session = target;
+                self.session_id = session_id;
                 None
             }
-            Some(target) => {
-                let attached = self
-                    .shared
-                    .attach(
-                        &target,
-                        Attach {
-                            link: self.link.clone(),
-                            link_id: self.link_id,
-                            start: Start::Resume {
-                                cursor,
-                                by_frame: true,
-                            },
-                        },
-                    )
-                    .await;
-                match attached {
-                    Ok(()) => {
-                        let _ = self
-                            .session
-                            .actor()
-                            .send_message(SessionMsg::Release(self.link_id));
-                        self.session = target;
-                        self.session_id = session_id;
-                        None
-                    }
-                    Err(refusal) => Some(refusal),
-                }
-            }
+            (Err(refusal), _) => Some(refusal),
+            (Ok(()), None) => Some(ResumeRefusal::NotFound),
         };
         if let Some(reason) = refusal {
-            if reason == ResumeRefusal::NotFound {
-                self.shared
-                    .metrics
-                    .session_attaches_total
-                    .with_label_values(&["not_found"])
-                    .inc();
-            }
             self.reply(&Control::ResumeFailed(ResumeFailed {
                 session_id: Some(session_id),
                 reason,

@@ -210,11 +210,8 @@ impl Hub {
         Ok(ended)
     }
 
-    fn refused(&self, reason: &str) {
-        self.metrics
-            .connections_refused_total
-            .with_label_values(&["session", reason])
-            .inc();
+    fn refused(&self, limit: &str) {
+        self.metrics.connection_refused("session", limit);
     }
 
     fn forget(&self, removed: &Registered) {

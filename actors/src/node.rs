@@ -134,25 +134,34 @@ impl Shared {
         }
     }
 
-    /// Attaches a connection to a session and waits for the outcome; a
-    /// session that is gone or does not answer counts as not found.
+    /// Attaches a connection to a session and waits for the outcome. No
+    /// session, or one that is gone or does not answer, is not found (and
+    /// counted here; the session counts the outcomes it decides).
     pub(crate) async fn attach(
         &self,
-        session: &Mailbox<SessionMsg>,
+        session: Option<&Mailbox<SessionMsg>>,
         attach: Attach,
     ) -> Result<(), ResumeRefusal> {
         let (reply, answer) = oneshot::channel();
-        if session
-            .actor()
-            .send_message(SessionMsg::Attach(attach, reply))
-            .is_err()
-        {
-            return Err(ResumeRefusal::NotFound);
-        }
-        match tokio::time::timeout(self.limits.call_timeout, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            _ => Err(ResumeRefusal::NotFound),
-        }
+        let sent = session.is_some_and(|session| {
+            session
+                .actor()
+                .send_message(SessionMsg::Attach(attach, reply))
+                .is_ok()
+        });
+        let outcome = if sent {
+            match tokio::time::timeout(self.limits.call_timeout, answer).await {
+                Ok(Ok(outcome)) => return outcome,
+                _ => Err(ResumeRefusal::NotFound),
+            }
+        } else {
+            Err(ResumeRefusal::NotFound)
+        };
+        self.metrics
+            .session_attaches_total
+            .with_label_values(&["not_found"])
+            .inc();
+        outcome
     }
 }
 
@@ -645,27 +654,17 @@ impl Node {
                 (None, Some(device)) => shared.hub.session_on(user, device),
                 (None, None) => None,
             };
-            let attached = match &target {
-                Some((_, session)) => {
-                    let attach = Attach {
-                        link: link.clone(),
-                        link_id,
-                        start: Start::Resume {
-                            cursor: resume.cursor,
-                            by_frame: false,
-                        },
-                    };
-                    shared.attach(session, attach).await
-                }
-                None => {
-                    shared
-                        .metrics
-                        .session_attaches_total
-                        .with_label_values(&["not_found"])
-                        .inc();
-                    Err(ResumeRefusal::NotFound)
-                }
+            let attach = Attach {
+                link: link.clone(),
+                link_id,
+                start: Start::Resume {
+                    cursor: resume.cursor,
+                    by_frame: false,
+                },
             };
+            let attached = shared
+                .attach(target.as_ref().map(|(_, session)| session), attach)
+                .await;
             match attached {
                 Ok(()) => resumed = target,
                 Err(reason) => {
@@ -688,7 +687,7 @@ impl Node {
                     link_id,
                     start: Start::Fresh { hold },
                 };
-                if shared.attach(&session, attach).await.is_err() {
+                if shared.attach(Some(&session), attach).await.is_err() {
                     return Err(ActorError::Unavailable("the new session stopped".into()));
                 }
                 let may_resume = transport == Transport::WebSocket && refused.is_none();

@@ -9,10 +9,10 @@ use switchboard_protocol::{Control, Event};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::Client;
 use crate::entropy::sample;
 use crate::place::{Place, Step};
 use crate::retry::RetryPolicy;
-use crate::{Client, ClientError};
 
 /// What the live stream reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +135,7 @@ async fn connection(
     events: &mpsc::Sender<LiveEvent>,
     failures: &mut u32,
 ) -> Result<(), String> {
-    let mut stream = client.connect().await.map_err(|e| describe(&e))?;
+    let mut stream = client.connect().await.map_err(|e| e.to_string())?;
     let mut announced = false;
     loop {
         let frame = match stream.next_or_close().await {
@@ -146,7 +146,7 @@ async fn connection(
                     None => "connection closed".into(),
                 });
             }
-            Err(error) => return Err(describe(&error)),
+            Err(error) => return Err(error.to_string()),
         };
         let synced_or_resumed = matches!(
             &frame,
@@ -158,7 +158,7 @@ async fn connection(
                     return Ok(());
                 }
             }
-            Step::Reply(frame) => stream.send(&frame).await.map_err(|e| describe(&e))?,
+            Step::Reply(frame) => stream.send(&frame).await.map_err(|e| e.to_string())?,
             Step::Duplicate | Step::Control(_) | Step::Nothing => {}
         }
         if synced_or_resumed && !announced {
@@ -169,8 +169,4 @@ async fn connection(
             }
         }
     }
-}
-
-fn describe(error: &ClientError) -> String {
-    error.to_string()
 }

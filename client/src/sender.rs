@@ -39,6 +39,7 @@ pub enum SendReport {
     Settled(Box<Settled>),
 }
 
+#[derive(Debug)]
 enum Command {
     Push(SendMessage, oneshot::Sender<Result<String, OutboxError>>),
 }
@@ -50,12 +51,6 @@ pub struct Sender {
     commands: mpsc::Sender<Command>,
     reports: mpsc::Receiver<SendReport>,
     task: JoinHandle<()>,
-}
-
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Command::Push")
-    }
 }
 
 impl Sender {

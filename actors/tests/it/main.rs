@@ -17,7 +17,7 @@ use faults::{FaultyStore, ManualClock, QuietBus};
 use switchboard_actors::{
     ActorError, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Transport,
 };
-use switchboard_protocol::{ConversationKind, CreateConversation, Role, SendMessage};
+use switchboard_protocol::{ConversationKind, CreateConversation, Message, Role, SendMessage};
 use switchboard_storage::{Bus, BusSignal, Clock, Store};
 use switchboard_supervisors::RestartPolicy;
 use tokio::sync::mpsc;
@@ -102,6 +102,26 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+type SendTask = tokio::task::JoinHandle<Result<(Message, bool), ActorError>>;
+
+/// Fills a conversation mailbox of two: one send held inside the store at
+/// its gate, one waiting behind it. Open the gate to let both finish.
+async fn fill_mailbox_of_two(f: &Fixture) -> (SendTask, SendTask) {
+    f.store.close_gate();
+    let spawn_send = || {
+        let (node, owner, id) = (f.node.clone(), f.owner, f.conversation);
+        tokio::spawn(async move { node.send(owner, message(id, "aGk=")).await })
+    };
+    let held = spawn_send();
+    eventually("the first send reaches the store", || {
+        f.store.waiting() == 1
+    })
+    .await;
+    let queued = spawn_send();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (held, queued)
 }
 
 #[tokio::test]
@@ -197,19 +217,8 @@ async fn a_full_mailbox_refuses_instead_of_growing() {
         ..Limits::default()
     })
     .await;
-    f.store.close_gate();
-    let spawn_send = || {
-        let (node, owner, id) = (f.node.clone(), f.owner, f.conversation);
-        tokio::spawn(async move { node.send(owner, message(id, "aGk=")).await })
-    };
     // One send is inside the store, one waits in the mailbox: that is two.
-    let held = spawn_send();
-    eventually("the first send reaches the store", || {
-        f.store.waiting() == 1
-    })
-    .await;
-    let queued = spawn_send();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (held, queued) = fill_mailbox_of_two(&f).await;
     let error = f
         .node
         .send(f.owner, message(f.conversation, "aGk="))
@@ -257,19 +266,7 @@ async fn a_catch_up_dropped_on_a_full_mailbox_is_retried_until_taken() {
         })
         .await
         .unwrap();
-    // One send inside the store, one waiting: the mailbox of two is full.
-    f.store.close_gate();
-    let spawn_send = || {
-        let (node, owner, id) = (f.node.clone(), f.owner, f.conversation);
-        tokio::spawn(async move { node.send(owner, message(id, "aGk=")).await })
-    };
-    let held = spawn_send();
-    eventually("the first send reaches the store", || {
-        f.store.waiting() == 1
-    })
-    .await;
-    let queued = spawn_send();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (held, queued) = fill_mailbox_of_two(&f).await;
     signals
         .send(BusSignal::Subscribed(vec![f.conversation]))
         .await

@@ -28,11 +28,10 @@ pub(super) fn admit_peer(
         return Ok(None);
     };
     state.peers.admit(address).map(Some).inspect_err(|_| {
-        let label = match transport {
-            Transport::WebSocket => "websocket",
-            Transport::Sse => "sse",
-        };
-        state.node.metrics().connection_refused(label, "ip");
+        state
+            .node
+            .metrics()
+            .connection_refused(transport.label(), "ip")
     })
 }
 
