@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use switchboard_actors::{Dependencies, Limits, Node};
 use switchboard_http::{AppState, Auth, HttpLimits};
 use switchboard_storage::{
-    Bus, PostgresStore, RedisBus, RedisOptions, SqliteStore, Store, SystemClock,
+    Bus, OsRandom, PostgresStore, RedisBus, RedisOptions, SqliteStore, Store, SystemClock,
 };
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
@@ -189,6 +189,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         Dependencies {
             store: store.shared(),
             clock: Arc::new(SystemClock::new()),
+            random: Arc::new(OsRandom),
             bus: link,
         },
         limits(&settings),

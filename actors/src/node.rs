@@ -16,7 +16,8 @@ use switchboard_protocol::{
     Synced,
 };
 use switchboard_storage::{
-    Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Store,
+    Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Random,
+    Store,
 };
 use switchboard_supervisors::RestartPolicy;
 use tokio::sync::{mpsc, oneshot};
@@ -89,6 +90,8 @@ pub struct Dependencies {
     pub store: Arc<dyn Store>,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// The random part of ids.
+    pub random: Arc<dyn Random>,
     /// The bus to other nodes and what it hears from them; `None` for a
     /// single node.
     pub bus: Option<(Arc<dyn Bus>, mpsc::Receiver<BusSignal>)>,
@@ -99,6 +102,7 @@ pub struct Dependencies {
 pub(crate) struct Shared {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) clock: Arc<dyn Clock>,
+    random: Arc<dyn Random>,
     pub(crate) hub: Hub,
     /// Open connections, against the connection limits.
     pub(crate) sockets: Arc<Sockets>,
@@ -166,16 +170,13 @@ impl Shared {
 }
 
 impl Shared {
-    /// A UUID v7 whose timestamp is the node's clock, so ids sort by the
-    /// node's time.
+    /// A UUID v7 whose timestamp is the node's clock and whose random bits
+    /// come from the node's random source, so ids sort by the node's time
+    /// and a seeded node makes the same ids every run.
     pub(crate) fn new_id(&self) -> Uuid {
         let millis = u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0);
-        // The random bits come from the operating system until the node has
-        // a seeded source of its own.
-        #[allow(clippy::disallowed_methods)]
-        let random = Uuid::new_v4();
         let mut tail = [0u8; 10];
-        tail.copy_from_slice(&random.as_bytes()[..10]);
+        self.random.fill(&mut tail);
         uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid()
     }
 }
@@ -222,7 +223,12 @@ impl Node {
     ///
     /// [`ActorError::Internal`] if a supervisor cannot start.
     pub async fn start(dependencies: Dependencies, limits: Limits) -> Result<Self, ActorError> {
-        let Dependencies { store, clock, bus } = dependencies;
+        let Dependencies {
+            store,
+            clock,
+            random,
+            bus,
+        } = dependencies;
         let metrics = Metrics::new();
         let (bus, signals) = bus.unzip();
         let bus_workers = match &bus {
@@ -244,6 +250,7 @@ impl Node {
         let shared = Arc::new(Shared {
             store,
             clock,
+            random,
             bus_workers,
             subscriptions,
             bus,

@@ -18,7 +18,7 @@ use switchboard_actors::{
     ActorError, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Transport,
 };
 use switchboard_protocol::{ConversationKind, CreateConversation, Message, Role, SendMessage};
-use switchboard_storage::{Bus, BusSignal, Clock, Store};
+use switchboard_storage::{Bus, BusSignal, Clock, OsRandom, Store};
 use switchboard_supervisors::RestartPolicy;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -47,6 +47,7 @@ async fn fixture_with_bus(
         Dependencies {
             store: store.clone(),
             clock: clock.clone(),
+            random: Arc::new(OsRandom),
             bus,
         },
         limits,

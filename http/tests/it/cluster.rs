@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use switchboard_actors::{BreakerPolicy, BusLimits, Dependencies, Limits, Node};
 use switchboard_protocol::{ConversationKind, CreateConversation};
-use switchboard_storage::{Bus, RedisBus, RedisOptions, SqliteOptions, SqliteStore, SystemClock};
+use switchboard_storage::{
+    Bus, OsRandom, RedisBus, RedisOptions, SqliteOptions, SqliteStore, SystemClock,
+};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -106,6 +108,7 @@ pub(crate) async fn node(redis_url: &str, bus_limits: BusLimits) -> TestNode {
         Dependencies {
             store,
             clock: Arc::new(SystemClock::new()),
+            random: Arc::new(OsRandom),
             bus: Some((Arc::new(bus.clone()), receiver)),
         },
         Limits {
@@ -294,6 +297,7 @@ impl Cluster {
                 Dependencies {
                     store: Arc::clone(&store),
                     clock: Arc::new(SystemClock::new()),
+                    random: Arc::new(OsRandom),
                     bus: Some((Arc::clone(&bus), receiver)),
                 },
                 limits,

@@ -12,7 +12,7 @@ use switchboard_protocol::{
     ClientFrame, Control, Conversation, ConversationKind, CreateConversation, Event, SendMessage,
     ServerFrame, Sync,
 };
-use switchboard_storage::{SqliteOptions, SqliteStore, Store, SystemClock};
+use switchboard_storage::{OsRandom, SqliteOptions, SqliteStore, Store, SystemClock};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -56,6 +56,7 @@ impl TestServer {
             Dependencies {
                 store: Arc::clone(&store),
                 clock: Arc::new(SystemClock::new()),
+                random: Arc::new(OsRandom),
                 bus: None,
             },
             limits,

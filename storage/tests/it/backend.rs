@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use switchboard_storage::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
+use switchboard_storage::{
+    MemoryStore, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store,
+};
 
 pub(crate) struct Backend {
     pub(crate) store: Arc<dyn Store>,
@@ -10,6 +12,8 @@ pub(crate) struct Backend {
 }
 
 enum Kind {
+    /// A second node shares the same store.
+    Memory(Arc<MemoryStore>),
     Sqlite(tempfile::TempDir),
     #[cfg_attr(not(feature = "postgres-tests"), allow(dead_code))]
     Postgres {
@@ -19,6 +23,14 @@ enum Kind {
 }
 
 impl Backend {
+    pub(crate) fn memory() -> Self {
+        let store = Arc::new(MemoryStore::new());
+        Self {
+            store: store.clone(),
+            kind: Kind::Memory(store),
+        }
+    }
+
     pub(crate) async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = open_sqlite(&dir).await;
@@ -58,6 +70,7 @@ impl Backend {
     /// A second store over the same database, as a second node would have.
     pub(crate) async fn another(&self) -> Arc<dyn Store> {
         match &self.kind {
+            Kind::Memory(store) => store.clone(),
             Kind::Sqlite(dir) => open_sqlite(dir).await,
             Kind::Postgres { url, schema } => open_postgres(url, schema).await,
         }

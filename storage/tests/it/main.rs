@@ -1,7 +1,7 @@
 //! The storage contract: one suite, run against every `Store`, so the
 //! implementations cannot drift apart.
 //!
-//! SQLite runs everywhere. With the `postgres-tests` feature the same tests
+//! The in-memory store and SQLite run everywhere. With the `postgres-tests` feature the same tests
 //! also run against the PostgreSQL server named by
 //! `SWITCHBOARD_TEST_POSTGRES_URL`, each in a schema of its own; a missing
 //! variable or an unreachable server fails them (CI turns the feature on).
@@ -16,6 +16,15 @@ mod contract;
 
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let backend = crate::backend::Backend::memory();
+                    backend.run(crate::contract::$test).await;
+                }
+            )*
+        }
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

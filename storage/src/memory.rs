@@ -1,0 +1,668 @@
+//! An in-memory [`Store`], for the simulation and for tests that must not
+//! touch a disk.
+//!
+//! It keeps the same contract as the SQL stores (the suite in
+//! `storage/tests/it` runs against all three): every write re-checks its
+//! condition and takes its `seq`s under one lock, which plays the part of
+//! the SQL transaction. Nothing in it awaits, so a call never yields to the
+//! runtime halfway through: under the simulation's paused clock a store call
+//! takes no time unless a fault wrapper makes it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use switchboard_protocol::{
+    Conversation, ConversationCreated, ConversationKind, ConversationSummary, Event, Member,
+    MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
+    MessageRead, Role,
+};
+use uuid::Uuid;
+
+use crate::store::{
+    Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
+    NewMessage, SendOutcome, Store,
+};
+use crate::{Rejection, StoreError, rows};
+
+/// Conversations, members, messages and the event log, in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    conversations: HashMap<Uuid, Row>,
+    /// Direct conversations by their pair key.
+    direct: HashMap<String, Uuid>,
+    /// Every message by id, with the conversation it is in.
+    messages: HashMap<Uuid, Message>,
+    /// Messages by `(conversation, sender, idempotency key)`.
+    keys: HashMap<(Uuid, Uuid, String), Uuid>,
+}
+
+#[derive(Debug)]
+struct Row {
+    kind: ConversationKind,
+    title: Option<String>,
+    last_seq: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    /// In `(joined_at, user_id)` order, the order every read returns.
+    members: Vec<Member>,
+    /// Message ids by `seq`.
+    messages: BTreeMap<i64, Uuid>,
+    /// The log; `events[i].seq() == i + 1`.
+    events: Vec<Event>,
+}
+
+impl Row {
+    fn member(&self, user: Uuid) -> Option<&Member> {
+        self.members.iter().find(|m| m.user_id == user)
+    }
+
+    fn member_mut(&mut self, user: Uuid) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| m.user_id == user)
+    }
+
+    fn moderates(&self, user: Uuid) -> bool {
+        self.member(user).is_some_and(|m| m.role.moderates())
+    }
+
+    /// Takes the next `seq` and appends the event it numbers.
+    fn append(&mut self, at: DateTime<Utc>, event: impl FnOnce(i64) -> Event) -> Event {
+        self.last_seq += 1;
+        self.updated_at = at;
+        let event = event(self.last_seq);
+        self.events.push(event.clone());
+        event
+    }
+
+    fn conversation(&self, id: Uuid) -> Conversation {
+        Conversation {
+            id,
+            kind: self.kind,
+            title: self.title.clone(),
+            members: self.members.clone(),
+            last_seq: self.last_seq,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves no half-written state behind
+        // (every write checks before it changes anything), so carry on.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn row(&self, id: Uuid) -> Result<&Row, StoreError> {
+        self.conversations.get(&id).ok_or(StoreError::NotFound)
+    }
+
+    /// Why a write on a message by `user` matched nothing, as the SQL
+    /// stores explain it.
+    fn why_not(&self, conversation_id: Uuid, message_id: Uuid, user: Uuid) -> StoreError {
+        let member = self
+            .conversations
+            .get(&conversation_id)
+            .is_some_and(|c| c.member(user).is_some());
+        if !member {
+            return StoreError::Rejected(Rejection::NotMember);
+        }
+        match self
+            .messages
+            .get(&message_id)
+            .filter(|m| m.conversation_id == conversation_id)
+        {
+            None => StoreError::NotFound,
+            Some(m) if m.deleted_at.is_some() => StoreError::Rejected(Rejection::Deleted),
+            Some(_) => StoreError::Rejected(Rejection::NotPermitted),
+        }
+    }
+
+    fn summary(&self, id: Uuid, row: &Row, member: &Member) -> ConversationSummary {
+        let messages = row.messages.values().filter_map(|m| self.messages.get(m));
+        let unread = messages
+            .filter(|m| {
+                m.seq > member.last_read_seq
+                    && m.sender_id != member.user_id
+                    && m.deleted_at.is_none()
+            })
+            .count();
+        ConversationSummary {
+            id,
+            kind: row.kind,
+            title: row.title.clone(),
+            last_seq: row.last_seq,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            role: member.role,
+            last_read_seq: member.last_read_seq,
+            last_message: row
+                .messages
+                .values()
+                .next_back()
+                .and_then(|m| self.messages.get(m))
+                .cloned(),
+            unread_count: i64::try_from(unread).unwrap_or(i64::MAX),
+            member_count: i64::try_from(row.members.len()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+fn limit(limit: u32) -> usize {
+    usize::try_from(limit).unwrap_or(usize::MAX)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn create_conversation(
+        &self,
+        command: CreateConversation,
+    ) -> Result<CreateOutcome, StoreError> {
+        let key = match command.kind {
+            ConversationKind::Direct => {
+                let [other] = command.members.as_slice() else {
+                    return Err(StoreError::Conflict(
+                        "a direct conversation has exactly two members".into(),
+                    ));
+                };
+                Some(rows::direct_key(command.creator, *other))
+            }
+            ConversationKind::Group => None,
+        };
+        let mut state = self.state();
+        if let Some(existing) = key.as_ref().and_then(|k| state.direct.get(k)) {
+            let existing = *existing;
+            return Ok(CreateOutcome::Existing(
+                state.row(existing)?.conversation(existing),
+            ));
+        }
+        if state.conversations.contains_key(&command.id) {
+            return Err(StoreError::Conflict("conversation id already used".into()));
+        }
+        let mut row = Row {
+            kind: command.kind,
+            title: command.title.clone(),
+            last_seq: 0,
+            created_at: command.at,
+            updated_at: command.at,
+            members: rows::initial_members(&command),
+            messages: BTreeMap::new(),
+            events: Vec::new(),
+        };
+        let mut conversation = row.conversation(command.id);
+        conversation.last_seq = 1;
+        let event = row.append(command.at, |seq| {
+            Event::ConversationCreated(ConversationCreated {
+                conversation_id: command.id,
+                seq,
+                conversation: conversation.clone(),
+            })
+        });
+        state.conversations.insert(command.id, row);
+        if let Some(key) = key {
+            state.direct.insert(key, command.id);
+        }
+        Ok(CreateOutcome::Created(Committed {
+            value: conversation,
+            events: vec![event],
+        }))
+    }
+
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
+        Ok(self
+            .state()
+            .conversations
+            .get(&id)
+            .map(|r| r.conversation(id)))
+    }
+
+    async fn members(&self, conversation_id: Uuid) -> Result<Vec<Member>, StoreError> {
+        Ok(self
+            .state()
+            .conversations
+            .get(&conversation_id)
+            .map(|r| r.members.clone())
+            .unwrap_or_default())
+    }
+
+    async fn role(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<Role>, StoreError> {
+        Ok(self
+            .state()
+            .conversations
+            .get(&conversation_id)
+            .and_then(|r| r.member(user_id))
+            .map(|m| m.role))
+    }
+
+    async fn positions_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let state = self.state();
+        let mut positions: Vec<(Uuid, i64)> = state
+            .conversations
+            .iter()
+            .filter(|(_, r)| r.member(user_id).is_some())
+            .map(|(id, r)| (*id, r.last_seq))
+            .collect();
+        positions.sort_unstable();
+        positions.truncate(self::limit(limit));
+        Ok(positions)
+    }
+
+    async fn conversations_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let state = self.state();
+        let mut list: Vec<ConversationSummary> = state
+            .conversations
+            .iter()
+            .filter_map(|(id, row)| Some(state.summary(*id, row, row.member(user_id)?)))
+            .collect();
+        list.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(a.id.cmp(&b.id)));
+        list.truncate(self::limit(limit));
+        Ok(list)
+    }
+
+    async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
+        let mut state = self.state();
+        if let Some(key) = &command.idempotency_key {
+            let stored = state
+                .keys
+                .get(&(command.conversation_id, command.sender_id, key.clone()))
+                .and_then(|id| state.messages.get(id));
+            if let Some(stored) = stored {
+                return rows::replay(stored.clone(), &command);
+            }
+        }
+        let member = state
+            .conversations
+            .get(&command.conversation_id)
+            .is_some_and(|r| r.member(command.sender_id).is_some());
+        if !member {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        if state.messages.contains_key(&command.id) {
+            return Err(StoreError::Conflict("message id already used".into()));
+        }
+        let row = state
+            .conversations
+            .get_mut(&command.conversation_id)
+            .ok_or(StoreError::NotFound)?;
+        let mut message = Message {
+            id: command.id,
+            conversation_id: command.conversation_id,
+            seq: 0,
+            sender_id: command.sender_id,
+            encrypted_content: command.encrypted_content,
+            nonce: command.nonce,
+            message_type: command.message_type,
+            created_at: command.at,
+            edited_at: None,
+            deleted_at: None,
+        };
+        let event = row.append(command.at, |seq| {
+            message.seq = seq;
+            Event::MessageNew(message.clone())
+        });
+        row.messages.insert(message.seq, message.id);
+        if let Some(key) = command.idempotency_key {
+            state.keys.insert(
+                (command.conversation_id, command.sender_id, key),
+                message.id,
+            );
+        }
+        state.messages.insert(message.id, message.clone());
+        Ok(SendOutcome::Created(Committed {
+            value: message,
+            events: vec![event],
+        }))
+    }
+
+    async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {
+        let mut state = self.state();
+        let allowed = state.messages.get(&command.message_id).is_some_and(|m| {
+            m.conversation_id == command.conversation_id
+                && m.sender_id == command.editor
+                && m.deleted_at.is_none()
+        }) && state
+            .conversations
+            .get(&command.conversation_id)
+            .is_some_and(|r| r.member(command.editor).is_some());
+        if !allowed {
+            return Err(state.why_not(command.conversation_id, command.message_id, command.editor));
+        }
+        let State {
+            conversations,
+            messages,
+            ..
+        } = &mut *state;
+        let message = messages
+            .get_mut(&command.message_id)
+            .ok_or(StoreError::NotFound)?;
+        let row = conversations
+            .get_mut(&command.conversation_id)
+            .ok_or(StoreError::NotFound)?;
+        message.encrypted_content = command.encrypted_content;
+        message.nonce = command.nonce;
+        message.edited_at = Some(command.at);
+        let event = row.append(command.at, |seq| {
+            Event::MessageEdited(MessageEdited {
+                conversation_id: command.conversation_id,
+                seq,
+                message_id: message.id,
+                message_seq: message.seq,
+                sender_id: message.sender_id,
+                encrypted_content: message.encrypted_content.clone(),
+                nonce: message.nonce.clone(),
+                edited_at: command.at,
+            })
+        });
+        Ok(Committed {
+            value: message.clone(),
+            events: vec![event],
+        })
+    }
+
+    async fn delete(&self, command: DeleteMessage) -> Result<Committed<Message>, StoreError> {
+        let mut state = self.state();
+        let allowed = state.messages.get(&command.message_id).is_some_and(|m| {
+            m.conversation_id == command.conversation_id
+                && m.deleted_at.is_none()
+                && state
+                    .conversations
+                    .get(&command.conversation_id)
+                    .and_then(|r| r.member(command.by))
+                    .is_some_and(|by| by.role.moderates() || m.sender_id == command.by)
+        });
+        if !allowed {
+            return Err(state.why_not(command.conversation_id, command.message_id, command.by));
+        }
+        let State {
+            conversations,
+            messages,
+            ..
+        } = &mut *state;
+        let message = messages
+            .get_mut(&command.message_id)
+            .ok_or(StoreError::NotFound)?;
+        let row = conversations
+            .get_mut(&command.conversation_id)
+            .ok_or(StoreError::NotFound)?;
+        message.encrypted_content.clear();
+        message.nonce.clear();
+        message.deleted_at = Some(command.at);
+        let event = row.append(command.at, |seq| {
+            Event::MessageDeleted(MessageDeleted {
+                conversation_id: command.conversation_id,
+                seq,
+                message_id: message.id,
+                message_seq: message.seq,
+                deleted_by: command.by,
+                deleted_at: command.at,
+            })
+        });
+        Ok(Committed {
+            value: message.clone(),
+            events: vec![event],
+        })
+    }
+
+    async fn mark_read(
+        &self,
+        conversation_id: Uuid,
+        user_id: Uuid,
+        seq: i64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError> {
+        let mut state = self.state();
+        let Some(row) = state.conversations.get_mut(&conversation_id) else {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        };
+        let last_seq = row.last_seq;
+        let Some(member) = row.member_mut(user_id) else {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        };
+        if member.last_read_seq >= seq || seq > last_seq {
+            return Ok(None);
+        }
+        member.last_read_seq = seq;
+        Ok(Some(row.append(at, |event_seq| {
+            Event::MessageRead(MessageRead {
+                conversation_id,
+                seq: event_seq,
+                user_id,
+                read_seq: seq,
+            })
+        })))
+    }
+
+    async fn add_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<Member>, StoreError> {
+        if role == Role::Owner {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let mut state = self.state();
+        let Some(row) = state
+            .conversations
+            .get_mut(&conversation_id)
+            .filter(|r| r.kind == ConversationKind::Group && r.moderates(by))
+        else {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        };
+        if row.member(user_id).is_some() {
+            return Err(StoreError::Conflict("already a member".into()));
+        }
+        let member = Member {
+            user_id,
+            role,
+            last_read_seq: row.last_seq,
+            joined_at: at,
+        };
+        let place = row
+            .members
+            .partition_point(|m| (m.joined_at, m.user_id) < (at, user_id));
+        row.members.insert(place, member.clone());
+        let event = row.append(at, |seq| {
+            Event::MemberJoined(MemberJoined {
+                conversation_id,
+                seq,
+                user_id,
+                role,
+                added_by: by,
+            })
+        });
+        Ok(Committed {
+            value: member,
+            events: vec![event],
+        })
+    }
+
+    async fn change_role(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        if role == Role::Owner {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        }
+        let mut state = self.state();
+        let Some(row) = state
+            .conversations
+            .get_mut(&conversation_id)
+            .filter(|r| r.moderates(by))
+        else {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        };
+        match row.member_mut(user_id) {
+            Some(member) if member.role != Role::Owner && member.role != role => {
+                member.role = role;
+            }
+            _ => return Err(StoreError::Rejected(Rejection::NotPermitted)),
+        }
+        let event = row.append(at, |seq| {
+            Event::MemberRoleChanged(MemberRoleChanged {
+                conversation_id,
+                seq,
+                user_id,
+                role,
+                changed_by: by,
+            })
+        });
+        Ok(Committed {
+            value: (),
+            events: vec![event],
+        })
+    }
+
+    async fn remove_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        let mut state = self.state();
+        let Some(row) = state
+            .conversations
+            .get_mut(&conversation_id)
+            .filter(|r| r.kind == ConversationKind::Group)
+        else {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        };
+        let removable = row
+            .member(user_id)
+            .is_some_and(|m| user_id == by || (m.role != Role::Owner && row.moderates(by)));
+        let Some(place) = row
+            .members
+            .iter()
+            .position(|m| m.user_id == user_id)
+            .filter(|_| removable)
+        else {
+            return Err(StoreError::Rejected(Rejection::NotPermitted));
+        };
+        let removed = row.members.remove(place);
+        let mut events = vec![row.append(at, |seq| {
+            Event::MemberLeft(MemberLeft {
+                conversation_id,
+                seq,
+                user_id,
+                removed_by: by,
+            })
+        })];
+        if removed.role == Role::Owner {
+            // The longest-standing admin, else the longest-standing member.
+            let successor = row
+                .members
+                .iter_mut()
+                .min_by_key(|m| (m.role != Role::Admin, m.joined_at, m.user_id));
+            if let Some(successor) = successor {
+                successor.role = Role::Owner;
+                let successor = successor.user_id;
+                events.push(row.append(at, |seq| {
+                    Event::MemberRoleChanged(MemberRoleChanged {
+                        conversation_id,
+                        seq,
+                        user_id: successor,
+                        role: Role::Owner,
+                        changed_by: by,
+                    })
+                }));
+            }
+        }
+        Ok(Committed { value: (), events })
+    }
+
+    async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError> {
+        Ok(self.state().messages.get(&id).cloned())
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: Uuid,
+        range: MessageRange,
+    ) -> Result<Vec<Message>, StoreError> {
+        let state = self.state();
+        let Some(row) = state.conversations.get(&conversation_id) else {
+            return Ok(Vec::new());
+        };
+        let after = range.after_seq.unwrap_or(0);
+        let before = range.before_seq.unwrap_or(i64::MAX);
+        if after.saturating_add(1) >= before {
+            return Ok(Vec::new());
+        }
+        let in_range = row.messages.range(after + 1..before);
+        let ids: Vec<Uuid> = if range.after_seq.is_some() {
+            in_range
+                .take(limit(range.limit))
+                .map(|(_, id)| *id)
+                .collect()
+        } else {
+            // The newest page before `before_seq`, returned ascending.
+            let mut newest: Vec<Uuid> = in_range
+                .rev()
+                .take(limit(range.limit))
+                .map(|(_, id)| *id)
+                .collect();
+            newest.reverse();
+            newest
+        };
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.messages.get(id).cloned())
+            .collect())
+    }
+
+    async fn events(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let state = self.state();
+        let Some(row) = state.conversations.get(&conversation_id) else {
+            return Ok(Vec::new());
+        };
+        let start = usize::try_from(after_seq.max(0)).unwrap_or(usize::MAX);
+        Ok(row
+            .events
+            .iter()
+            .skip(start)
+            .take(self::limit(limit))
+            .cloned()
+            .collect())
+    }
+}
