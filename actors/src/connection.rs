@@ -7,7 +7,7 @@
 //! response in `switchboard-http`) drains the queue into the socket; no actor
 //! sees the socket itself.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -216,7 +216,7 @@ impl Transport {
 #[derive(Debug)]
 pub(crate) struct Sockets {
     /// Never held across an await.
-    by_user: Mutex<(usize, HashMap<Uuid, usize>)>,
+    by_user: Mutex<(usize, BTreeMap<Uuid, usize>)>,
     connections_max: usize,
     connections_per_user_max: usize,
     metrics: Metrics,

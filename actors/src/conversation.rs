@@ -11,7 +11,7 @@
 //! restarted after a panic under a [`RestartTracker`]'s bounds: lazily, by the
 //! next request, once the backoff has passed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -125,7 +125,7 @@ pub(crate) enum Note {
 #[derive(Debug, Default)]
 struct Live {
     /// The running actor of each active conversation.
-    by_conversation: HashMap<Uuid, Mailbox<ConversationMsg>>,
+    by_conversation: BTreeMap<Uuid, Mailbox<ConversationMsg>>,
     /// The conversation of each running actor.
     by_actor: HashMap<ActorId, Uuid>,
 }
@@ -138,7 +138,7 @@ pub(crate) struct Conversations {
     /// Serializes starts, so one conversation never gets two actors.
     starting: Mutex<()>,
     /// Failure history of conversations whose actors failed recently.
-    failures: std::sync::Mutex<HashMap<Uuid, RestartTracker>>,
+    failures: std::sync::Mutex<BTreeMap<Uuid, RestartTracker>>,
     /// The supervisor new actors are linked to; set once at node start.
     supervisor: std::sync::OnceLock<ActorCell>,
 }
@@ -359,10 +359,22 @@ struct Loaded {
     kind: ConversationKind,
     /// Members and roles; kept in step with every membership event the actor
     /// commits.
-    members: HashMap<Uuid, Role>,
+    members: BTreeMap<Uuid, Role>,
     /// The newest `seq` committed.
     last_seq: i64,
+    /// Who hears the next event: the members as of `audience_seq`, moved
+    /// forward event by event as they are delivered. The snapshot above is
+    /// as of the actor's load, which can be ahead of what this node has
+    /// delivered; an older event goes to the members of its own time, not
+    /// to those of the snapshot.
+    audience: BTreeSet<Uuid>,
+    /// The last event the audience reflects.
+    audience_seq: i64,
 }
+
+/// The most events replayed to find who heard an older event; a node
+/// further behind delivers to today's members.
+const AUDIENCE_REPLAY_MAX: u32 = 10_000;
 
 pub(crate) struct ConversationState {
     id: Uuid,
@@ -510,14 +522,49 @@ impl ConversationState {
         let Some(conversation) = self.shared.store.conversation(self.id).await? else {
             return Ok(false);
         };
+        let members: BTreeMap<Uuid, Role> = conversation
+            .members
+            .iter()
+            .map(|m| (m.user_id, m.role))
+            .collect();
+        let mut audience: BTreeSet<Uuid> = members.keys().copied().collect();
+        let mut audience_seq = conversation.last_seq;
+        // Where this node's deliveries stand behind the snapshot, walk the
+        // membership back to that point.
+        let delivered = self
+            .shared
+            .subscriptions
+            .as_ref()
+            .and_then(|s| s.delivered(self.id));
+        if let Some(delivered) = delivered
+            && delivered < conversation.last_seq
+            && conversation.last_seq - delivered <= i64::from(AUDIENCE_REPLAY_MAX)
+        {
+            let since = self
+                .shared
+                .store
+                .events(self.id, delivered, AUDIENCE_REPLAY_MAX)
+                .await?;
+            for event in since.iter().rev().filter(|e| e.seq() <= audience_seq) {
+                match event {
+                    Event::MemberJoined(e) => {
+                        audience.remove(&e.user_id);
+                    }
+                    Event::MemberLeft(e) => {
+                        audience.insert(e.user_id);
+                    }
+                    Event::ConversationCreated(_) => audience.clear(),
+                    _ => {}
+                }
+            }
+            audience_seq = delivered;
+        }
         self.loaded = Some(Loaded {
             kind: conversation.kind,
-            members: conversation
-                .members
-                .iter()
-                .map(|m| (m.user_id, m.role))
-                .collect(),
+            members,
             last_seq: conversation.last_seq,
+            audience,
+            audience_seq,
         });
         Ok(true)
     }
@@ -872,9 +919,39 @@ impl ConversationState {
                     .inc();
             }
             let mut skip = false;
-            if let Some(subscriptions) = &self.shared.subscriptions {
-                if let Event::MemberJoined(e) = &event {
-                    subscriptions.joined(e.user_id, self.id, seq);
+            let shared = Arc::clone(&self.shared);
+            if let Some(subscriptions) = &shared.subscriptions {
+                // Before the watermark check: a conversation newly held for
+                // a joining member starts right before the join.
+                self.note_joins(&event);
+                // The actor's snapshot must match where this node's
+                // deliveries stand: behind it (the node let the conversation
+                // go and held it again from the store's position), its
+                // members are stale; ahead of it (the actor loaded before
+                // the node held the conversation), older events would go to
+                // today's members. Either way, load again.
+                let mismatched = subscriptions
+                    .delivered(self.id)
+                    .zip(self.loaded.as_ref())
+                    .is_some_and(|(delivered, loaded)| {
+                        loaded.last_seq < delivered
+                            || (delivered < loaded.audience_seq
+                                && loaded.audience_seq - delivered
+                                    <= i64::from(AUDIENCE_REPLAY_MAX))
+                    });
+                if mismatched {
+                    self.loaded = None;
+                }
+                if self.loaded.is_none()
+                    && let Err(error) = self.load().await
+                {
+                    // Nothing is delivered here until it loads; the sweep
+                    // comes back to it. Other nodes still hear of it.
+                    tracing::warn!(conversation = %self.id, %error, "cannot reload the conversation");
+                    if local && let Some(workers) = &self.shared.bus_workers {
+                        workers.publish(&EncodedEvent::new(event));
+                    }
+                    continue;
                 }
                 if let Some(delivered) = subscriptions.delivered(self.id) {
                     skip = seq <= delivered;
@@ -895,6 +972,24 @@ impl ConversationState {
             if local && let Some(workers) = &self.shared.bus_workers {
                 workers.publish(&encoded);
             }
+        }
+    }
+
+    /// Members joining with `event` who are connected here now hold the
+    /// conversation on this node. Idempotent; runs for every event
+    /// delivered, whether it came live or filled a gap.
+    fn note_joins(&self, event: &Event) {
+        let Some(subscriptions) = &self.shared.subscriptions else {
+            return;
+        };
+        match event {
+            Event::MemberJoined(e) => subscriptions.joined(e.user_id, self.id, event.seq()),
+            Event::ConversationCreated(e) => {
+                for member in &e.conversation.members {
+                    subscriptions.joined(member.user_id, self.id, event.seq());
+                }
+            }
+            _ => {}
         }
     }
 
@@ -981,6 +1076,7 @@ impl ConversationState {
     /// concerns on this node; moves the watermark.
     fn deliver(&mut self, encoded: &Arc<EncodedEvent>) {
         let event = &encoded.event;
+        self.note_joins(event);
         let loaded = self.loaded.as_mut().expect("loaded before delivery");
         loaded.last_seq = loaded.last_seq.max(event.seq());
         let mut departed = None;
@@ -998,9 +1094,43 @@ impl ConversationState {
             }
             _ => {}
         }
+        let seq = event.seq();
+        if seq == loaded.audience_seq + 1 {
+            match event {
+                Event::MemberJoined(e) => {
+                    loaded.audience.insert(e.user_id);
+                }
+                Event::MemberLeft(e) => {
+                    loaded.audience.remove(&e.user_id);
+                }
+                Event::ConversationCreated(e) => {
+                    loaded.audience = e.conversation.members.iter().map(|m| m.user_id).collect();
+                }
+                _ => {}
+            }
+            loaded.audience_seq = seq;
+        } else if seq > loaded.audience_seq {
+            // Events this actor never saw came between: today's members are
+            // the best it knows.
+            loaded.audience = loaded.members.keys().copied().collect();
+            loaded.audience_seq = seq;
+        }
         // The departed member is no longer a key, so nobody is named twice.
-        let recipients = loaded.members.keys().chain(departed.as_ref());
-        self.shared.hub.deliver(recipients, encoded);
+        let recipients = loaded.audience.iter().chain(departed.as_ref());
+        match &self.shared.subscriptions {
+            // With other nodes, a member connected here gets the
+            // conversation's events only once this node holds it for them:
+            // a commit here can overtake the bus's news of their joining,
+            // and the join's arrival catches them up in order.
+            Some(subscriptions) => {
+                let holding: Vec<Uuid> = recipients
+                    .filter(|user| subscriptions.holds(**user, self.id))
+                    .copied()
+                    .collect();
+                self.shared.hub.deliver(&holding, encoded);
+            }
+            None => self.shared.hub.deliver(recipients, encoded),
+        }
         if let Some(subscriptions) = &self.shared.subscriptions {
             subscriptions.advance(self.id, event.seq());
             if let Some(user) = departed {

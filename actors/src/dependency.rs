@@ -43,6 +43,13 @@ pub struct BusLimits {
     pub trim_counts_len_max: usize,
     /// Conversations a node subscribes to per connected user.
     pub conversations_per_user_max: u32,
+    /// How often the node re-reads a batch of the conversations it holds,
+    /// to deliver what no bus message announced (an event whose publish
+    /// failed, or whose node crashed before publishing it).
+    pub sweep_every: Duration,
+    /// Conversations re-read per sweep, round-robin: each costs one read
+    /// of the replay stream or the store.
+    pub sweep_batch_len: usize,
     /// The breakers in front of publishing and trimming.
     pub breaker: BreakerPolicy,
     /// How the workers are restarted after a panic.
@@ -58,6 +65,8 @@ impl Default for BusLimits {
             trim_every: 100,
             trim_counts_len_max: 100_000,
             conversations_per_user_max: 10_000,
+            sweep_every: Duration::from_secs(1),
+            sweep_batch_len: 32,
             breaker: BreakerPolicy::default(),
             restart: RestartPolicy::default(),
         }
@@ -274,14 +283,18 @@ impl Actor for Publisher {
         let started = context.clock.monotonic();
         let publish = async {
             context.bus.publish(&event.event, &event.frame).await?;
-            // The node serving a member learns of their joins and leaves on
-            // the member's own channel.
-            let member = match &event.event {
-                Event::MemberJoined(e) => Some(e.user_id),
-                Event::MemberLeft(e) => Some(e.user_id),
-                _ => None,
+            // The node serving a member learns of their joins and leaves,
+            // and of the conversations they start in, on the member's own
+            // channel: it does not hold the conversation's yet.
+            let members: Vec<Uuid> = match &event.event {
+                Event::MemberJoined(e) => vec![e.user_id],
+                Event::MemberLeft(e) => vec![e.user_id],
+                Event::ConversationCreated(e) => {
+                    e.conversation.members.iter().map(|m| m.user_id).collect()
+                }
+                _ => Vec::new(),
             };
-            if let Some(user) = member {
+            for user in members {
                 context.bus.publish_to_user(user, &event.frame).await?;
             }
             Ok::<(), switchboard_storage::BusError>(())
@@ -347,7 +360,7 @@ struct TrimmerState {
     context: Context,
     guard: Guard,
     /// Appends since each stream's last trim.
-    appends: HashMap<Uuid, u32>,
+    appends: BTreeMap<Uuid, u32>,
 }
 
 impl Actor for Trimmer {
@@ -364,7 +377,7 @@ impl Actor for Trimmer {
         Ok(TrimmerState {
             context,
             guard,
-            appends: HashMap::new(),
+            appends: BTreeMap::new(),
         })
     }
 

@@ -7,7 +7,7 @@
 //! is ended, and its client syncs from the store, rather than allowed to grow
 //! server memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -61,9 +61,9 @@ struct Registered {
 #[derive(Debug, Default)]
 struct Routes {
     /// Sessions by user.
-    by_user: HashMap<Uuid, Vec<Registered>>,
+    by_user: BTreeMap<Uuid, Vec<Registered>>,
     /// The user of each session.
-    by_id: HashMap<Uuid, Uuid>,
+    by_id: BTreeMap<Uuid, Uuid>,
     /// The session of each session actor, to unregister by actor id.
     by_actor: HashMap<ActorId, Uuid>,
     /// Registrations so far.

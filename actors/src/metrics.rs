@@ -72,6 +72,7 @@ pub struct Metrics {
     pub(crate) worker_restarts_total: IntCounterVec,
     /// Events other nodes published that reached this node.
     pub(crate) bus_events_received_total: IntCounter,
+    pub(crate) sweep_catch_ups_total: IntCounter,
     /// Bus notes dropped because a conversation actor was full; gap checks
     /// and catch-ups deliver what they carried.
     pub(crate) bus_notes_dropped_total: IntCounter,
@@ -240,6 +241,11 @@ impl Metrics {
                 r,
                 "bus_events_received_total",
                 "Events from other nodes received over the bus",
+            ),
+            sweep_catch_ups_total: counter(
+                r,
+                "sweep_catch_ups_total",
+                "Held conversations re-read by the sweep for events no bus message announced",
             ),
             bus_notes_dropped_total: counter(
                 r,

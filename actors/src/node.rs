@@ -4,7 +4,7 @@
 //! There is no process-global state: each [`Node`] owns its supervisors and
 //! registries, so a test or the simulation can run several in one process.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -389,6 +389,14 @@ impl Node {
                         .inc();
                     let recipients: Vec<Uuid> =
                         committed.value.members.iter().map(|m| m.user_id).collect();
+                    // Members connected here now hold the conversation, so
+                    // what other nodes commit to it reaches them.
+                    if let Some(subscriptions) = &self.shared.subscriptions {
+                        for member in &recipients {
+                            subscriptions.joined(*member, committed.value.id, event.seq());
+                        }
+                        subscriptions.advance(committed.value.id, event.seq());
+                    }
                     let encoded = EncodedEvent::new(event);
                     self.shared.hub.deliver(&recipients, &encoded);
                     if let Some(workers) = &self.shared.bus_workers {
@@ -747,14 +755,19 @@ impl Node {
         device: Option<String>,
     ) -> Result<(Uuid, Mailbox<SessionMsg>), ActorError> {
         let shared = &self.shared;
-        if let Some(subscriptions) = &shared.subscriptions {
-            subscriptions
-                .connect(shared.store.as_ref(), user)
-                .await
-                .map_err(|e| {
-                    ActorError::Unavailable(format!("cannot load the user's conversations: {e}"))
-                })?;
+        // Where each of the user's conversations stands: the new session
+        // starts there (a client that knows better says so with `sync`).
+        let positions = match &shared.subscriptions {
+            Some(subscriptions) => subscriptions.connect(shared.store.as_ref(), user).await,
+            None => {
+                let limit = u32::try_from(shared.limits.sessions.sync_conversations_max)
+                    .unwrap_or(u32::MAX);
+                shared.store.positions_for(user, limit).await
+            }
         }
+        .map_err(|e| {
+            ActorError::Unavailable(format!("cannot load the user's conversations: {e}"))
+        })?;
         let release = || {
             if let Some(subscriptions) = &shared.subscriptions {
                 subscriptions.disconnect(user);
@@ -768,6 +781,7 @@ impl Node {
                 shared: Arc::clone(shared),
                 id,
                 user,
+                positions,
             },
             self.session_supervisor.get_cell(),
         )
@@ -879,24 +893,76 @@ impl Node {
 ///
 /// A dropped remote event is recovered by the next event's gap check, but a
 /// dropped catch-up has nothing after it to notice: those conversations are
-/// owed a catch-up, retried every second until their actor takes it.
+/// owed a catch-up, retried every second until their actor takes it. And an
+/// event nobody announced (its publish failed, or its node crashed first)
+/// has nothing at all to reveal it: a sweep catches up a few held
+/// conversations at a time, round-robin, so each is re-read within
+/// `held / sweep_batch_len` sweeps.
 async fn route(shared: std::sync::Weak<Shared>, mut signals: mpsc::Receiver<BusSignal>) {
-    let mut owed: HashSet<Uuid> = HashSet::new();
+    let mut owed: BTreeSet<Uuid> = BTreeSet::new();
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let Some(limits) = shared.upgrade().map(|s| s.limits.bus) else {
+        return;
+    };
+    let mut sweep = tokio::time::interval_at(
+        tokio::time::Instant::now() + limits.sweep_every,
+        limits.sweep_every,
+    );
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Where the round-robin sweeps go on from.
+    let mut swept = Uuid::nil();
+    let mut swept_user = Uuid::nil();
     loop {
-        let signal = tokio::select! {
+        let wake = tokio::select! {
+            // In order, so a simulated run polls the same way every time.
+            biased;
             signal = signals.recv() => match signal {
-                Some(signal) => Some(signal),
+                Some(signal) => Wake::Signal(signal),
                 None => return,
             },
-            _ = retry.tick(), if !owed.is_empty() => None,
+            _ = retry.tick(), if !owed.is_empty() => Wake::Retry,
+            _ = sweep.tick() => Wake::Sweep,
         };
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        let signal = match wake {
+            Wake::Signal(signal) => Some(signal),
+            Wake::Retry => None,
+            Wake::Sweep => {
+                let held = shared
+                    .subscriptions
+                    .as_ref()
+                    .map(Subscriptions::held)
+                    .unwrap_or_default();
+                let batch = round_robin(&held, swept, limits.sweep_batch_len);
+                swept = batch.last().copied().unwrap_or_else(Uuid::nil);
+                shared
+                    .metrics
+                    .sweep_catch_ups_total
+                    .inc_by(batch.len() as u64);
+                owed.extend(batch);
+                // And a few connected users' conversations, for a join or
+                // leave whose bus message was lost.
+                if let Some(subscriptions) = &shared.subscriptions {
+                    let users = subscriptions.users();
+                    let batch: Vec<Uuid> = round_robin(&users, swept_user, limits.sweep_batch_len);
+                    swept_user = batch.last().copied().unwrap_or_else(Uuid::nil);
+                    for user in batch {
+                        match subscriptions.refresh(shared.store.as_ref(), user).await {
+                            Ok(held) => owed.extend(held),
+                            Err(error) => {
+                                tracing::debug!(%error, "cannot refresh a user's conversations");
+                            }
+                        }
+                    }
+                }
+                None
+            }
+        };
         let catch_up: Vec<Uuid> = match signal {
-            None => owed.drain().collect(),
+            None => std::mem::take(&mut owed).into_iter().collect(),
             Some(BusSignal::Event(event)) => {
                 shared.metrics.bus_events_received_total.inc();
                 let id = event.conversation_id();
@@ -930,6 +996,23 @@ async fn route(shared: std::sync::Weak<Shared>, mut signals: mpsc::Receiver<BusS
             }
         }
     }
+}
+
+/// Up to `len` of `ids` (ascending), starting after `after` and wrapping.
+fn round_robin(ids: &[Uuid], after: Uuid, len: usize) -> Vec<Uuid> {
+    ids.iter()
+        .filter(|id| **id > after)
+        .chain(ids.iter().filter(|id| **id <= after))
+        .take(len)
+        .copied()
+        .collect()
+}
+
+/// What wakes the router.
+enum Wake {
+    Signal(BusSignal),
+    Retry,
+    Sweep,
 }
 
 /// A message in a conversation the caller cannot see is, to them, a message

@@ -15,14 +15,14 @@
 //! sends that conversation an older or equal one again: a `sync` and live
 //! delivery can overlap without duplicating anything.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use switchboard_protocol::{Control, Hello, ResumeRefusal, Synced};
+use switchboard_protocol::{Control, Event, Hello, ResumeRefusal, Synced};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -125,6 +125,8 @@ pub(crate) struct SessionArgs {
     pub(crate) shared: Arc<Shared>,
     pub(crate) id: Uuid,
     pub(crate) user: Uuid,
+    /// Where the user's conversations stood when the session began.
+    pub(crate) positions: Vec<(Uuid, i64)>,
 }
 
 /// The connection currently attached.
@@ -151,10 +153,17 @@ pub(crate) struct SessionState {
     /// The highest cursor evicted from the buffer (0: none).
     evicted: u64,
     /// The last `seq` sent, by conversation.
-    sent: HashMap<Uuid, i64>,
+    sent: BTreeMap<Uuid, i64>,
     /// Conversations whose `sync` ran out of budget: their live events wait
     /// for the client's next `sync`.
-    incomplete: HashSet<Uuid>,
+    incomplete: BTreeSet<Uuid>,
+    /// Conversations a `sync` reported the user is not a member of: their
+    /// later events (the user's own departure, already reflected) are not
+    /// sent, until the user joins again. At most one sync's list.
+    departed: BTreeSet<Uuid>,
+    /// Whether the client must be told to sync the `incomplete`
+    /// conversations (a gap was found, or it came back while some were).
+    resync_owed: bool,
     attached: Option<Attached>,
     /// Counts detaches, so a stale grace timer is ignored.
     detaches: u64,
@@ -186,6 +195,20 @@ impl SessionState {
         let conversation = event.event.conversation_id();
         let seq = event.event.seq();
         let metrics = &self.shared.metrics;
+        if self.departed.contains(&conversation) {
+            let rejoined = matches!(
+                &event.event,
+                Event::MemberJoined(joined) if joined.user_id == self.user
+            );
+            if !rejoined {
+                metrics
+                    .session_events_skipped_total
+                    .with_label_values(&["not_member"])
+                    .inc();
+                return None;
+            }
+            self.departed.remove(&conversation);
+        }
         if self.incomplete.contains(&conversation) {
             metrics
                 .session_events_skipped_total
@@ -202,6 +225,28 @@ impl SessionState {
                 .session_events_skipped_total
                 .with_label_values(&["duplicate"])
                 .inc();
+            return None;
+        }
+        // An event past a gap is never sent: the conversation waits for the
+        // client's sync, which fills the gap from the store. The user's own
+        // join may follow a gap (what came between was not theirs), and it
+        // or the creation opens a conversation the session has not seen.
+        let opens = match &event.event {
+            Event::MemberJoined(joined) => joined.user_id == self.user,
+            Event::ConversationCreated(_) => true,
+            _ => false,
+        };
+        let gap = match self.sent.get(&conversation) {
+            Some(&sent) => seq > sent + 1 && !opens,
+            None => !opens,
+        };
+        if gap {
+            metrics
+                .session_events_skipped_total
+                .with_label_values(&["gap"])
+                .inc();
+            self.incomplete.insert(conversation);
+            self.resync_owed = true;
             return None;
         }
         self.sent.insert(conversation, seq);
@@ -235,6 +280,7 @@ impl SessionState {
             return;
         }
         let Some(cursor) = self.admit(&event) else {
+            self.ask_resync();
             return;
         };
         if let Some(attached) = &self.attached
@@ -242,6 +288,23 @@ impl SessionState {
         {
             self.detach(myself);
         }
+    }
+
+    /// Tells a live client which conversations to sync (`synced` with only
+    /// `incomplete`), when it is owed that.
+    fn ask_resync(&mut self) {
+        let Some(attached) = &self.attached else {
+            return;
+        };
+        if !self.resync_owed || attached.held.is_some() || self.incomplete.is_empty() {
+            return;
+        }
+        self.resync_owed = false;
+        attached.link.send(control(&Control::Synced(Synced {
+            positions: BTreeMap::new(),
+            incomplete: self.incomplete.iter().copied().collect(),
+            not_member: Vec::new(),
+        })));
     }
 
     /// Writes `frame`, waiting for room; detaches a client that stays full.
@@ -269,6 +332,7 @@ impl SessionState {
                 self.send_waiting(myself, event_frame(cursor, &event)).await;
             }
         }
+        self.ask_resync();
     }
 
     /// Forgets the connection (already closed or closing) and starts the
@@ -368,6 +432,10 @@ impl SessionState {
             for frame in replay {
                 self.send_waiting(myself, frame).await;
             }
+            // Conversations still waiting for a sync: the client may not
+            // have heard, or not have asked yet.
+            self.resync_owed |= !self.incomplete.is_empty();
+            self.ask_resync();
         }
         Ok(())
     }
@@ -393,8 +461,10 @@ impl SessionState {
         for (&conversation, &position) in &positions {
             if !mine.contains_key(&conversation) {
                 not_member.push(conversation);
+                self.departed.insert(conversation);
                 continue;
             }
+            self.departed.remove(&conversation);
             self.incomplete.remove(&conversation);
             let mut after = position.max(0);
             self.sent.insert(conversation, after);
@@ -430,6 +500,11 @@ impl SessionState {
         let positions = mine
             .into_iter()
             .map(|(conversation, last_seq)| {
+                // Waiting for a sync the client cannot ask for (it does not
+                // know the conversation): it starts at the present, here.
+                if !positions.contains_key(&conversation) && self.incomplete.remove(&conversation) {
+                    self.sent.insert(conversation, last_seq);
+                }
                 (
                     conversation,
                     *self.sent.entry(conversation).or_insert(last_seq),
@@ -472,8 +547,10 @@ impl Actor for SessionActor {
             buffer: VecDeque::new(),
             buffer_bytes: 0,
             evicted: 0,
-            sent: HashMap::new(),
-            incomplete: HashSet::new(),
+            sent: args.positions.into_iter().collect(),
+            incomplete: BTreeSet::new(),
+            departed: BTreeSet::new(),
+            resync_owed: false,
             attached: None,
             detaches: 0,
             timer: None,
@@ -553,10 +630,14 @@ impl Actor for SessionActor {
                 permit,
                 reply,
             } => {
+                let asked: Vec<Uuid> = positions.keys().copied().collect();
                 let outcome = state.sync(&myself, positions).await;
                 drop(permit);
                 if let Err(error) = &outcome {
                     tracing::warn!(session = %state.id, %error, "sync failed");
+                    // Their live events wait for the retry, as if the sync
+                    // had run out of budget: nothing overtakes the gap.
+                    state.incomplete.extend(asked);
                     if let Some(attached) = &state.attached {
                         attached.link.send(control(&Control::Error(
                             switchboard_protocol::ErrorDetail {

@@ -8,8 +8,8 @@
 //! it is what lets the node deliver each event exactly once, in order, and
 //! fill any gap from the store.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use switchboard_storage::{Bus, Store, StoreError, Topic};
@@ -20,7 +20,7 @@ struct Local {
     /// Open connections of the user on this node.
     connections: usize,
     /// The user's conversations this node holds for them.
-    conversations: HashSet<Uuid>,
+    conversations: BTreeSet<Uuid>,
 }
 
 #[derive(Debug)]
@@ -33,8 +33,8 @@ struct Held {
 
 #[derive(Debug, Default)]
 struct State {
-    users: HashMap<Uuid, Local>,
-    conversations: HashMap<Uuid, Held>,
+    users: BTreeMap<Uuid, Local>,
+    conversations: BTreeMap<Uuid, Held>,
 }
 
 /// The node's subscriptions.
@@ -56,36 +56,74 @@ impl Subscriptions {
         }
     }
 
-    /// A connection of `user` opened here.
-    pub(crate) async fn connect(&self, store: &dyn Store, user: Uuid) -> Result<(), StoreError> {
-        if let Some(local) = self
-            .state
-            .lock()
-            .expect("subscriptions lock")
-            .users
-            .get_mut(&user)
-        {
-            local.connections += 1;
-            return Ok(());
-        }
+    /// A connection of `user` opened here. The user's conversations are
+    /// read from the store on every connect, not only the first: a join or
+    /// leave this node never heard of (its bus message lost) is put right.
+    /// Returns the positions read.
+    pub(crate) async fn connect(
+        &self,
+        store: &dyn Store,
+        user: Uuid,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
         let positions = store
             .positions_for(user, self.conversations_per_user_max)
             .await?;
         let mut state = self.state.lock().expect("subscriptions lock");
-        match state.users.entry(user) {
-            Entry::Occupied(mut entry) => entry.get_mut().connections += 1,
-            Entry::Vacant(entry) => {
-                entry.insert(Local {
-                    connections: 1,
-                    conversations: positions.iter().map(|(id, _)| *id).collect(),
-                });
-                self.bus.subscribe(Topic::User(user));
-                for (id, last_seq) in positions {
-                    self.hold(&mut state, id, last_seq);
-                }
-            }
+        if !state.users.contains_key(&user) {
+            self.bus.subscribe(Topic::User(user));
         }
-        Ok(())
+        state.users.entry(user).or_default().connections += 1;
+        self.reconcile(&mut state, user, &positions);
+        Ok(positions)
+    }
+
+    /// Reads `user`'s conversations from the store again, if they are
+    /// connected here; returns the conversations newly held for them.
+    pub(crate) async fn refresh(
+        &self,
+        store: &dyn Store,
+        user: Uuid,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let positions = store
+            .positions_for(user, self.conversations_per_user_max)
+            .await?;
+        let mut state = self.state.lock().expect("subscriptions lock");
+        Ok(self.reconcile(&mut state, user, &positions))
+    }
+
+    /// Users connected here.
+    pub(crate) fn users(&self) -> Vec<Uuid> {
+        self.state
+            .lock()
+            .expect("subscriptions lock")
+            .users
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Makes the conversations held for `user` those of `positions`:
+    /// holds the new ones from their current position, releases the ones
+    /// the user is no longer in. Returns the newly held ones.
+    fn reconcile(&self, state: &mut State, user: Uuid, positions: &[(Uuid, i64)]) -> Vec<Uuid> {
+        let Some(local) = state.users.get_mut(&user) else {
+            return Vec::new();
+        };
+        let fresh: BTreeSet<Uuid> = positions.iter().map(|(id, _)| *id).collect();
+        let added: Vec<(Uuid, i64)> = positions
+            .iter()
+            .filter(|(id, _)| !local.conversations.contains(id))
+            .copied()
+            .collect();
+        let removed: Vec<Uuid> = local.conversations.difference(&fresh).copied().collect();
+        local.conversations = fresh;
+        for (id, last_seq) in &added {
+            self.hold(state, *id, *last_seq);
+        }
+        for id in removed {
+            self.release(state, id);
+        }
+        added.into_iter().map(|(id, _)| id).collect()
     }
 
     /// A connection of `user` closed here.
@@ -129,6 +167,16 @@ impl Subscriptions {
         if removed {
             self.release(&mut state, conversation);
         }
+    }
+
+    /// Whether this node holds `conversation` for `user` (connected here).
+    pub(crate) fn holds(&self, user: Uuid, conversation: Uuid) -> bool {
+        self.state
+            .lock()
+            .expect("subscriptions lock")
+            .users
+            .get(&user)
+            .is_some_and(|local| local.conversations.contains(&conversation))
     }
 
     /// The last `seq` delivered here, for a held conversation.

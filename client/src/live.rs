@@ -127,6 +127,10 @@ async fn follow(
     }
 }
 
+/// How long to wait before asking again for a `sync` the server could not
+/// serve.
+const SYNC_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// One connection, until it ends: `Ok` when the app went away, else why it
 /// dropped. A connection that got as far as `hello` resets `failures`.
 async fn connection(
@@ -159,6 +163,12 @@ async fn connection(
                 }
             }
             Step::Reply(frame) => stream.send(&frame).await.map_err(|e| e.to_string())?,
+            Step::RetryLater(frame) => {
+                // The server is short of its store for a moment.
+                #[allow(clippy::disallowed_methods)]
+                tokio::time::sleep(SYNC_RETRY_DELAY).await;
+                stream.send(&frame).await.map_err(|e| e.to_string())?;
+            }
             Step::Duplicate | Step::Control(_) | Step::Nothing => {}
         }
         if synced_or_resumed && !announced {

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use switchboard_protocol::{ClientFrame, Control, Event, Hello, Resume, ServerFrame, Sync};
+use switchboard_protocol::{
+    ClientFrame, Control, ErrorCode, Event, Hello, Resume, ServerFrame, Sync,
+};
 use uuid::Uuid;
 
 /// What to do with a server frame.
@@ -17,6 +19,9 @@ pub enum Step {
     Duplicate,
     /// Send this frame to the server.
     Reply(ClientFrame),
+    /// The server could not answer a `sync` now: send this frame again
+    /// after a pause (the conversations it lists wait for it).
+    RetryLater(ClientFrame),
     /// A control frame the app may want to see (`pong`, `error`, `close`).
     Control(Control),
     /// Nothing to do.
@@ -33,6 +38,8 @@ pub struct Place {
     offered: Option<Hello>,
     /// The last `seq` applied, by conversation.
     positions: BTreeMap<Uuid, i64>,
+    /// The `sync` sent and not yet answered.
+    syncing: Option<Sync>,
 }
 
 impl Place {
@@ -64,10 +71,15 @@ impl Place {
         &self.positions
     }
 
-    fn sync(&self) -> Step {
-        Step::Reply(ClientFrame::Sync(Sync {
+    fn sync(&mut self) -> Step {
+        self.ask(Sync {
             positions: self.positions.clone(),
-        }))
+        })
+    }
+
+    fn ask(&mut self, sync: Sync) -> Step {
+        self.syncing = Some(sync.clone());
+        Step::Reply(ClientFrame::Sync(sync))
     }
 
     /// Applies one frame from the server.
@@ -112,6 +124,7 @@ impl Place {
                 self.sync()
             }
             ServerFrame::Control(Control::Synced(synced)) => {
+                self.syncing = None;
                 for (conversation, seq) in synced.positions {
                     self.positions.entry(conversation).or_insert(seq);
                 }
@@ -121,14 +134,26 @@ impl Place {
                 if synced.incomplete.is_empty() {
                     Step::Nothing
                 } else {
-                    Step::Reply(ClientFrame::Sync(Sync {
-                        positions: synced
-                            .incomplete
-                            .iter()
-                            .filter_map(|c| Some((*c, *self.positions.get(c)?)))
-                            .collect(),
-                    }))
+                    let positions = synced
+                        .incomplete
+                        .iter()
+                        .filter_map(|c| Some((*c, *self.positions.get(c)?)))
+                        .collect();
+                    self.ask(Sync { positions })
                 }
+            }
+            ServerFrame::Control(Control::Error(error))
+                if error.code == ErrorCode::Unavailable && self.syncing.is_some() =>
+            {
+                // Ask again from where the client is now.
+                let asked = self.syncing.take().unwrap_or_default();
+                let positions = asked
+                    .positions
+                    .keys()
+                    .filter_map(|c| Some((*c, *self.positions.get(c)?)))
+                    .collect();
+                self.syncing = Some(Sync { positions });
+                Step::RetryLater(ClientFrame::Sync(self.syncing.clone().unwrap_or_default()))
             }
             ServerFrame::Control(other) => Step::Control(other),
         }

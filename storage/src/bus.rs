@@ -23,7 +23,7 @@ pub enum BusError {
 }
 
 /// What a node can subscribe to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Topic {
     /// Every event of one conversation.
     Conversation(Uuid),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use faults::{FaultyStore, ManualClock, QuietBus};
 use switchboard_actors::{
-    ActorError, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Transport,
+    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Transport,
 };
 use switchboard_protocol::{ConversationKind, CreateConversation, Message, Role, SendMessage};
 use switchboard_storage::{Bus, BusSignal, Clock, OsRandom, Store};
@@ -250,6 +250,12 @@ async fn a_catch_up_dropped_on_a_full_mailbox_is_retried_until_taken() {
     let f = fixture_with_bus(
         Limits {
             conversation_mailbox_len_max: 2,
+            // The sweep would also catch up, and take a mailbox slot: this
+            // test is about the owed catch-up alone.
+            bus: BusLimits {
+                sweep_every: Duration::from_secs(3600),
+                ..BusLimits::default()
+            },
             ..Limits::default()
         },
         Some((bus, receiver)),
