@@ -1,0 +1,348 @@
+//! The checkers: what must hold after every run, judged only from the
+//! history, the store's final logs and the clients' final places; none of
+//! them knows which faults were injected.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use base64::Engine;
+use switchboard_protocol::Event;
+use uuid::Uuid;
+
+use crate::history::{Entry, Record};
+use crate::log::check_log;
+
+/// Where the run ended, as the checkers see it.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Each conversation's full log, from the store.
+    pub logs: BTreeMap<Uuid, Vec<Event>>,
+    /// Each conversation's members at the end.
+    pub members: BTreeMap<Uuid, BTreeSet<Uuid>>,
+    /// Each client's user and final positions.
+    pub clients: Vec<ClientEnd>,
+    /// How long the system took to go quiet after the faults stopped, or
+    /// `None` if it did not within the bound.
+    pub quiet_after: Option<Duration>,
+}
+
+/// A client at the end of a run.
+#[derive(Debug, Clone)]
+pub struct ClientEnd {
+    /// Its user.
+    pub user: Uuid,
+    /// The last `seq` it applied, by conversation.
+    pub positions: BTreeMap<Uuid, i64>,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// A conversation's log breaks `seq` contiguity or the permission rules.
+    #[error("conversation {conversation}: {violation}")]
+    Log {
+        /// Which.
+        conversation: Uuid,
+        /// How.
+        violation: crate::log::Violation,
+    },
+    /// An acknowledged send is not in the log where it was acknowledged.
+    #[error("acknowledged send {key} ({message} at seq {seq}) is not in the log")]
+    AckedMissing {
+        /// The send's key.
+        key: String,
+        /// The acknowledged message.
+        message: Uuid,
+        /// Its acknowledged `seq`.
+        seq: i64,
+    },
+    /// One send stored more than once.
+    #[error("send {key} stored {count} times")]
+    StoredTwice {
+        /// The send's key.
+        key: String,
+        /// How often.
+        count: usize,
+    },
+    /// A client applied an event that was not the next of its conversation.
+    #[error("client {client} applied seq {seq} of {conversation} after {prev:?}")]
+    OutOfOrder {
+        /// Which client.
+        client: usize,
+        /// Where.
+        conversation: Uuid,
+        /// The event.
+        seq: i64,
+        /// Its position before.
+        prev: Option<i64>,
+    },
+    /// After the system went quiet, a member's client does not hold every
+    /// event of a conversation.
+    #[error("client {client} holds {conversation} up to {held:?}, the log up to {last_seq}")]
+    Behind {
+        /// Which client.
+        client: usize,
+        /// Where.
+        conversation: Uuid,
+        /// Its position.
+        held: Option<i64>,
+        /// The log's end.
+        last_seq: i64,
+    },
+    /// A node held more sessions or connections than its limits.
+    #[error("node {node}: {what} {value} over its bound {bound}")]
+    Bound {
+        /// Which node (`usize::MAX` for the bus).
+        node: usize,
+        /// What overflowed.
+        what: &'static str,
+        /// Its value.
+        value: usize,
+        /// The bound.
+        bound: usize,
+    },
+    /// A client received a frame it could not read.
+    #[error("client {client} received an undecodable frame")]
+    Undecodable {
+        /// Which client.
+        client: usize,
+    },
+    /// The system did not settle after the faults stopped.
+    #[error("not quiet within {0:?} after the faults stopped")]
+    NotQuiet(Duration),
+}
+
+/// Every checker, in turn; returns every violation found.
+#[must_use]
+pub fn check(history: &[Entry], outcome: &Outcome, quiet_bound: Duration) -> Vec<Violation> {
+    let mut found = Vec::new();
+    logs(outcome, &mut found);
+    sends(history, outcome, &mut found);
+    deliveries(history, &mut found);
+    bounds(history, &mut found);
+    if outcome.quiet_after.is_none() {
+        found.push(Violation::NotQuiet(quiet_bound));
+    }
+    // Once quiet this must hold; if never quiet, it says who is behind.
+    complete(outcome, &mut found);
+    found
+}
+
+/// `seq` is gap-free per conversation and no event was the act of a
+/// principal who lacked the right at that point of the log.
+fn logs(outcome: &Outcome, found: &mut Vec<Violation>) {
+    for (conversation, log) in &outcome.logs {
+        if let Err(violation) = check_log(log) {
+            found.push(Violation::Log {
+                conversation: *conversation,
+                violation,
+            });
+        }
+    }
+}
+
+/// The key a send's content encodes.
+#[must_use]
+pub fn key_of(content: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(content)
+        .ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// Every acknowledged send is in the log, once, where it was acknowledged;
+/// no send (acknowledged or not) is stored twice.
+fn sends(history: &[Entry], outcome: &Outcome, found: &mut Vec<Violation>) {
+    let mut stored: BTreeMap<String, Vec<(Uuid, i64)>> = BTreeMap::new();
+    for event in outcome.logs.values().flatten() {
+        if let Event::MessageNew(m) = event
+            && let Some(key) = key_of(&m.encrypted_content)
+        {
+            stored.entry(key).or_default().push((m.id, m.seq));
+        }
+    }
+    for (key, copies) in &stored {
+        if copies.len() > 1 {
+            found.push(Violation::StoredTwice {
+                key: key.clone(),
+                count: copies.len(),
+            });
+        }
+    }
+    for entry in history {
+        if let Record::Acked {
+            key, message, seq, ..
+        } = &entry.record
+            && stored
+                .get(key)
+                .is_none_or(|c| !c.contains(&(*message, *seq)))
+        {
+            found.push(Violation::AckedMissing {
+                key: key.clone(),
+                message: *message,
+                seq: *seq,
+            });
+        }
+    }
+}
+
+/// Every event a client applied was the next of its conversation, or began
+/// the client's view of it.
+fn deliveries(history: &[Entry], found: &mut Vec<Violation>) {
+    for entry in history {
+        match &entry.record {
+            Record::Delivered {
+                client,
+                conversation,
+                seq,
+                prev,
+                opens,
+            } => {
+                let next = prev.is_some_and(|p| *seq == p + 1);
+                if !(next || *opens) {
+                    found.push(Violation::OutOfOrder {
+                        client: *client,
+                        conversation: *conversation,
+                        seq: *seq,
+                        prev: *prev,
+                    });
+                }
+            }
+            Record::Undecodable { client } => {
+                found.push(Violation::Undecodable { client: *client });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sessions, connections and replay streams stayed within their bounds.
+fn bounds(history: &[Entry], found: &mut Vec<Violation>) {
+    for entry in history {
+        match entry.record {
+            Record::Bounds {
+                node,
+                sessions,
+                connections,
+                sessions_max,
+                connections_max,
+            } => {
+                if sessions > sessions_max {
+                    found.push(Violation::Bound {
+                        node,
+                        what: "sessions",
+                        value: sessions,
+                        bound: sessions_max,
+                    });
+                }
+                if connections > connections_max {
+                    found.push(Violation::Bound {
+                        node,
+                        what: "connections",
+                        value: connections,
+                        bound: connections_max,
+                    });
+                }
+            }
+            Record::Stream { len, len_max } if len > len_max => {
+                found.push(Violation::Bound {
+                    node: usize::MAX,
+                    what: "replay stream entries",
+                    value: len,
+                    bound: len_max,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Once quiet, every client of a member holds each of its conversations up
+/// to the end of the log: every event since the client's view began reached
+/// it (the order checker says each exactly once, in order).
+fn complete(outcome: &Outcome, found: &mut Vec<Violation>) {
+    for (index, client) in outcome.clients.iter().enumerate() {
+        for (conversation, members) in &outcome.members {
+            if !members.contains(&client.user) {
+                continue;
+            }
+            let last_seq = outcome
+                .logs
+                .get(conversation)
+                .and_then(|l| l.last())
+                .map_or(0, Event::seq);
+            let held = client.positions.get(conversation).copied();
+            if held != Some(last_seq) {
+                found.push(Violation::Behind {
+                    client: index,
+                    conversation: *conversation,
+                    held,
+                    last_seq,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivered(seq: i64, prev: Option<i64>, opens: bool) -> Entry {
+        Entry {
+            at_ms: 0,
+            record: Record::Delivered {
+                client: 0,
+                conversation: Uuid::nil(),
+                seq,
+                prev,
+                opens,
+            },
+        }
+    }
+
+    #[test]
+    fn a_skipped_or_repeated_event_is_out_of_order() {
+        let mut found = Vec::new();
+        let history = [
+            delivered(1, None, true),
+            delivered(2, Some(1), false),
+            delivered(4, Some(2), false),
+            delivered(3, None, false),
+        ];
+        deliveries(&history, &mut found);
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn an_acknowledged_send_missing_from_the_log_is_reported() {
+        let history = [Entry {
+            at_ms: 0,
+            record: Record::Acked {
+                conversation: Uuid::nil(),
+                key: "k".into(),
+                message: Uuid::nil(),
+                seq: 2,
+            },
+        }];
+        let mut found = Vec::new();
+        sends(&history, &Outcome::default(), &mut found);
+        assert!(matches!(found.as_slice(), [Violation::AckedMissing { .. }]));
+    }
+
+    #[test]
+    fn a_member_behind_the_log_is_reported_once_quiet() {
+        let (user, conversation) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let outcome = Outcome {
+            members: [(conversation, [user].into())].into(),
+            clients: vec![ClientEnd {
+                user,
+                positions: BTreeMap::new(),
+            }],
+            quiet_after: Some(Duration::ZERO),
+            ..Outcome::default()
+        };
+        let found = check(&[], &outcome, Duration::ZERO);
+        assert!(matches!(found.as_slice(), [Violation::Behind { .. }]));
+    }
+}

@@ -1,0 +1,1432 @@
+//! One run: a cluster of real nodes on the chosen backends, clients that
+//! connect, drop and come back, a workload of racing operations, and the
+//! faults the seed draws; then the faults stop, the run waits for quiet, and
+//! the checkers judge what was recorded.
+//!
+//! In the default mode everything runs on one current-thread tokio runtime
+//! with paused time: tasks run in a fixed order, timers fire in simulated
+//! time (jumping ahead whenever every task waits), the store and bus are in
+//! memory, and ids and every draw come from the seed. The same seed gives
+//! the same history, and so the same trace hash.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine;
+use chrono::{TimeZone, Utc};
+use switchboard_actors::{
+    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node,
+    SessionLimits, Transport,
+};
+use switchboard_client::{Class, Failure, Place, RetryPolicy, Step, classify};
+use switchboard_protocol::{
+    AddMember, ConversationKind, CreateConversation, EditMessage, Event, Role, SendMessage,
+    ServerFrame,
+};
+use switchboard_storage::{
+    Bus, MemoryStore, PostgresOptions, PostgresStore, RedisBus, RedisOptions, SqliteOptions,
+    SqliteStore, Store,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::bus::Network;
+use crate::check::{self, ClientEnd, Outcome, Violation};
+use crate::faults::{FaultKind, FaultPlan, Faults};
+use crate::history::{History, Record};
+use crate::rng::{Rng, SharedRng, TokioClock};
+use crate::store::FaultyStore;
+
+/// Which backends the nodes run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The in-memory store and bus, on simulated time: deterministic.
+    Memory,
+    /// A real SQLite file and a real Redis, on real time.
+    Sqlite {
+        /// `redis://…` of the bus.
+        redis_url: String,
+    },
+    /// A real PostgreSQL and a real Redis, on real time.
+    Postgres {
+        /// `postgres://…` of the store (each run takes a schema of its own).
+        url: String,
+        /// `redis://…` of the bus.
+        redis_url: String,
+    },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Everything else is drawn from it.
+    pub seed: u64,
+    /// The backends.
+    pub backend: Backend,
+    /// How long the workload and the faults run.
+    pub duration: Duration,
+    /// How long the system may take to go quiet once the faults stop.
+    pub quiet_within: Duration,
+    /// Whether to inject faults at all.
+    pub faults: bool,
+}
+
+impl Options {
+    /// The default deterministic run of `seed`.
+    #[must_use]
+    pub fn seed(seed: u64) -> Self {
+        Self {
+            seed,
+            backend: Backend::Memory,
+            duration: Duration::from_secs(20),
+            quiet_within: Duration::from_secs(60),
+            faults: true,
+        }
+    }
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// The seed.
+    pub seed: u64,
+    /// The hash of the recorded history.
+    pub trace_hash: u64,
+    /// What the checkers found; empty for a good run.
+    pub violations: Vec<Violation>,
+    /// Faults injected, by kind.
+    pub faults: BTreeMap<FaultKind, u64>,
+    /// The run's size.
+    pub stats: Stats,
+    /// Everything recorded, in order.
+    pub history: Vec<crate::history::Entry>,
+    /// Each conversation's final log.
+    pub logs: BTreeMap<Uuid, Vec<Event>>,
+    /// Each client's user, by index.
+    pub client_users: Vec<usize>,
+}
+
+/// How much a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Nodes in the cluster.
+    pub nodes: usize,
+    /// Users.
+    pub users: usize,
+    /// Clients (devices).
+    pub clients: usize,
+    /// Conversations.
+    pub conversations: usize,
+    /// Operations answered (every attempt).
+    pub operations: usize,
+    /// Sends acknowledged.
+    pub acknowledged: usize,
+    /// Events applied by clients.
+    pub deliveries: usize,
+    /// Events in the logs.
+    pub events: usize,
+    /// Simulated (or real) milliseconds from the end of the faults to quiet.
+    pub quiet_after_ms: Option<u64>,
+}
+
+/// Runs one seed and checks it.
+///
+/// # Errors
+///
+/// When the runtime or a real backend cannot be set up; a run that breaks
+/// an invariant is a [`Report`] with violations, not an error.
+pub fn run(options: &Options) -> anyhow::Result<Report> {
+    let runtime = match options.backend {
+        Backend::Memory => tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()?,
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(simulate(options.clone()))
+}
+
+/// Bounds the nodes run with: small, so the runs reach them.
+fn limits(rng: &mut Rng) -> Limits {
+    Limits {
+        connections_per_user_max: 4,
+        call_timeout: Duration::from_secs(5),
+        sessions: SessionLimits {
+            grace: rng.millis(1_000, 8_000),
+            buffer_len_max: usize::try_from(rng.between(8, 256)).unwrap_or(64),
+            sync_events_max: usize::try_from(rng.between(4, 200)).unwrap_or(64),
+            sessions_per_user_max: 4,
+            ..SessionLimits::default()
+        },
+        bus: BusLimits {
+            stream_len_max: 64,
+            trim_every: 8,
+            ..BusLimits::default()
+        },
+        ..Limits::default()
+    }
+}
+
+async fn simulate(options: Options) -> anyhow::Result<Report> {
+    let seed = options.seed;
+    let mut rng = Rng::new(seed, "setup");
+    let plan = if options.faults {
+        FaultPlan::draw(&mut Rng::new(seed, "plan"))
+    } else {
+        FaultPlan::calm()
+    };
+    let faults = Arc::new(Faults::new(plan, SharedRng::new(seed, "faults")));
+    let clock = TokioClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+    let (store, cleanup) = open_store(&options.backend, seed).await?;
+    let network = matches!(options.backend, Backend::Memory).then(|| Network::new(faults.clone()));
+    let redis = match &options.backend {
+        Backend::Memory => None,
+        Backend::Sqlite { redis_url } | Backend::Postgres { redis_url, .. } => Some(RedisOptions {
+            key_prefix: format!("sim{seed}-{}:", unique()),
+            ..RedisOptions::new(redis_url.clone())
+        }),
+    };
+    let nodes = usize::try_from(rng.between(2, 3)).unwrap_or(2);
+    let limits = limits(&mut rng);
+    let cluster = Cluster {
+        slots: (0..nodes)
+            .map(|_| Slot {
+                node: Mutex::new(None),
+                lifecycle: tokio::sync::Mutex::new(()),
+                crashes: watch::channel(0).0,
+            })
+            .collect(),
+        limits,
+        store: Arc::new(FaultyStore::new(store.clone(), faults.clone())),
+        clock,
+        random: SharedRng::new(seed, "ids"),
+        network: network.clone(),
+        redis,
+    };
+    for slot in 0..nodes {
+        cluster.start(slot).await?;
+    }
+    let users: Vec<Uuid> = (0..rng.between(3, 6))
+        .map(|_| {
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+            bytes[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+            uuid::Builder::from_random_bytes(bytes).into_uuid()
+        })
+        .collect();
+    let mut clients = Vec::new();
+    for (user_index, user) in users.iter().enumerate() {
+        for device in 0..rng.between(1, 2) {
+            let index = clients.len();
+            let slot = rng.index(nodes);
+            clients.push(Arc::new(Client {
+                index,
+                user: *user,
+                device: format!("u{user_index}d{device}"),
+                place: Mutex::new(Place::new()),
+                want: watch::channel(Want {
+                    online: true,
+                    slot,
+                    epoch: 0,
+                })
+                .0,
+                connected: AtomicBool::new(false),
+                retry: Mutex::new(None),
+            }));
+        }
+    }
+    let ctx = Arc::new(Ctx {
+        clock,
+        history: History::default(),
+        faults: faults.clone(),
+        cluster,
+        users,
+        clients,
+        rng: SharedRng::new(seed, "workload"),
+        store: store.clone(),
+        conversations: Mutex::new(Vec::new()),
+        acked: Mutex::new(Vec::new()),
+        keys: AtomicU64::new(0),
+        pending: Mutex::new(BTreeMap::new()),
+        calls: AtomicU64::new(0),
+        link_len: usize::try_from(rng.between(8, 128)).unwrap_or(32),
+        grace: limits.sessions.grace,
+    });
+    let mut background = JoinSet::new();
+    for client in &ctx.clients {
+        background.spawn(client_loop(ctx.clone(), client.clone()));
+    }
+    background.spawn(monitor(ctx.clone()));
+    schedule_faults(&ctx, &mut rng, options.duration);
+
+    setup(&ctx, &mut rng).await;
+    let mut ops = JoinSet::new();
+    let started = ctx.clock.elapsed();
+    while ctx.clock.elapsed() - started < options.duration {
+        let pause = ctx.rng.with(|r| r.millis(5, 120));
+        sleep(pause).await;
+        while ops.len() >= OPS_IN_FLIGHT_MAX {
+            ops.join_next().await;
+        }
+        step(&ctx, &mut ops);
+    }
+
+    // The faults stop; everything comes back; the system must settle.
+    faults.stop();
+    let calm_from = ctx.clock.elapsed();
+    for slot in 0..nodes {
+        if let Some(network) = &network {
+            network.heal(slot);
+        }
+        ctx.cluster.start(slot).await?;
+    }
+    for client in &ctx.clients {
+        let slot = client.want.borrow().slot;
+        ctx.place_client(client, true, slot);
+    }
+    let quiet_after = loop {
+        while ops.try_join_next().is_some() {}
+        if ops.is_empty() && ctx.quiet().await {
+            break Some(ctx.clock.elapsed() - calm_from);
+        }
+        if ctx.clock.elapsed() - calm_from > options.quiet_within {
+            break None;
+        }
+        sleep(Duration::from_millis(100)).await;
+    };
+    background.abort_all();
+    ops.abort_all();
+    if quiet_after.is_none() {
+        for call in lock(&ctx.pending).values().take(10) {
+            tracing::warn!(seed, "not quiet: still waiting for {call}");
+        }
+    }
+
+    let outcome = ctx.outcome(quiet_after).await?;
+    let history = ctx.history.entries();
+    let violations = check::check(&history, &outcome, options.quiet_within);
+    let conversations = outcome.logs.len();
+    let stats = Stats {
+        nodes,
+        users: ctx.users.len(),
+        clients: ctx.clients.len(),
+        conversations,
+        operations: history
+            .iter()
+            .filter(|e| matches!(e.record, Record::Op { .. }))
+            .count(),
+        acknowledged: history
+            .iter()
+            .filter(|e| matches!(e.record, Record::Acked { .. }))
+            .count(),
+        deliveries: history
+            .iter()
+            .filter(|e| matches!(e.record, Record::Delivered { .. }))
+            .count(),
+        events: outcome.logs.values().map(Vec::len).sum(),
+        quiet_after_ms: quiet_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let report = Report {
+        seed,
+        trace_hash: ctx.history.hash(),
+        violations,
+        faults: faults.counts(),
+        stats,
+        history,
+        client_users: ctx.clients.iter().map(|c| ctx.user_index(c.user)).collect(),
+        logs: outcome.logs,
+    };
+    for node in ctx.cluster.all() {
+        node.shutdown(Duration::ZERO).await;
+    }
+    cleanup.finish().await;
+    Ok(report)
+}
+
+/// Operations that may be in flight at once.
+const OPS_IN_FLIGHT_MAX: usize = 64;
+
+/// Sleeps in the run's time.
+async fn sleep(duration: Duration) {
+    #[allow(clippy::disallowed_methods)] // The simulation's own pacing.
+    tokio::time::sleep(duration).await;
+}
+
+/// A name no other run on the same real server uses.
+fn unique() -> String {
+    #[allow(clippy::disallowed_methods)] // Real backends are shared between runs.
+    let id = Uuid::now_v7();
+    id.simple().to_string()
+}
+
+/// What must be undone after a run on real backends.
+enum Cleanup {
+    Nothing,
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Schema { url: String, schema: String },
+}
+
+impl Cleanup {
+    async fn finish(self) {
+        if let Self::Schema { url, schema } = self
+            && let Ok(pool) = sqlx::PgPool::connect(&url).await
+        {
+            let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&pool).await;
+        }
+    }
+}
+
+async fn open_store(backend: &Backend, seed: u64) -> anyhow::Result<(Arc<dyn Store>, Cleanup)> {
+    Ok(match backend {
+        Backend::Memory => (Arc::new(MemoryStore::new()), Cleanup::Nothing),
+        Backend::Sqlite { .. } => {
+            let dir = tempfile::tempdir()?;
+            let mut options = SqliteOptions::new(dir.path().join("simulation.db"));
+            options.synchronous_full = false;
+            let store = SqliteStore::open(&options)
+                .await
+                .context("cannot open SQLite")?;
+            (Arc::new(store), Cleanup::Dir(dir))
+        }
+        Backend::Postgres { url, .. } => {
+            let schema = format!("sim_{seed}_{}", unique());
+            let mut options = PostgresOptions::new(url.clone());
+            options.schema = Some(schema.clone());
+            options.connections_max = 8;
+            let store = PostgresStore::open(&options)
+                .await
+                .with_context(|| format!("cannot open PostgreSQL at {url}"))?;
+            (
+                Arc::new(store),
+                Cleanup::Schema {
+                    url: url.clone(),
+                    schema,
+                },
+            )
+        }
+    })
+}
+
+/// One node's place in the cluster.
+#[derive(Debug)]
+struct Slot {
+    node: Mutex<Option<Node>>,
+    /// Held while the node starts or crashes, so the two never interleave.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Counts crashes; calls and connections on the node watch it.
+    crashes: watch::Sender<u64>,
+}
+
+/// The nodes.
+#[derive(Debug)]
+struct Cluster {
+    slots: Vec<Slot>,
+    limits: Limits,
+    store: Arc<dyn Store>,
+    clock: TokioClock,
+    random: SharedRng,
+    network: Option<Arc<Network>>,
+    redis: Option<RedisOptions>,
+}
+
+impl Cluster {
+    /// Starts the node in `slot` unless it runs.
+    async fn start(&self, slot: usize) -> anyhow::Result<()> {
+        let _lifecycle = self.slots[slot].lifecycle.lock().await;
+        if self.node(slot).is_some() {
+            return Ok(());
+        }
+        let bus: Option<(Arc<dyn Bus>, mpsc::Receiver<_>)> = match (&self.network, &self.redis) {
+            (Some(network), _) => {
+                let (bus, signals) = network.attach(slot);
+                Some((Arc::new(bus), signals))
+            }
+            (None, Some(options)) => {
+                let (sender, signals) = mpsc::channel(4096);
+                let bus = RedisBus::new(options.clone(), sender)?;
+                Some((Arc::new(bus), signals))
+            }
+            (None, None) => None,
+        };
+        let node = Node::start(
+            Dependencies {
+                store: self.store.clone(),
+                clock: Arc::new(self.clock),
+                random: Arc::new(self.random.clone()),
+                bus,
+            },
+            self.limits,
+        )
+        .await?;
+        *lock(&self.slots[slot].node) = Some(node);
+        Ok(())
+    }
+
+    /// Crashes the node in `slot`: every call and connection on it ends
+    /// unanswered, its actors and sessions are gone.
+    async fn crash(&self, slot: usize) {
+        let _lifecycle = self.slots[slot].lifecycle.lock().await;
+        let Some(node) = lock(&self.slots[slot].node).take() else {
+            return;
+        };
+        self.slots[slot].crashes.send_modify(|n| *n += 1);
+        if let Some(network) = &self.network {
+            network.detach(slot);
+        }
+        node.shutdown(Duration::ZERO).await;
+    }
+
+    fn node(&self, slot: usize) -> Option<Node> {
+        lock(&self.slots[slot].node).clone()
+    }
+
+    fn all(&self) -> Vec<Node> {
+        (0..self.slots.len()).filter_map(|s| self.node(s)).collect()
+    }
+
+    fn alive(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|s| self.node(*s).is_some())
+            .collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Where a client wants to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Want {
+    online: bool,
+    slot: usize,
+    /// Bumped on every move, so the client drops its current connection.
+    epoch: u64,
+}
+
+/// A device: one user's live connection, reconnecting as the run moves it,
+/// with the real client library's `Place` deciding what to apply and what
+/// to ask for.
+#[derive(Debug)]
+struct Client {
+    index: usize,
+    user: Uuid,
+    device: String,
+    place: Mutex<Place>,
+    want: watch::Sender<Want>,
+    /// Connected and greeted.
+    connected: AtomicBool,
+    /// A frame to send again after a pause.
+    retry: Mutex<Option<String>>,
+}
+
+/// What every task of a run shares.
+#[derive(Debug)]
+struct Ctx {
+    clock: TokioClock,
+    history: History,
+    faults: Arc<Faults>,
+    cluster: Cluster,
+    users: Vec<Uuid>,
+    clients: Vec<Arc<Client>>,
+    /// The workload's draws.
+    rng: SharedRng,
+    /// The store without faults, for the workload's own reads.
+    store: Arc<dyn Store>,
+    conversations: Mutex<Vec<Uuid>>,
+    /// Acknowledged messages: conversation, message, sender's index.
+    acked: Mutex<Vec<(Uuid, Uuid, usize)>>,
+    keys: AtomicU64,
+    /// Calls in flight, by number, for the report of a run that never went
+    /// quiet.
+    pending: Mutex<BTreeMap<u64, String>>,
+    calls: AtomicU64,
+    link_len: usize,
+    grace: Duration,
+}
+
+/// Why a call got no answer from a node.
+#[derive(Debug)]
+enum CallError {
+    /// The node is down.
+    Down,
+    /// The node crashed during the call.
+    Crashed,
+    /// The node answered with an error.
+    Refused(ActorError),
+}
+
+impl CallError {
+    fn label(&self) -> String {
+        match self {
+            Self::Down => "node_down".into(),
+            Self::Crashed => "node_crashed".into(),
+            Self::Refused(error) => format!("{error:?}")
+                .split('(')
+                .next()
+                .unwrap_or("error")
+                .to_lowercase(),
+        }
+    }
+
+    /// The failure as an HTTP client would see it.
+    fn failure(&self) -> Failure {
+        let code = match self {
+            Self::Down | Self::Crashed => return Failure::Network,
+            Self::Refused(error) => match error {
+                ActorError::NotFound(_) => 404,
+                ActorError::Forbidden(_) => 403,
+                ActorError::Conflict(_) => 409,
+                ActorError::Invalid(_) => 422,
+                ActorError::TooMany(_) => 429,
+                ActorError::Overloaded(_) | ActorError::Unavailable(_) => 503,
+                ActorError::Internal(_) => 500,
+            },
+        };
+        Failure::Status {
+            code,
+            retry_after: None,
+        }
+    }
+}
+
+impl Ctx {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn record(&self, record: Record) {
+        self.history.push(self.now_ms(), record);
+    }
+
+    /// Runs `call` on the node in `slot`, as a client over the network
+    /// would: if the node crashes meanwhile, the answer never comes (though
+    /// the call may still take effect).
+    async fn call<T, F>(
+        &self,
+        slot: usize,
+        what: &str,
+        call: impl FnOnce(Node) -> F,
+    ) -> Result<T, CallError>
+    where
+        F: Future<Output = Result<T, ActorError>>,
+    {
+        let Some(node) = self.cluster.node(slot) else {
+            return Err(CallError::Down);
+        };
+        let number = self.calls.fetch_add(1, Ordering::Relaxed);
+        lock(&self.pending).insert(
+            number,
+            format!("{what} on node {slot} since {} ms", self.now_ms()),
+        );
+        let mut crashed = self.cluster.slots[slot].crashes.subscribe();
+        let answer = tokio::select! {
+            biased;
+            _ = crashed.changed() => Err(CallError::Crashed),
+            answer = call(node) => answer.map_err(CallError::Refused),
+        };
+        lock(&self.pending).remove(&number);
+        answer
+    }
+
+    /// A node for a user's call: a random live one.
+    fn slot(&self) -> usize {
+        let alive = self.cluster.alive();
+        let slots = self.cluster.slots.len();
+        self.rng
+            .with(|r| r.pick(&alive).copied().unwrap_or_else(|| r.index(slots)))
+    }
+
+    fn place_client(&self, client: &Client, online: bool, slot: usize) {
+        client.want.send_modify(|want| {
+            want.online = online;
+            want.slot = slot;
+            want.epoch += 1;
+        });
+    }
+
+    /// Crashes a node and moves its clients to others, as a load balancer
+    /// would; restarts it after `down_for`.
+    async fn crash(&self, slot: usize, down_for: Duration) {
+        self.record(Record::Fault {
+            kind: "crash".into(),
+            target: slot,
+        });
+        self.faults.count(FaultKind::Crash);
+        self.cluster.crash(slot).await;
+        for client in &self.clients {
+            let want = *client.want.borrow();
+            if want.slot == slot {
+                let others: Vec<usize> = self.cluster.alive();
+                let next = self.rng.with(|r| r.pick(&others).copied()).unwrap_or(slot);
+                self.place_client(client, want.online, next);
+            }
+        }
+        sleep(down_for).await;
+        if let Err(error) = self.cluster.start(slot).await {
+            tracing::warn!(%error, slot, "node did not restart; the heal phase retries");
+        }
+    }
+
+    async fn members(&self, conversation: Uuid) -> Vec<(Uuid, Role)> {
+        self.store
+            .members(conversation)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| (m.user_id, m.role))
+            .collect()
+    }
+
+    fn user_index(&self, user: Uuid) -> usize {
+        self.users.iter().position(|u| *u == user).unwrap_or(0)
+    }
+
+    /// Quiet: every client connected and holding every conversation its
+    /// user is a member of up to the end of the log.
+    async fn quiet(&self) -> bool {
+        let conversations = lock(&self.conversations).clone();
+        let mut logs = BTreeMap::new();
+        for id in &conversations {
+            let Ok(Some(conversation)) = self.store.conversation(*id).await else {
+                return false;
+            };
+            logs.insert(*id, conversation);
+        }
+        self.clients.iter().all(|client| {
+            let place = lock(&client.place);
+            client.connected.load(Ordering::Relaxed)
+                && logs.values().all(|c| {
+                    !c.members.iter().any(|m| m.user_id == client.user)
+                        || place.positions().get(&c.id) == Some(&c.last_seq)
+                })
+        })
+    }
+
+    /// The end state the checkers judge.
+    async fn outcome(&self, quiet_after: Option<Duration>) -> anyhow::Result<Outcome> {
+        let mut outcome = Outcome {
+            quiet_after,
+            ..Outcome::default()
+        };
+        let conversations = lock(&self.conversations).clone();
+        for id in conversations {
+            let mut log: Vec<Event> = Vec::new();
+            loop {
+                let after = log.last().map_or(0, Event::seq);
+                let page = self.store.events(id, after, 1_000).await?;
+                if page.is_empty() {
+                    break;
+                }
+                log.extend(page);
+            }
+            outcome.logs.insert(id, log);
+            let members = self.store.members(id).await?;
+            outcome
+                .members
+                .insert(id, members.iter().map(|m| m.user_id).collect());
+        }
+        outcome.clients = self
+            .clients
+            .iter()
+            .map(|c| ClientEnd {
+                user: c.user,
+                positions: lock(&c.place).positions().clone(),
+            })
+            .collect();
+        Ok(outcome)
+    }
+}
+
+/// Draws when each crash and partition happens, and schedules them.
+fn schedule_faults(ctx: &Arc<Ctx>, rng: &mut Rng, duration: Duration) {
+    let nodes = ctx.cluster.slots.len();
+    let window = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    for _ in 0..ctx.faults.plan.crashes {
+        let at = Duration::from_millis(rng.between(window / 10, window * 8 / 10));
+        let down_for = rng.millis(200, 3_000);
+        let slot = rng.index(nodes);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            sleep(at).await;
+            if ctx.faults.active() {
+                ctx.crash(slot, down_for).await;
+            }
+        });
+    }
+    if ctx.cluster.network.is_none() {
+        return;
+    }
+    for _ in 0..ctx.faults.plan.partitions {
+        let at = Duration::from_millis(rng.between(window / 10, window * 8 / 10));
+        let cut_for = rng.millis(100, 5_000);
+        let slot = rng.index(nodes);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            sleep(at).await;
+            let Some(network) = ctx.cluster.network.clone() else {
+                return;
+            };
+            if !ctx.faults.active() {
+                return;
+            }
+            ctx.record(Record::Fault {
+                kind: "partition".into(),
+                target: slot,
+            });
+            ctx.faults.count(FaultKind::Partition);
+            network.partition(slot);
+            sleep(cut_for).await;
+            network.heal(slot);
+        });
+    }
+}
+
+/// Records what the nodes and the bus hold against their bounds, twice a
+/// second.
+async fn monitor(ctx: Arc<Ctx>) {
+    let limits = ctx.cluster.limits;
+    let nodes = ctx.cluster.slots.len();
+    loop {
+        sleep(Duration::from_millis(500)).await;
+        for slot in 0..nodes {
+            if let Some(node) = ctx.cluster.node(slot) {
+                ctx.record(Record::Bounds {
+                    node: slot,
+                    sessions: node.session_count(),
+                    connections: node.connection_count(),
+                    sessions_max: limits.sessions.sessions_max,
+                    connections_max: limits.connections_max,
+                });
+            }
+        }
+        if let Some(network) = &ctx.cluster.network {
+            // Each node trims after `trim_every` of its own appends; a trim
+            // the bus refused starts that count over.
+            let crashes: u64 = ctx.cluster.slots.iter().map(|s| *s.crashes.borrow()).sum();
+            let refused = network.refused_trims();
+            let sources = nodes as u64 + crashes + refused + 1;
+            let len_max = limits.bus.stream_len_max
+                + usize::try_from(sources).unwrap_or(usize::MAX)
+                    * usize::try_from(limits.bus.trim_every).unwrap_or(usize::MAX);
+            ctx.record(Record::Stream {
+                len: network.longest_stream(),
+                len_max,
+            });
+        }
+    }
+}
+
+/// Creates the run's conversations: a few groups and a direct pair.
+async fn setup(ctx: &Arc<Ctx>, rng: &mut Rng) {
+    let users = ctx.users.len();
+    let groups = rng.between(2, 3);
+    let mut plans = Vec::new();
+    for _ in 0..groups {
+        let owner = rng.index(users);
+        let mut members: Vec<Uuid> = (0..users)
+            .filter(|u| *u != owner && rng.chance(0.7))
+            .map(|u| ctx.users[u])
+            .collect();
+        if members.is_empty() {
+            members.push(ctx.users[(owner + 1) % users]);
+        }
+        plans.push((owner, ConversationKind::Group, members));
+    }
+    plans.push((0, ConversationKind::Direct, vec![ctx.users[1]]));
+    // Let the clients connect first, so they see the conversations begin.
+    sleep(Duration::from_millis(200)).await;
+    for (owner, kind, members) in plans {
+        for _ in 0..50 {
+            let request = CreateConversation {
+                kind,
+                title: None,
+                member_ids: members.clone(),
+            };
+            let user = ctx.users[owner];
+            let slot = ctx.slot();
+            let answer = ctx
+                .call(slot, "create", |node| async move {
+                    node.create_conversation(user, request).await
+                })
+                .await;
+            let outcome = answer
+                .as_ref()
+                .map_or_else(CallError::label, |_| "ok".into());
+            ctx.record(Record::Op {
+                user: owner,
+                op: format!("create {kind:?}"),
+                outcome,
+            });
+            match answer {
+                Ok((conversation, _)) => {
+                    let mut conversations = lock(&ctx.conversations);
+                    if !conversations.contains(&conversation.id) {
+                        conversations.push(conversation.id);
+                    }
+                    break;
+                }
+                Err(_) => sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
+}
+
+/// One workload step: maybe a client drops, and one operation starts.
+fn step(ctx: &Arc<Ctx>, ops: &mut JoinSet<()>) {
+    if ctx
+        .faults
+        .roll(FaultKind::DisconnectShort, ctx.faults.plan.disconnect)
+    {
+        disconnect(ctx);
+    }
+    let conversations = lock(&ctx.conversations).clone();
+    let Some(conversation) = ctx.rng.with(|r| r.pick(&conversations).copied()) else {
+        return;
+    };
+    let choice = ctx.rng.with(|r| r.below(100));
+    let ctx = ctx.clone();
+    match choice {
+        0..50 => {
+            ops.spawn(async move {
+                let members = ctx.members(conversation).await;
+                let user = ctx.rng.with(|r| {
+                    if r.chance(0.9)
+                        && let Some((user, _)) = r.pick(&members)
+                    {
+                        ctx.user_index(*user)
+                    } else {
+                        r.index(ctx.users.len())
+                    }
+                });
+                let key = format!("u{user}k{}", ctx.keys.fetch_add(1, Ordering::Relaxed));
+                if ctx
+                    .faults
+                    .roll(FaultKind::DuplicateSend, ctx.faults.plan.duplicate_send)
+                {
+                    let twin = ctx.clone();
+                    let twin_key = key.clone();
+                    tokio::spawn(send(twin, user, conversation, twin_key));
+                }
+                send(ctx, user, conversation, key).await;
+            });
+        }
+        50..60 => {
+            ops.spawn(edit(ctx, conversation, None));
+        }
+        60..67 => {
+            ops.spawn(delete(ctx, conversation, None));
+        }
+        67..74 => {
+            ops.spawn(mark_read(ctx, conversation));
+        }
+        74..81 => {
+            ops.spawn(add_member(ctx, conversation));
+        }
+        81..87 => {
+            ops.spawn(change_role(ctx, conversation, None));
+        }
+        87..92 => {
+            ops.spawn(remove_member(ctx, conversation, None));
+        }
+        _ => {
+            ops.spawn(race(ctx, conversation));
+        }
+    }
+}
+
+/// A client drops its connection and comes back, within its session's
+/// grace period or after it.
+fn disconnect(ctx: &Arc<Ctx>) {
+    let (index, long) = ctx
+        .rng
+        .with(|r| (r.index(ctx.clients.len()), r.chance(0.3)));
+    let client = ctx.clients[index].clone();
+    let want = *client.want.borrow();
+    if !want.online {
+        return;
+    }
+    let grace = u64::try_from(ctx.grace.as_millis()).unwrap_or(u64::MAX);
+    let offline = ctx.rng.with(|r| {
+        if long {
+            Duration::from_millis(grace + r.between(500, 3_000))
+        } else {
+            r.millis(20, grace / 2)
+        }
+    });
+    if long {
+        ctx.faults.count(FaultKind::DisconnectLong);
+    }
+    ctx.record(Record::Fault {
+        kind: if long {
+            "disconnect_long"
+        } else {
+            "disconnect"
+        }
+        .into(),
+        target: index,
+    });
+    ctx.place_client(&client, false, want.slot);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        sleep(offline).await;
+        let slot = ctx.slot();
+        ctx.place_client(&client, true, slot);
+    });
+}
+
+fn content(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Sends with the client library's retry policy and one idempotency key
+/// across attempts, each attempt on whichever node is up.
+async fn send(ctx: Arc<Ctx>, user: usize, conversation: Uuid, key: String) {
+    let policy = RetryPolicy::default();
+    let mut failures = 0;
+    loop {
+        let request = SendMessage {
+            conversation_id: conversation,
+            encrypted_content: content(&key),
+            nonce: content("nonce"),
+            message_type: "text".into(),
+            idempotency_key: Some(key.clone()),
+        };
+        let slot = ctx.slot();
+        let id = ctx.users[user];
+        let answer = ctx
+            .call(
+                slot,
+                "send",
+                |node| async move { node.send(id, request).await },
+            )
+            .await;
+        ctx.record(Record::Op {
+            user,
+            op: format!("send {key} via {slot}"),
+            outcome: answer
+                .as_ref()
+                .map_or_else(CallError::label, |_| "ok".into()),
+        });
+        let error = match answer {
+            Ok((message, _)) => {
+                ctx.record(Record::Acked {
+                    conversation,
+                    key,
+                    message: message.id,
+                    seq: message.seq,
+                });
+                lock(&ctx.acked).push((conversation, message.id, user));
+                return;
+            }
+            Err(error) => error,
+        };
+        if classify(error.failure()) == Class::Permanent {
+            return;
+        }
+        failures += 1;
+        let sample = ctx.rng.with(Rng::unit);
+        let Some(delay) = policy.delay(failures, sample, None) else {
+            return;
+        };
+        ctx.faults.count(FaultKind::Retry);
+        sleep(delay).await;
+    }
+}
+
+/// Records a one-shot operation's answer.
+fn answered<T>(ctx: &Ctx, user: usize, op: String, answer: &Result<T, CallError>) {
+    ctx.record(Record::Op {
+        user,
+        op,
+        outcome: answer
+            .as_ref()
+            .map_or_else(CallError::label, |_| "ok".into()),
+    });
+}
+
+/// An acknowledged message of the conversation: its id and sender.
+fn acked_in(ctx: &Ctx, conversation: Uuid) -> Option<(Uuid, usize)> {
+    let acked: Vec<(Uuid, usize)> = lock(&ctx.acked)
+        .iter()
+        .filter(|(c, _, _)| *c == conversation)
+        .map(|(_, m, s)| (*m, *s))
+        .collect();
+    ctx.rng.with(|r| r.pick(&acked).copied())
+}
+
+/// Someone edits a message: mostly its sender, sometimes someone else.
+async fn edit(ctx: Arc<Ctx>, conversation: Uuid, editor: Option<usize>) {
+    let Some((message, sender)) = acked_in(&ctx, conversation) else {
+        return;
+    };
+    let editor = editor.unwrap_or_else(|| {
+        ctx.rng.with(|r| {
+            if r.chance(0.7) {
+                sender
+            } else {
+                r.index(ctx.users.len())
+            }
+        })
+    });
+    let request = EditMessage {
+        encrypted_content: content("edited"),
+        nonce: content("nonce"),
+    };
+    let (slot, id) = (ctx.slot(), ctx.users[editor]);
+    let answer = ctx
+        .call(slot, "edit", |node| async move {
+            node.edit(id, message, request).await
+        })
+        .await;
+    answered(&ctx, editor, format!("edit {message}"), &answer);
+}
+
+/// Someone deletes a message: its sender, a moderator, or anyone.
+async fn delete(ctx: Arc<Ctx>, conversation: Uuid, by: Option<usize>) {
+    let Some((message, sender)) = acked_in(&ctx, conversation) else {
+        return;
+    };
+    let by = by.unwrap_or_else(|| {
+        ctx.rng.with(|r| {
+            if r.chance(0.5) {
+                sender
+            } else {
+                r.index(ctx.users.len())
+            }
+        })
+    });
+    let (slot, id) = (ctx.slot(), ctx.users[by]);
+    let answer = ctx
+        .call(slot, "delete", |node| async move {
+            node.delete(id, message).await
+        })
+        .await;
+    answered(&ctx, by, format!("delete {message}"), &answer);
+}
+
+/// A member marks the conversation read up to its end.
+async fn mark_read(ctx: Arc<Ctx>, conversation: Uuid) {
+    let members = ctx.members(conversation).await;
+    let Some((user, _)) = ctx.rng.with(|r| r.pick(&members).copied()) else {
+        return;
+    };
+    let Ok(Some(current)) = ctx.store.conversation(conversation).await else {
+        return;
+    };
+    let (slot, seq) = (ctx.slot(), current.last_seq);
+    let answer = ctx
+        .call(slot, "read", |node| async move {
+            node.mark_read(user, conversation, seq).await
+        })
+        .await;
+    answered(&ctx, ctx.user_index(user), format!("read {seq}"), &answer);
+}
+
+/// A member (moderator or not) adds someone.
+async fn add_member(ctx: Arc<Ctx>, conversation: Uuid) {
+    let members = ctx.members(conversation).await;
+    let outsiders: Vec<Uuid> = ctx
+        .users
+        .iter()
+        .copied()
+        .filter(|u| !members.iter().any(|(m, _)| m == u))
+        .collect();
+    let picked = ctx.rng.with(|r| {
+        let by = r.pick(&members).map(|(u, _)| *u)?;
+        let target = r.pick(&outsiders).copied()?;
+        let role = if r.chance(0.3) {
+            Role::Admin
+        } else {
+            Role::Member
+        };
+        Some((by, target, role))
+    });
+    let Some((by, target, role)) = picked else {
+        return;
+    };
+    let slot = ctx.slot();
+    let request = AddMember {
+        user_id: target,
+        role: Some(role),
+    };
+    let answer = ctx
+        .call(slot, "add", |node| async move {
+            node.add_member(by, conversation, request).await
+        })
+        .await;
+    answered(
+        &ctx,
+        ctx.user_index(by),
+        format!("add {} as {role:?}", ctx.user_index(target)),
+        &answer,
+    );
+}
+
+/// A member changes another's role.
+async fn change_role(ctx: Arc<Ctx>, conversation: Uuid, target: Option<(Uuid, Role)>) {
+    let members = ctx.members(conversation).await;
+    let picked = ctx.rng.with(|r| {
+        let by = r.pick(&members).map(|(u, _)| *u)?;
+        let (target, role) = match target {
+            Some(fixed) => fixed,
+            None => {
+                let target = r.pick(&members).map(|(u, _)| *u)?;
+                let role = if r.chance(0.5) {
+                    Role::Admin
+                } else {
+                    Role::Member
+                };
+                (target, role)
+            }
+        };
+        Some((by, target, role))
+    });
+    let Some((by, target, role)) = picked else {
+        return;
+    };
+    let slot = ctx.slot();
+    let answer = ctx
+        .call(slot, "role", |node| async move {
+            node.change_role(by, conversation, target, role).await
+        })
+        .await;
+    answered(
+        &ctx,
+        ctx.user_index(by),
+        format!("role {} {role:?}", ctx.user_index(target)),
+        &answer,
+    );
+}
+
+/// A member removes another, or leaves; never below two members.
+async fn remove_member(ctx: Arc<Ctx>, conversation: Uuid, target: Option<Uuid>) {
+    let members = ctx.members(conversation).await;
+    if members.len() <= 2 {
+        return;
+    }
+    let picked = ctx.rng.with(|r| {
+        let by = r.pick(&members).map(|(u, _)| *u)?;
+        let target = match target {
+            Some(target) => target,
+            None if r.chance(0.3) => by,
+            None => r.pick(&members).map(|(u, _)| *u)?,
+        };
+        Some((by, target))
+    });
+    let Some((by, target)) = picked else {
+        return;
+    };
+    let slot = ctx.slot();
+    let answer = ctx
+        .call(slot, "remove", |node| async move {
+            node.remove_member(by, conversation, target).await
+        })
+        .await;
+    answered(
+        &ctx,
+        ctx.user_index(by),
+        format!("remove {}", ctx.user_index(target)),
+        &answer,
+    );
+}
+
+/// A permission change and a mutation by the same member at the same
+/// instant: a removal racing their edit, or a demotion racing their delete.
+async fn race(ctx: Arc<Ctx>, conversation: Uuid) {
+    let members = ctx.members(conversation).await;
+    let Some((target, role)) = ctx.rng.with(|r| r.pick(&members).copied()) else {
+        return;
+    };
+    let index = ctx.user_index(target);
+    let demote = ctx.rng.with(|r| r.chance(0.5));
+    let mut both = JoinSet::new();
+    if demote {
+        let flipped = if role == Role::Admin {
+            Role::Member
+        } else {
+            Role::Admin
+        };
+        both.spawn(change_role(
+            ctx.clone(),
+            conversation,
+            Some((target, flipped)),
+        ));
+        both.spawn(delete(ctx, conversation, Some(index)));
+    } else {
+        both.spawn(remove_member(ctx.clone(), conversation, Some(target)));
+        both.spawn(edit(ctx, conversation, Some(index)));
+    }
+    while both.join_next().await.is_some() {}
+}
+
+/// A client's life: connect where it is told, apply what arrives through
+/// its `Place`, answer what the `Place` asks, and reconnect when the
+/// connection ends.
+async fn client_loop(ctx: Arc<Ctx>, client: Arc<Client>) {
+    let mut wants = client.want.subscribe();
+    loop {
+        let want = *wants.borrow_and_update();
+        if !want.online {
+            if wants.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let Some(node) = ctx.cluster.node(want.slot) else {
+            // The node is down; wait for it or for a move.
+            tokio::select! {
+                biased;
+                _ = wants.changed() => {}
+                () = sleep(Duration::from_millis(250)) => {}
+            }
+            continue;
+        };
+        let mut crashed = ctx.cluster.slots[want.slot].crashes.subscribe();
+        let (link, mut receivers) = ConnectionLink::new(ctx.link_len);
+        let request = ConnectRequest {
+            user: client.user,
+            link,
+            transport: Transport::WebSocket,
+            device: Some(client.device.clone()),
+            resume: None,
+        };
+        let connection = tokio::select! {
+            biased;
+            _ = crashed.changed() => continue,
+            connection = node.connect(request) => connection,
+        };
+        let connection = match connection {
+            Ok(connection) => connection,
+            Err(error) => {
+                ctx.record(Record::Disconnected {
+                    client: client.index,
+                    reason: format!("refused: {error}"),
+                });
+                sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        ctx.record(Record::Connected {
+            client: client.index,
+            node: want.slot,
+        });
+        client.connected.store(true, Ordering::Relaxed);
+        let reason = loop {
+            tokio::select! {
+                biased;
+                _ = crashed.changed() => break "node crashed".to_owned(),
+                changed = wants.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *wants.borrow() != want {
+                        break "moved".to_owned();
+                    }
+                }
+                _ = receivers.close.changed() => {
+                    let close = *receivers.close.borrow();
+                    break close.map_or_else(|| "closed".to_owned(), |c| c.code.to_string());
+                }
+                frame = receivers.frames.recv() => match frame {
+                    Some(frame) => apply(&ctx, &client, &connection, &frame.json),
+                    None => break "closed".to_owned(),
+                },
+            }
+            let retry = lock(&client.retry).take();
+            if let Some(text) = retry {
+                let pause = ctx.rng.with(|r| r.millis(100, 1_000));
+                sleep(pause).await;
+                let _ = connection.client_frame(text);
+            }
+        };
+        client.connected.store(false, Ordering::Relaxed);
+        drop(connection);
+        let server_closed = reason.chars().all(|c| c.is_ascii_digit()) || reason == "closed";
+        ctx.record(Record::Disconnected {
+            client: client.index,
+            reason,
+        });
+        if server_closed {
+            let pause = ctx.rng.with(|r| r.millis(50, 1_000));
+            sleep(pause).await;
+        }
+    }
+}
+
+/// A control frame in a few words, for the history.
+fn summary(control: &switchboard_protocol::Control) -> String {
+    use switchboard_protocol::Control;
+    match control {
+        Control::Hello(h) => format!("hello {} {}", h.session_id, h.cursor),
+        Control::Resumed(r) => format!("resumed {} {}", r.session_id, r.cursor),
+        Control::ResumeFailed(f) => format!("resume_failed {:?}", f.reason),
+        Control::Synced(s) => format!(
+            "synced {:?} incomplete {:?} not_member {:?}",
+            s.positions, s.incomplete, s.not_member
+        ),
+        Control::Error(e) => format!("error {:?}", e.code),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Feeds one frame to the client's `Place` and does what it says.
+fn apply(ctx: &Ctx, client: &Client, connection: &switchboard_actors::Connection, json: &[u8]) {
+    let Ok(frame) = serde_json::from_slice::<ServerFrame>(json) else {
+        ctx.record(Record::Undecodable {
+            client: client.index,
+        });
+        return;
+    };
+    let (before, opens) = match &frame {
+        ServerFrame::Event(e) => {
+            let conversation = e.event.conversation_id();
+            let opens = match &e.event {
+                Event::ConversationCreated(_) => true,
+                Event::MemberJoined(j) => j.user_id == client.user,
+                _ => false,
+            };
+            let before = lock(&client.place).positions().get(&conversation).copied();
+            (before, opens)
+        }
+        ServerFrame::Control(control) => {
+            ctx.record(Record::Control {
+                client: client.index,
+                frame: summary(control),
+            });
+            (None, false)
+        }
+    };
+    let step = lock(&client.place).apply(frame);
+    match step {
+        Step::Deliver(event) => ctx.record(Record::Delivered {
+            client: client.index,
+            conversation: event.conversation_id(),
+            seq: event.seq(),
+            prev: before,
+            opens,
+        }),
+        Step::Reply(reply) => {
+            if let Ok(text) = serde_json::to_string(&reply) {
+                let _ = connection.client_frame(text);
+            }
+        }
+        Step::RetryLater(reply) => {
+            if let Ok(text) = serde_json::to_string(&reply) {
+                *lock(&client.retry) = Some(text);
+            }
+        }
+        Step::Duplicate | Step::Control(_) | Step::Nothing => {}
+    }
+}

@@ -1,0 +1,192 @@
+//! A store wrapper that makes calls slow, fails them, or commits a write and
+//! tells the caller it failed, as the run's [`Faults`] decide.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
+use switchboard_storage::{
+    Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
+    NewMessage, SendOutcome, Store, StoreError,
+};
+use uuid::Uuid;
+
+use crate::faults::{FaultKind, Faults};
+
+/// Any store, with faults.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`.
+    #[must_use]
+    pub fn new(inner: Arc<dyn Store>, faults: Arc<Faults>) -> Self {
+        Self { inner, faults }
+    }
+
+    /// Before a call: maybe wait, maybe fail.
+    async fn before(&self) -> Result<(), StoreError> {
+        let plan = &self.faults.plan;
+        if self.faults.roll(FaultKind::StoreSlow, plan.store_slow) {
+            let delay = self.faults.delay(plan.store_slow_max);
+            #[allow(clippy::disallowed_methods)] // A slow store, in the run's time.
+            tokio::time::sleep(delay).await;
+        }
+        if self.faults.roll(FaultKind::StoreFail, plan.store_fail) {
+            return Err(StoreError::Backend("injected: store unavailable".into()));
+        }
+        Ok(())
+    }
+
+    /// After a write: maybe lose its outcome (it stays committed).
+    fn after<T>(&self, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
+        if outcome.is_ok()
+            && self
+                .faults
+                .roll(FaultKind::StoreLost, self.faults.plan.store_lost)
+        {
+            return Err(StoreError::Backend(
+                "injected: connection lost before the commit was acknowledged".into(),
+            ));
+        }
+        outcome
+    }
+}
+
+/// Reads: slow or failing.
+macro_rules! read {
+    ($self:ident, $call:ident($($arg:expr),*)) => {{
+        $self.before().await?;
+        $self.inner.$call($($arg),*).await
+    }};
+}
+
+/// Writes: slow, failing, or committed with the outcome lost.
+macro_rules! write {
+    ($self:ident, $call:ident($($arg:expr),*)) => {{
+        $self.before().await?;
+        let outcome = $self.inner.$call($($arg),*).await;
+        $self.after(outcome)
+    }};
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        read!(self, ping())
+    }
+
+    async fn create_conversation(
+        &self,
+        command: CreateConversation,
+    ) -> Result<CreateOutcome, StoreError> {
+        write!(self, create_conversation(command))
+    }
+
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
+        read!(self, conversation(id))
+    }
+
+    async fn members(&self, conversation_id: Uuid) -> Result<Vec<Member>, StoreError> {
+        read!(self, members(conversation_id))
+    }
+
+    async fn role(&self, conversation_id: Uuid, user_id: Uuid) -> Result<Option<Role>, StoreError> {
+        read!(self, role(conversation_id, user_id))
+    }
+
+    async fn positions_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        read!(self, positions_for(user_id, limit))
+    }
+
+    async fn conversations_for(
+        &self,
+        user_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        read!(self, conversations_for(user_id, limit))
+    }
+
+    async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
+        write!(self, send(command))
+    }
+
+    async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {
+        write!(self, edit(command))
+    }
+
+    async fn delete(&self, command: DeleteMessage) -> Result<Committed<Message>, StoreError> {
+        write!(self, delete(command))
+    }
+
+    async fn mark_read(
+        &self,
+        conversation_id: Uuid,
+        user_id: Uuid,
+        seq: i64,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Event>, StoreError> {
+        write!(self, mark_read(conversation_id, user_id, seq, at))
+    }
+
+    async fn add_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<Member>, StoreError> {
+        write!(self, add_member(conversation_id, by, user_id, role, at))
+    }
+
+    async fn change_role(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        role: Role,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        write!(self, change_role(conversation_id, by, user_id, role, at))
+    }
+
+    async fn remove_member(
+        &self,
+        conversation_id: Uuid,
+        by: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Committed<()>, StoreError> {
+        write!(self, remove_member(conversation_id, by, user_id, at))
+    }
+
+    async fn message(&self, id: Uuid) -> Result<Option<Message>, StoreError> {
+        read!(self, message(id))
+    }
+
+    async fn messages(
+        &self,
+        conversation_id: Uuid,
+        range: MessageRange,
+    ) -> Result<Vec<Message>, StoreError> {
+        read!(self, messages(conversation_id, range))
+    }
+
+    async fn events(
+        &self,
+        conversation_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        read!(self, events(conversation_id, after_seq, limit))
+    }
+}
