@@ -924,30 +924,9 @@ impl ConversationState {
                 // Before the watermark check: a conversation newly held for
                 // a joining member starts right before the join.
                 self.note_joins(&event);
-                // The actor's snapshot must match where this node's
-                // deliveries stand: behind it (the node let the conversation
-                // go and held it again from the store's position), its
-                // members are stale; ahead of it (the actor loaded before
-                // the node held the conversation), older events would go to
-                // today's members. Either way, load again.
-                let mismatched = subscriptions
-                    .delivered(self.id)
-                    .zip(self.loaded.as_ref())
-                    .is_some_and(|(delivered, loaded)| {
-                        loaded.last_seq < delivered
-                            || (delivered < loaded.audience_seq
-                                && loaded.audience_seq - delivered
-                                    <= i64::from(AUDIENCE_REPLAY_MAX))
-                    });
-                if mismatched {
-                    self.loaded = None;
-                }
-                if self.loaded.is_none()
-                    && let Err(error) = self.load().await
-                {
+                if !self.align(Some(seq)).await {
                     // Nothing is delivered here until it loads; the sweep
                     // comes back to it. Other nodes still hear of it.
-                    tracing::warn!(conversation = %self.id, %error, "cannot reload the conversation");
                     if local && let Some(workers) = &self.shared.bus_workers {
                         workers.publish(&EncodedEvent::new(event));
                     }
@@ -955,8 +934,14 @@ impl ConversationState {
                 }
                 if let Some(delivered) = subscriptions.delivered(self.id) {
                     skip = seq <= delivered;
-                    if seq > delivered + 1 {
-                        self.fill(delivered, seq).await;
+                    if seq > delivered + 1 && !self.fill(delivered, seq).await {
+                        // Nothing past an unfilled gap is delivered here;
+                        // the sweep comes back to it. Other nodes still
+                        // hear of a commit of this node's.
+                        if local && let Some(workers) = &self.shared.bus_workers {
+                            workers.publish(&EncodedEvent::new(event));
+                        }
+                        continue;
                     }
                 }
             }
@@ -993,22 +978,64 @@ impl ConversationState {
         }
     }
 
+    /// Makes the actor's snapshot match where this node's deliveries
+    /// stand, before it delivers `next` (or catches up): behind them (the
+    /// node let the conversation go and held it again from the store's
+    /// position), its members are stale; ahead of them (the actor loaded
+    /// before the node held the conversation), older events would go to
+    /// today's members; and while the node does not hold the conversation
+    /// no gap is filled, so an event past ones the actor never saw means
+    /// its members may be stale. Any of these: load again. Returns whether
+    /// the actor is loaded.
+    async fn align(&mut self, next: Option<i64>) -> bool {
+        let delivered = self
+            .shared
+            .subscriptions
+            .as_ref()
+            .and_then(|s| s.delivered(self.id));
+        let mismatched = match (delivered, self.loaded.as_ref()) {
+            (Some(delivered), Some(loaded)) => {
+                loaded.last_seq < delivered
+                    || (delivered < loaded.audience_seq
+                        && loaded.audience_seq - delivered <= i64::from(AUDIENCE_REPLAY_MAX))
+            }
+            (None, Some(loaded)) => next.is_some_and(|seq| seq > loaded.last_seq + 1),
+            (_, None) => false,
+        };
+        if mismatched {
+            self.loaded = None;
+        }
+        if self.loaded.is_none()
+            && let Err(error) = self.load().await
+        {
+            tracing::warn!(conversation = %self.id, %error, "cannot reload the conversation");
+            return false;
+        }
+        true
+    }
+
     /// Delivers what the store has after this node's watermark.
     async fn catch_up(&mut self) {
+        if !self.align(None).await {
+            return;
+        }
         if let Some(delivered) = self
             .shared
             .subscriptions
             .as_ref()
             .and_then(|s| s.delivered(self.id))
         {
-            self.fill(delivered, i64::MAX).await;
+            let _ = self.fill(delivered, i64::MAX).await;
         }
     }
 
     /// Delivers the events strictly between `after` and `before`: from the
     /// bus's replay tail when it holds them without a hole, else from the
     /// store.
-    async fn fill(&mut self, after: i64, before: i64) {
+    /// Returns whether it got everything up to `before` (or, for an open
+    /// end, to the end of the log): a fill that stopped short must not be
+    /// followed by the event after the gap.
+    async fn fill(&mut self, after: i64, before: i64) -> bool {
         const BATCH: i64 = 500;
         let mut cursor = after;
         while cursor.saturating_add(1) < before {
@@ -1024,12 +1051,12 @@ impl ConversationState {
                     Ok(batch) => (batch, "store"),
                     Err(error) => {
                         tracing::warn!(conversation = %self.id, %error, "cannot fill a gap from the store");
-                        return;
+                        return false;
                     }
                 },
             };
             if batch.is_empty() {
-                return;
+                return before == i64::MAX;
             }
             self.shared
                 .metrics
@@ -1041,6 +1068,7 @@ impl ConversationState {
                 self.deliver(&EncodedEvent::new(event));
             }
         }
+        true
     }
 
     /// Up to `want` events after `after` from the bus's replay tail, if it

@@ -455,6 +455,20 @@ impl SessionState {
             .await?
             .into_iter()
             .collect();
+        // Conversations this session knew that the user has left, and the
+        // client does not list: the client never heard of them (it synced
+        // late), so their remaining events are not its business.
+        let forgotten: Vec<Uuid> = self
+            .sent
+            .keys()
+            .filter(|c| !mine.contains_key(c) && !positions.contains_key(c))
+            .copied()
+            .collect();
+        for conversation in forgotten {
+            self.sent.remove(&conversation);
+            self.incomplete.remove(&conversation);
+            self.departed.insert(conversation);
+        }
         let mut budget = self.limits.sync_events_max;
         let mut incomplete = Vec::new();
         let mut not_member = Vec::new();
@@ -500,6 +514,8 @@ impl SessionState {
         let positions = mine
             .into_iter()
             .map(|(conversation, last_seq)| {
+                // A member again (the client hears so in `positions`).
+                self.departed.remove(&conversation);
                 // Waiting for a sync the client cannot ask for (it does not
                 // know the conversation): it starts at the present, here.
                 if !positions.contains_key(&conversation) && self.incomplete.remove(&conversation) {
