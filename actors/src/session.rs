@@ -470,7 +470,6 @@ impl SessionState {
             self.departed.insert(conversation);
         }
         let mut budget = self.limits.sync_events_max;
-        let mut incomplete = Vec::new();
         let mut not_member = Vec::new();
         for (&conversation, &position) in &positions {
             if !mine.contains_key(&conversation) {
@@ -485,7 +484,6 @@ impl SessionState {
             loop {
                 if budget == 0 {
                     self.incomplete.insert(conversation);
-                    incomplete.push(conversation);
                     break;
                 }
                 let asked = budget.min(SYNC_PAGE_LEN);
@@ -512,24 +510,24 @@ impl SessionState {
             }
         }
         let positions = mine
-            .into_iter()
-            .map(|(conversation, last_seq)| {
+            .iter()
+            .map(|(&conversation, &last_seq)| {
                 // A member again (the client hears so in `positions`).
                 self.departed.remove(&conversation);
-                // Waiting for a sync the client cannot ask for (it does not
-                // know the conversation): it starts at the present, here.
-                if !positions.contains_key(&conversation) && self.incomplete.remove(&conversation) {
-                    self.sent.insert(conversation, last_seq);
-                }
                 (
                     conversation,
                     *self.sent.entry(conversation).or_insert(last_seq),
                 )
             })
             .collect();
+        // Every conversation still waiting for a sync, listed this time or
+        // not (a gap found meanwhile, or one the client never knew of: it
+        // syncs it from the position reported here).
+        self.incomplete.retain(|c| mine.contains_key(c));
+        self.resync_owed = false;
         let synced = Synced {
             positions,
-            incomplete,
+            incomplete: self.incomplete.iter().copied().collect(),
             not_member,
         };
         self.send_waiting(myself, control(&Control::Synced(synced.clone())))
@@ -651,9 +649,13 @@ impl Actor for SessionActor {
                 drop(permit);
                 if let Err(error) = &outcome {
                     tracing::warn!(session = %state.id, %error, "sync failed");
-                    // Their live events wait for the retry, as if the sync
-                    // had run out of budget: nothing overtakes the gap.
+                    // Every conversation's live events wait for the retry,
+                    // as if the sync had run out of budget: nothing
+                    // overtakes a gap, and the client hears where the ones
+                    // it did not list start only from a sync that succeeds.
+                    let known: Vec<Uuid> = state.sent.keys().copied().collect();
                     state.incomplete.extend(asked);
+                    state.incomplete.extend(known);
                     if let Some(attached) = &state.attached {
                         attached.link.send(control(&Control::Error(
                             switchboard_protocol::ErrorDetail {

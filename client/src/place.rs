@@ -124,21 +124,34 @@ impl Place {
                 self.sync()
             }
             ServerFrame::Control(Control::Synced(synced)) => {
-                self.syncing = None;
+                let asked = self.syncing.take().map(|s| s.positions).unwrap_or_default();
+                // Where live delivery continues, for conversations this
+                // sync did not list: a new one starts there; one held
+                // further back must catch up from where it is.
+                let mut behind = Vec::new();
                 for (conversation, seq) in synced.positions {
-                    self.positions.entry(conversation).or_insert(seq);
+                    match self.positions.get(&conversation) {
+                        None => {
+                            self.positions.insert(conversation, seq);
+                        }
+                        Some(&held) if held < seq && !asked.contains_key(&conversation) => {
+                            behind.push(conversation);
+                        }
+                        Some(_) => {}
+                    }
                 }
                 for gone in synced.not_member {
                     self.positions.remove(&gone);
                 }
-                if synced.incomplete.is_empty() {
+                let positions: BTreeMap<Uuid, i64> = synced
+                    .incomplete
+                    .iter()
+                    .chain(&behind)
+                    .filter_map(|c| Some((*c, *self.positions.get(c)?)))
+                    .collect();
+                if positions.is_empty() {
                     Step::Nothing
                 } else {
-                    let positions = synced
-                        .incomplete
-                        .iter()
-                        .filter_map(|c| Some((*c, *self.positions.get(c)?)))
-                        .collect();
                     self.ask(Sync { positions })
                 }
             }
@@ -183,6 +196,38 @@ mod tests {
             }),
             cursor,
         })
+    }
+
+    #[test]
+    fn a_conversation_held_behind_where_live_delivery_continues_is_synced() {
+        let (known, behind, fresh) = (Uuid::from_u128(7), Uuid::from_u128(8), Uuid::from_u128(9));
+        let mut place = Place::with_positions([(known, 3), (behind, 2)].into());
+        place.apply(hello(1, 0));
+        // The server asks for `known` only; it reports `behind` further on.
+        let asked = place.apply(ServerFrame::Control(Control::Synced(Synced {
+            positions: BTreeMap::new(),
+            incomplete: vec![known],
+            not_member: vec![],
+        })));
+        assert_eq!(
+            asked,
+            Step::Reply(ClientFrame::Sync(Sync {
+                positions: [(known, 3)].into()
+            }))
+        );
+        let answer = Synced {
+            positions: [(known, 5), (behind, 57), (fresh, 4)].into(),
+            incomplete: vec![],
+            not_member: vec![],
+        };
+        assert_eq!(
+            place.apply(ServerFrame::Control(Control::Synced(answer))),
+            Step::Reply(ClientFrame::Sync(Sync {
+                positions: [(behind, 2)].into()
+            })),
+            "behind catches up from where it is; fresh starts where the server says"
+        );
+        assert_eq!(place.positions().get(&fresh), Some(&4));
     }
 
     #[test]
