@@ -322,6 +322,22 @@ impl Hub {
         self.metrics.deliveries_total.inc_by(delivered);
     }
 
+    /// Tells `user`'s sessions that they may have missed events of these
+    /// conversations (the node just found the user is in them): each has
+    /// its client sync them.
+    pub(crate) fn resync(&self, user: Uuid, conversations: &[Uuid]) {
+        if conversations.is_empty() {
+            return;
+        }
+        let routes = self.routes.read().expect("hub lock");
+        for session in routes.by_user.get(&user).into_iter().flatten() {
+            // A full mailbox is ended by the next delivery; its client syncs.
+            let _ = session
+                .mailbox
+                .try_send(|permit| SessionMsg::Resync(conversations.to_vec(), permit));
+        }
+    }
+
     /// Tells every connection to close, for shutdown.
     pub(crate) fn close_all(&self, close: Close) {
         let routes = self.routes.read().expect("hub lock");

@@ -758,7 +758,13 @@ impl Node {
         // Where each of the user's conversations stands: the new session
         // starts there (a client that knows better says so with `sync`).
         let positions = match &shared.subscriptions {
-            Some(subscriptions) => subscriptions.connect(shared.store.as_ref(), user).await,
+            Some(subscriptions) => subscriptions
+                .connect(shared.store.as_ref(), user)
+                .await
+                .map(|(positions, added)| {
+                    shared.hub.resync(user, &added);
+                    positions
+                }),
             None => {
                 let limit = u32::try_from(shared.limits.sessions.sync_conversations_max)
                     .unwrap_or(u32::MAX);
@@ -951,7 +957,12 @@ async fn route(shared: std::sync::Weak<Shared>, mut signals: mpsc::Receiver<BusS
                     swept_user = batch.last().copied().unwrap_or_else(Uuid::nil);
                     for user in batch {
                         match subscriptions.refresh(shared.store.as_ref(), user).await {
-                            Ok(held) => owed.extend(held),
+                            Ok(held) => {
+                                // A join this node never heard of: the user's
+                                // clients may not know the conversation.
+                                shared.hub.resync(user, &held);
+                                owed.extend(held);
+                            }
                             Err(error) => {
                                 tracing::debug!(%error, "cannot refresh a user's conversations");
                             }

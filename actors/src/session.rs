@@ -117,6 +117,9 @@ pub(crate) enum SessionMsg {
         permit: Permit,
         reply: Option<oneshot::Sender<Result<Synced, ActorError>>>,
     },
+    /// The user may have missed events of these conversations: have the
+    /// client sync them.
+    Resync(Vec<Uuid>, Permit),
     /// The grace period that began with detach number `.0` is over.
     Expire(u64),
 }
@@ -196,10 +199,12 @@ impl SessionState {
         let seq = event.event.seq();
         let metrics = &self.shared.metrics;
         if self.departed.contains(&conversation) {
+            // A join after what the session last sent: an older one (held
+            // from before the departure) does not count.
             let rejoined = matches!(
                 &event.event,
                 Event::MemberJoined(joined) if joined.user_id == self.user
-            );
+            ) && self.sent.get(&conversation).is_none_or(|&sent| seq > sent);
             if !rejoined {
                 metrics
                     .session_events_skipped_total
@@ -300,8 +305,15 @@ impl SessionState {
             return;
         }
         self.resync_owed = false;
+        // Where each stands here, for a client that no longer knows one (it
+        // was told it had left, and it joined again): it syncs from there.
+        let positions = self
+            .incomplete
+            .iter()
+            .map(|c| (*c, self.sent.get(c).copied().unwrap_or(0)))
+            .collect();
         attached.link.send(control(&Control::Synced(Synced {
-            positions: BTreeMap::new(),
+            positions,
             incomplete: self.incomplete.iter().copied().collect(),
             not_member: Vec::new(),
         })));
@@ -589,6 +601,11 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionMsg::Event(event, _permit) => state.live(&myself, event),
+            SessionMsg::Resync(conversations, _permit) => {
+                state.incomplete.extend(conversations);
+                state.resync_owed = true;
+                state.ask_resync();
+            }
             SessionMsg::Attach(attach, reply) => {
                 let outcome = state.attach(&myself, attach, reply).await;
                 let label = match outcome {

@@ -59,12 +59,14 @@ impl Subscriptions {
     /// A connection of `user` opened here. The user's conversations are
     /// read from the store on every connect, not only the first: a join or
     /// leave this node never heard of (its bus message lost) is put right.
-    /// Returns the positions read.
+    /// Returns the positions read, and the conversations newly held for a
+    /// user who was already connected here (their other sessions may have
+    /// missed those conversations' events).
     pub(crate) async fn connect(
         &self,
         store: &dyn Store,
         user: Uuid,
-    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+    ) -> Result<(Vec<(Uuid, i64)>, Vec<Uuid>), StoreError> {
         let positions = store
             .positions_for(user, self.conversations_per_user_max)
             .await?;
@@ -72,9 +74,11 @@ impl Subscriptions {
         if !state.users.contains_key(&user) {
             self.bus.subscribe(Topic::User(user));
         }
-        state.users.entry(user).or_default().connections += 1;
-        self.reconcile(&mut state, user, &positions);
-        Ok(positions)
+        let local = state.users.entry(user).or_default();
+        local.connections += 1;
+        let returning = local.connections > 1;
+        let added = self.reconcile(&mut state, user, &positions);
+        Ok((positions, if returning { added } else { Vec::new() }))
     }
 
     /// Reads `user`'s conversations from the store again, if they are

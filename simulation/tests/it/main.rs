@@ -47,59 +47,26 @@ fn seeds_hold_every_invariant() {
 
 /// Each seed that found a bug, with what it found. They run as they did
 /// then (`faults: false` for the calm runs that found the first two).
+#[rustfmt::skip]
 const REGRESSIONS: &[(u64, bool, &str)] = &[
-    (
-        1,
-        false,
-        "conversation.created never reached members on other nodes",
-    ),
-    (
-        5,
-        false,
-        "a client told not_member still got its own member.left",
-    ),
-    (
-        0,
-        true,
-        "a local commit overtook the news of the member's joining",
-    ),
-    (
-        1,
-        true,
-        "older events went to the members of the actor's snapshot",
-    ),
+    (1, false, "conversation.created never reached members on other nodes"),
+    (5, false, "a client told not_member still got its own member.left"),
+    (0, true, "a local commit overtook the news of the member's joining"),
+    (1, true, "older events went to the members of the actor's snapshot"),
     (2, true, "a failed sync let later events overtake the gap"),
-    (
-        5,
-        true,
-        "an event whose publish the breaker refused was never announced",
-    ),
-    (
-        8,
-        true,
-        "an actor loaded before its node held the conversation",
-    ),
-    (
-        13,
-        true,
-        "a join delivered by a gap fill did not hold the new member",
-    ),
+    (5, true, "an event whose publish the breaker refused was never announced"),
+    (8, true, "an actor loaded before its node held the conversation"),
+    (13, true, "a join delivered by a gap fill did not hold the new member"),
     (30, true, "a membership change whose bus message was lost"),
-    (
-        675,
-        true,
-        "a rejoined member stayed muted; an unfilled gap was skipped",
-    ),
-    (
-        692,
-        true,
-        "a catch-up ran on a snapshot behind the node's watermark",
-    ),
-    (
-        750,
-        true,
-        "a late sync was followed by a departure the client never knew",
-    ),
+    (675, true, "a rejoined member stayed muted; an unfilled gap was skipped"),
+    (692, true, "a catch-up ran on a snapshot behind the node's watermark"),
+    (750, true, "a late sync was followed by a departure the client never knew"),
+    (150, true, "a sync assumed a conversation it did not list was at the present"),
+    (1362, true, "a failed sync let a conversation the client never knew flow"),
+    (3009, true, "an old join held from before a departure unmuted it"),
+    (4334, true, "a client kept a stale position the server reported past"),
+    (5414, true, "a join whose news was lost left the user's clients unaware"),
+    (7375, true, "a rejoined conversation the client had forgotten was never synced"),
 ];
 
 #[test]
