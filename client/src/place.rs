@@ -100,6 +100,12 @@ impl Place {
                 }
             }
             ServerFrame::Control(Control::Hello(hello)) => match self.session {
+                // The resume asked for at connect (`?session_id=&cursor=`,
+                // or SSE's `Last-Event-ID`) was granted.
+                Some((session_id, _)) if hello.session_id == session_id => {
+                    self.session = Some((session_id, hello.cursor));
+                    Step::Nothing
+                }
                 // First frame of a reconnect: ask for the old session.
                 Some((session_id, cursor)) => {
                     self.offered = Some(hello);
@@ -196,6 +202,16 @@ mod tests {
             }),
             cursor,
         })
+    }
+
+    #[test]
+    fn a_resume_granted_at_connect_needs_no_frame() {
+        let mut place = Place::new();
+        place.apply(hello(1, 0));
+        assert!(matches!(place.apply(event(7, 1, 4)), Step::Deliver(_)));
+        // Reconnected with ?session_id=1&cursor=4: the same session greets.
+        assert_eq!(place.apply(hello(1, 4)), Step::Nothing);
+        assert_eq!(place.session(), Some((Uuid::from_u128(1), 4)));
     }
 
     #[test]

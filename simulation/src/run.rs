@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use base64::Engine;
 use chrono::{TimeZone, Utc};
 use switchboard_actors::{
-    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node,
+    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, ResumeAt,
     SessionLimits, Transport,
 };
 use switchboard_client::{Class, Failure, Place, RetryPolicy, Step, classify};
@@ -230,7 +230,10 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
             clients.push(Arc::new(Client {
                 index,
                 user: *user,
-                device: format!("u{user_index}d{device}"),
+                // Half name their device and resume at connect (as with
+                // `?device=&session_id=&cursor=`); the rest resume by frame,
+                // as the Rust client does.
+                device: rng.chance(0.5).then(|| format!("u{user_index}d{device}")),
                 place: Mutex::new(Place::new()),
                 want: watch::channel(Want {
                     online: true,
@@ -522,7 +525,8 @@ struct Want {
 struct Client {
     index: usize,
     user: Uuid,
-    device: String,
+    /// Set for clients that resume at connect.
+    device: Option<String>,
     place: Mutex<Place>,
     want: watch::Sender<Want>,
     /// Connected and greeted.
@@ -1299,8 +1303,15 @@ async fn client_loop(ctx: Arc<Ctx>, client: Arc<Client>) {
             user: client.user,
             link,
             transport: Transport::WebSocket,
-            device: Some(client.device.clone()),
-            resume: None,
+            device: client.device.clone(),
+            resume: client
+                .device
+                .as_ref()
+                .and(lock(&client.place).session())
+                .map(|(session_id, cursor)| ResumeAt {
+                    session_id: Some(session_id),
+                    cursor,
+                }),
         };
         let connection = tokio::select! {
             biased;
