@@ -160,10 +160,12 @@ pub(crate) struct SessionState {
     /// Conversations whose `sync` ran out of budget: their live events wait
     /// for the client's next `sync`.
     incomplete: BTreeSet<Uuid>,
-    /// Conversations a `sync` reported the user is not a member of: their
-    /// later events (the user's own departure, already reflected) are not
-    /// sent, until the user joins again. At most one sync's list.
-    departed: BTreeSet<Uuid>,
+    /// Conversations a `sync` found the user is not a member of, with the
+    /// conversation's last `seq` then: events up to it (the user's own
+    /// departure, old held ones) are not sent; a later one means the user
+    /// is a member again (the node delivers only to members). At most one
+    /// sync's list.
+    departed: BTreeMap<Uuid, i64>,
     /// Whether the client must be told to sync the `incomplete`
     /// conversations (a gap was found, or it came back while some were).
     resync_owed: bool,
@@ -198,20 +200,15 @@ impl SessionState {
         let conversation = event.event.conversation_id();
         let seq = event.event.seq();
         let metrics = &self.shared.metrics;
-        if self.departed.contains(&conversation) {
-            // A join after what the session last sent: an older one (held
-            // from before the departure) does not count.
-            let rejoined = matches!(
-                &event.event,
-                Event::MemberJoined(joined) if joined.user_id == self.user
-            ) && self.sent.get(&conversation).is_none_or(|&sent| seq > sent);
-            if !rejoined {
+        if let Some(&until) = self.departed.get(&conversation) {
+            if seq <= until {
                 metrics
                     .session_events_skipped_total
                     .with_label_values(&["not_member"])
                     .inc();
                 return None;
             }
+            // A member again: the gap check below has the client sync it.
             self.departed.remove(&conversation);
         }
         if self.incomplete.contains(&conversation) {
@@ -479,14 +476,16 @@ impl SessionState {
         for conversation in forgotten {
             self.sent.remove(&conversation);
             self.incomplete.remove(&conversation);
-            self.departed.insert(conversation);
+            let until = last_seq(store, conversation).await?;
+            self.departed.insert(conversation, until);
         }
         let mut budget = self.limits.sync_events_max;
         let mut not_member = Vec::new();
         for (&conversation, &position) in &positions {
             if !mine.contains_key(&conversation) {
                 not_member.push(conversation);
-                self.departed.insert(conversation);
+                let until = last_seq(store, conversation).await?;
+                self.departed.insert(conversation, until);
                 continue;
             }
             self.departed.remove(&conversation);
@@ -549,6 +548,17 @@ impl SessionState {
     }
 }
 
+/// A conversation's last `seq` (all of it, for one that does not exist).
+async fn last_seq(
+    store: &dyn switchboard_storage::Store,
+    conversation: Uuid,
+) -> Result<i64, ActorError> {
+    Ok(store
+        .conversation(conversation)
+        .await?
+        .map_or(i64::MAX, |c| c.last_seq))
+}
+
 /// The session actor.
 #[derive(Debug)]
 pub(crate) struct SessionActor;
@@ -575,7 +585,7 @@ impl Actor for SessionActor {
             evicted: 0,
             sent: args.positions.into_iter().collect(),
             incomplete: BTreeSet::new(),
-            departed: BTreeSet::new(),
+            departed: BTreeMap::new(),
             resync_owed: false,
             attached: None,
             detaches: 0,

@@ -59,10 +59,12 @@ impl Place {
         }
     }
 
-    /// The session to resume and its last cursor, if any.
+    /// The session to resume and its last cursor, if any: none while a
+    /// `sync` is unanswered, since a resume replays events but not the
+    /// `synced` that says where each conversation starts.
     #[must_use]
     pub fn session(&self) -> Option<(Uuid, u64)> {
-        self.session
+        self.session.filter(|_| self.syncing.is_none())
     }
 
     /// The last `seq` applied, by conversation.
@@ -99,7 +101,7 @@ impl Place {
                     }
                 }
             }
-            ServerFrame::Control(Control::Hello(hello)) => match self.session {
+            ServerFrame::Control(Control::Hello(hello)) => match self.session() {
                 // The resume asked for at connect (`?session_id=&cursor=`,
                 // or SSE's `Last-Event-ID`) was granted.
                 Some((session_id, _)) if hello.session_id == session_id => {
@@ -192,6 +194,17 @@ mod tests {
         }))
     }
 
+    fn answered(positions: &[(u128, i64)]) -> ServerFrame {
+        ServerFrame::Control(Control::Synced(Synced {
+            positions: positions
+                .iter()
+                .map(|(c, seq)| (Uuid::from_u128(*c), *seq))
+                .collect(),
+            incomplete: vec![],
+            not_member: vec![],
+        }))
+    }
+
     fn event(conversation: u128, seq: i64, cursor: u64) -> ServerFrame {
         ServerFrame::Event(EventFrame {
             event: Event::MessageRead(MessageRead {
@@ -205,9 +218,28 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_lost_before_synced_starts_over() {
+        let mut place = Place::new();
+        assert!(matches!(
+            place.apply(hello(1, 0)),
+            Step::Reply(ClientFrame::Sync(_))
+        ));
+        // Dropped before `synced`: the next connection syncs, not resumes.
+        assert_eq!(place.session(), None);
+        assert!(matches!(
+            place.apply(hello(2, 0)),
+            Step::Reply(ClientFrame::Sync(_))
+        ));
+        assert_eq!(place.session(), None, "still waiting for synced");
+        place.apply(answered(&[]));
+        assert_eq!(place.session(), Some((Uuid::from_u128(2), 0)));
+    }
+
+    #[test]
     fn a_resume_granted_at_connect_needs_no_frame() {
         let mut place = Place::new();
         place.apply(hello(1, 0));
+        place.apply(answered(&[]));
         assert!(matches!(place.apply(event(7, 1, 4)), Step::Deliver(_)));
         // Reconnected with ?session_id=1&cursor=4: the same session greets.
         assert_eq!(place.apply(hello(1, 4)), Step::Nothing);
@@ -284,6 +316,9 @@ mod tests {
                 positions: [(Uuid::from_u128(7), 5)].into()
             }))
         );
+        // The new session is resumable once its sync is answered.
+        assert_eq!(place.session(), None);
+        place.apply(answered(&[]));
         assert_eq!(place.session(), Some((Uuid::from_u128(2), 0)));
     }
 

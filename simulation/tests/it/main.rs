@@ -67,6 +67,8 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (4334, true, "a client kept a stale position the server reported past"),
     (5414, true, "a join whose news was lost left the user's clients unaware"),
     (7375, true, "a rejoined conversation the client had forgotten was never synced"),
+    (2062, true, "a resume skipped the synced its first connection never received"),
+    (3666, true, "a member again after a departure the session recorded stayed muted"),
 ];
 
 #[test]
