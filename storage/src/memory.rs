@@ -114,6 +114,23 @@ impl State {
         self.conversations.get(&id).ok_or(StoreError::NotFound)
     }
 
+    /// A message and its conversation's row, both to change.
+    fn message_in(
+        &mut self,
+        conversation_id: Uuid,
+        message_id: Uuid,
+    ) -> Result<(&mut Message, &mut Row), StoreError> {
+        let message = self
+            .messages
+            .get_mut(&message_id)
+            .ok_or(StoreError::NotFound)?;
+        let row = self
+            .conversations
+            .get_mut(&conversation_id)
+            .ok_or(StoreError::NotFound)?;
+        Ok((message, row))
+    }
+
     /// Why a write on a message by `user` matched nothing, as the SQL
     /// stores explain it.
     fn why_not(&self, conversation_id: Uuid, message_id: Uuid, user: Uuid) -> StoreError {
@@ -179,17 +196,7 @@ impl Store for MemoryStore {
         &self,
         command: CreateConversation,
     ) -> Result<CreateOutcome, StoreError> {
-        let key = match command.kind {
-            ConversationKind::Direct => {
-                let [other] = command.members.as_slice() else {
-                    return Err(StoreError::Conflict(
-                        "a direct conversation has exactly two members".into(),
-                    ));
-                };
-                Some(rows::direct_key(command.creator, *other))
-            }
-            ConversationKind::Group => None,
-        };
+        let key = rows::pair_key(&command)?;
         let mut state = self.state();
         if let Some(existing) = key.as_ref().and_then(|k| state.direct.get(k)) {
             let existing = *existing;
@@ -356,17 +363,7 @@ impl Store for MemoryStore {
         if !allowed {
             return Err(state.why_not(command.conversation_id, command.message_id, command.editor));
         }
-        let State {
-            conversations,
-            messages,
-            ..
-        } = &mut *state;
-        let message = messages
-            .get_mut(&command.message_id)
-            .ok_or(StoreError::NotFound)?;
-        let row = conversations
-            .get_mut(&command.conversation_id)
-            .ok_or(StoreError::NotFound)?;
+        let (message, row) = state.message_in(command.conversation_id, command.message_id)?;
         message.encrypted_content = command.encrypted_content;
         message.nonce = command.nonce;
         message.edited_at = Some(command.at);
@@ -402,17 +399,7 @@ impl Store for MemoryStore {
         if !allowed {
             return Err(state.why_not(command.conversation_id, command.message_id, command.by));
         }
-        let State {
-            conversations,
-            messages,
-            ..
-        } = &mut *state;
-        let message = messages
-            .get_mut(&command.message_id)
-            .ok_or(StoreError::NotFound)?;
-        let row = conversations
-            .get_mut(&command.conversation_id)
-            .ok_or(StoreError::NotFound)?;
+        let (message, row) = state.message_in(command.conversation_id, command.message_id)?;
         message.encrypted_content.clear();
         message.nonce.clear();
         message.deleted_at = Some(command.at);

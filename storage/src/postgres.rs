@@ -18,9 +18,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
 use switchboard_protocol::{
-    Conversation, ConversationCreated, ConversationKind, ConversationSummary, Event, Member,
-    MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
-    MessageRead, Role,
+    Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
+    MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
 };
 use uuid::Uuid;
 
@@ -250,17 +249,7 @@ impl Store for PostgresStore {
         &self,
         command: CreateConversation,
     ) -> Result<CreateOutcome, StoreError> {
-        let key = match command.kind {
-            ConversationKind::Direct => {
-                let [other] = command.members.as_slice() else {
-                    return Err(StoreError::Conflict(
-                        "a direct conversation has exactly two members".into(),
-                    ));
-                };
-                Some(rows::direct_key(command.creator, *other))
-            }
-            ConversationKind::Group => None,
-        };
+        let key = rows::pair_key(&command)?;
         let mut tx = self.pool.begin().await?;
         // Two nodes may create the same direct pair at once: the unique key
         // lets one insert win and the other find it.

@@ -141,6 +141,22 @@ pub(crate) fn direct_key(a: Uuid, b: Uuid) -> String {
     format!("{low}:{high}")
 }
 
+/// The pair key a new conversation is unique by: a direct one's, checked
+/// to have exactly two members; none for a group.
+pub(crate) fn pair_key(command: &crate::CreateConversation) -> Result<Option<String>, StoreError> {
+    match command.kind {
+        ConversationKind::Direct => {
+            let [other] = command.members.as_slice() else {
+                return Err(StoreError::Conflict(
+                    "a direct conversation has exactly two members".into(),
+                ));
+            };
+            Ok(Some(direct_key(command.creator, *other)))
+        }
+        ConversationKind::Group => Ok(None),
+    }
+}
+
 /// An event as stored in the log's `payload` column.
 pub(crate) fn encode_event(event: &switchboard_protocol::Event) -> Result<String, StoreError> {
     serde_json::to_string(event)

@@ -16,9 +16,8 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
 use switchboard_protocol::{
-    Conversation, ConversationCreated, ConversationKind, ConversationSummary, Event, Member,
-    MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
-    MessageRead, Role,
+    Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
+    MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
 };
 use uuid::Uuid;
 
@@ -265,17 +264,7 @@ impl Store for SqliteStore {
         &self,
         command: CreateConversation,
     ) -> Result<CreateOutcome, StoreError> {
-        let key = match command.kind {
-            ConversationKind::Direct => {
-                let [other] = command.members.as_slice() else {
-                    return Err(StoreError::Conflict(
-                        "a direct conversation has exactly two members".into(),
-                    ));
-                };
-                Some(rows::direct_key(command.creator, *other))
-            }
-            ConversationKind::Group => None,
-        };
+        let key = rows::pair_key(&command)?;
         let mut tx = self.begin().await?;
         if let Some(key) = &key {
             let existing: Option<Uuid> =
