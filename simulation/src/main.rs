@@ -12,6 +12,14 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use switchboard_simulation::{Backend, Options, Report, run};
 
+/// Prints a line, quietly stopping at a closed pipe (`| head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(about = "Deterministic simulation of Switchboard clusters under faults")]
 struct Args {
@@ -129,13 +137,13 @@ fn main() -> ExitCode {
         if seeds.len() == 1 {
             if args.history {
                 for entry in &report.history {
-                    println!("{:>7} {:?}", entry.at_ms, entry.record);
+                    out!("{:>7} {:?}", entry.at_ms, entry.record);
                 }
-                println!("clients' users: {:?}", report.client_users);
+                out!("clients' users: {:?}", report.client_users);
                 for (id, log) in &report.logs {
-                    println!("log {id}:");
+                    out!("log {id}:");
                     for event in log {
-                        println!(
+                        out!(
                             "  {} {}",
                             event.seq(),
                             serde_json::to_string(event).unwrap_or_default()
@@ -154,14 +162,14 @@ fn main() -> ExitCode {
         }
         if !report.violations.is_empty() {
             if seeds.len() > 1 {
-                println!("seed {seed}: {}", report.violations[0]);
+                out!("seed {seed}: {}", report.violations[0]);
             }
-            println!("replay: {}", replay(*seed));
+            out!("replay: {}", replay(*seed));
             failed.push(*seed);
         }
     }
     if seeds.len() > 1 {
-        println!(
+        out!(
             "{} seeds in {:.1?}: {} failed{}",
             seeds.len(),
             started.elapsed(),
@@ -172,11 +180,13 @@ fn main() -> ExitCode {
                 format!(" ({failed:?})")
             }
         );
-        println!(
+        out!(
             "operations {}, acknowledged sends {}, deliveries {}",
-            totals[0], totals[1], totals[2]
+            totals[0],
+            totals[1],
+            totals[2]
         );
-        println!("faults injected: {faults:?}");
+        out!("faults injected: {faults:?}");
     }
     if failed.is_empty() {
         ExitCode::SUCCESS
@@ -187,7 +197,7 @@ fn main() -> ExitCode {
 
 fn print_one(report: &Report) {
     let stats = &report.stats;
-    println!(
+    out!(
         "seed {}: trace {:016x}; {} nodes, {} users, {} clients, {} conversations; \
          {} operations, {} sends acknowledged, {} events, {} deliveries; quiet after {}",
         report.seed,
@@ -205,8 +215,8 @@ fn print_one(report: &Report) {
             .map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms")),
     );
     let faults: BTreeMap<&str, u64> = report.faults.iter().map(|(k, v)| (k.name(), *v)).collect();
-    println!("faults injected: {faults:?}");
+    out!("faults injected: {faults:?}");
     for violation in &report.violations {
-        println!("violation: {violation}");
+        out!("violation: {violation}");
     }
 }

@@ -201,7 +201,8 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
             .map(|_| Slot {
                 node: Mutex::new(None),
                 lifecycle: tokio::sync::Mutex::new(()),
-                crashes: watch::channel(0).0,
+                crashes: AtomicU64::new(0),
+                crashed: tokio::sync::Notify::new(),
             })
             .collect(),
         limits,
@@ -425,8 +426,31 @@ struct Slot {
     node: Mutex<Option<Node>>,
     /// Held while the node starts or crashes, so the two never interleave.
     lifecycle: tokio::sync::Mutex<()>,
-    /// Counts crashes; calls and connections on the node watch it.
-    crashes: watch::Sender<u64>,
+    /// Counts crashes.
+    crashes: AtomicU64,
+    /// Wakes every call and connection on the node when it crashes, in the
+    /// order they began waiting (a `watch` would wake them in an order
+    /// drawn from tokio's unseeded generator).
+    crashed: tokio::sync::Notify,
+}
+
+impl Slot {
+    fn crash_count(&self) -> u64 {
+        self.crashes.load(Ordering::Relaxed)
+    }
+
+    /// Returns once the node has crashed since it had crashed `count` times.
+    async fn crashed_since(&self, count: u64) {
+        loop {
+            let notified = self.crashed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.crash_count() != count {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// The nodes.
@@ -481,7 +505,8 @@ impl Cluster {
         let Some(node) = lock(&self.slots[slot].node).take() else {
             return;
         };
-        self.slots[slot].crashes.send_modify(|n| *n += 1);
+        self.slots[slot].crashes.fetch_add(1, Ordering::Relaxed);
+        self.slots[slot].crashed.notify_waiters();
         if let Some(network) = &self.network {
             network.detach(slot);
         }
@@ -634,10 +659,10 @@ impl Ctx {
             number,
             format!("{what} on node {slot} since {} ms", self.now_ms()),
         );
-        let mut crashed = self.cluster.slots[slot].crashes.subscribe();
+        let crashes = self.cluster.slots[slot].crash_count();
         let answer = tokio::select! {
             biased;
-            _ = crashed.changed() => Err(CallError::Crashed),
+            () = self.cluster.slots[slot].crashed_since(crashes) => Err(CallError::Crashed),
             answer = call(node) => answer.map_err(CallError::Refused),
         };
         lock(&self.pending).remove(&number);
@@ -818,7 +843,7 @@ async fn monitor(ctx: Arc<Ctx>) {
         if let Some(network) = &ctx.cluster.network {
             // Each node trims after `trim_every` of its own appends; a trim
             // the bus refused starts that count over.
-            let crashes: u64 = ctx.cluster.slots.iter().map(|s| *s.crashes.borrow()).sum();
+            let crashes: u64 = ctx.cluster.slots.iter().map(Slot::crash_count).sum();
             let refused = network.refused_trims();
             let sources = nodes as u64 + crashes + refused + 1;
             let len_max = limits.bus.stream_len_max
@@ -1297,7 +1322,8 @@ async fn client_loop(ctx: Arc<Ctx>, client: Arc<Client>) {
             }
             continue;
         };
-        let mut crashed = ctx.cluster.slots[want.slot].crashes.subscribe();
+        let slot = &ctx.cluster.slots[want.slot];
+        let crashes = slot.crash_count();
         let (link, mut receivers) = ConnectionLink::new(ctx.link_len);
         let request = ConnectRequest {
             user: client.user,
@@ -1315,7 +1341,7 @@ async fn client_loop(ctx: Arc<Ctx>, client: Arc<Client>) {
         };
         let connection = tokio::select! {
             biased;
-            _ = crashed.changed() => continue,
+            () = slot.crashed_since(crashes) => continue,
             connection = node.connect(request) => connection,
         };
         let connection = match connection {
@@ -1337,7 +1363,7 @@ async fn client_loop(ctx: Arc<Ctx>, client: Arc<Client>) {
         let reason = loop {
             tokio::select! {
                 biased;
-                _ = crashed.changed() => break "node crashed".to_owned(),
+                () = slot.crashed_since(crashes) => break "node crashed".to_owned(),
                 changed = wants.changed() => {
                     if changed.is_err() {
                         return;

@@ -29,6 +29,26 @@ fn a_seed_replays_to_the_same_trace() {
     );
 }
 
+/// The same seed in two processes (each runtime seeds tokio's own
+/// generator afresh, so this is the stronger check).
+#[test]
+fn a_seed_replays_to_the_same_trace_in_another_process() {
+    let trace = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-simulation"))
+            .args(["--seed", "42"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        stdout
+            .split_whitespace()
+            .skip_while(|w| *w != "trace")
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no trace in {stdout:?}"))
+    };
+    assert_eq!(trace(), trace());
+}
+
 /// Seeds CI runs on every change (more with `SIMULATION_SEEDS`; a long
 /// sweep is `cargo run --release -p switchboard-simulation -- --seeds N`).
 #[test]
