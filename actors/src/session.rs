@@ -295,11 +295,27 @@ impl SessionState {
     /// Tells a live client which conversations to sync (`synced` with only
     /// `incomplete`), when it is owed that.
     fn ask_resync(&mut self) {
-        let Some(attached) = &self.attached else {
-            return;
-        };
+        if let Some(frame) = self.resync_frame()
+            && let Some(attached) = &self.attached
+        {
+            attached.link.send(frame);
+        }
+    }
+
+    /// As [`Self::ask_resync`], waiting for room in the client's queue (after
+    /// a replay, which may just have filled it).
+    async fn ask_resync_waiting(&mut self, myself: &ActorRef<SessionMsg>) {
+        if let Some(frame) = self.resync_frame() {
+            self.send_waiting(myself, frame).await;
+        }
+    }
+
+    /// The `synced` that asks the client to sync the `incomplete`
+    /// conversations, when it is owed one and can take it.
+    fn resync_frame(&mut self) -> Option<Frame> {
+        let attached = self.attached.as_ref()?;
         if !self.resync_owed || attached.held.is_some() || self.incomplete.is_empty() {
-            return;
+            return None;
         }
         self.resync_owed = false;
         // Where each stands here, for a client that no longer knows one (it
@@ -309,11 +325,11 @@ impl SessionState {
             .iter()
             .map(|c| (*c, self.sent.get(c).copied().unwrap_or(0)))
             .collect();
-        attached.link.send(control(&Control::Synced(Synced {
+        Some(control(&Control::Synced(Synced {
             positions,
             incomplete: self.incomplete.iter().copied().collect(),
             not_member: Vec::new(),
-        })));
+        })))
     }
 
     /// Writes `frame`, waiting for room; detaches a client that stays full.
@@ -341,7 +357,7 @@ impl SessionState {
                 self.send_waiting(myself, event_frame(cursor, &event)).await;
             }
         }
-        self.ask_resync();
+        self.ask_resync_waiting(myself).await;
     }
 
     /// Forgets the connection (already closed or closing) and starts the
@@ -444,7 +460,7 @@ impl SessionState {
             // Conversations still waiting for a sync: the client may not
             // have heard, or not have asked yet.
             self.resync_owed |= !self.incomplete.is_empty();
-            self.ask_resync();
+            self.ask_resync_waiting(myself).await;
         }
         Ok(())
     }

@@ -140,6 +140,7 @@ fn main() -> ExitCode {
                     out!("{:>7} {:?}", entry.at_ms, entry.record);
                 }
                 out!("clients' users: {:?}", report.client_users);
+                out!("users: {:?}", report.users);
                 for (id, log) in &report.logs {
                     out!("log {id}:");
                     for event in log {

@@ -109,6 +109,8 @@ pub struct Report {
     pub logs: BTreeMap<Uuid, Vec<Event>>,
     /// Each client's user, by index.
     pub client_users: Vec<usize>,
+    /// Each user's id, by index.
+    pub users: Vec<Uuid>,
 }
 
 /// How much a run did.
@@ -346,6 +348,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
         stats,
         history,
         client_users: ctx.clients.iter().map(|c| ctx.user_index(c.user)).collect(),
+        users: ctx.users.clone(),
         logs: outcome.logs,
     };
     for node in ctx.cluster.all() {

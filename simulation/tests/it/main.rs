@@ -89,6 +89,7 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (7375, true, "a rejoined conversation the client had forgotten was never synced"),
     (2062, true, "a resume skipped the synced its first connection never received"),
     (3666, true, "a member again after a departure the session recorded stayed muted"),
+    (19909, true, "a resync asked right after a replay overflowed the client's queue, every time"),
 ];
 
 #[test]
