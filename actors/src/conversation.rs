@@ -923,7 +923,7 @@ impl ConversationState {
             if let Some(subscriptions) = &shared.subscriptions {
                 // Before the watermark check: a conversation newly held for
                 // a joining member starts right before the join.
-                self.note_joins(&event);
+                let joined = self.note_joins(&event);
                 if !self.align(Some(seq)).await {
                     // Nothing is delivered here until it loads; the sweep
                     // comes back to it. Other nodes still hear of it.
@@ -934,6 +934,14 @@ impl ConversationState {
                 }
                 if let Some(delivered) = subscriptions.delivered(self.id) {
                     skip = seq <= delivered;
+                    // The node already delivered this join (to others)
+                    // before it held the conversation for these members:
+                    // their clients sync it.
+                    if skip {
+                        for user in &joined {
+                            self.shared.hub.resync(*user, &[self.id]);
+                        }
+                    }
                     if seq > delivered + 1 && !self.fill(delivered, seq).await {
                         // Nothing past an unfilled gap is delivered here;
                         // the sweep comes back to it. Other nodes still
@@ -963,19 +971,21 @@ impl ConversationState {
     /// Members joining with `event` who are connected here now hold the
     /// conversation on this node. Idempotent; runs for every event
     /// delivered, whether it came live or filled a gap.
-    fn note_joins(&self, event: &Event) {
+    fn note_joins(&self, event: &Event) -> Vec<Uuid> {
         let Some(subscriptions) = &self.shared.subscriptions else {
-            return;
+            return Vec::new();
         };
-        match event {
-            Event::MemberJoined(e) => subscriptions.joined(e.user_id, self.id, event.seq()),
+        let joining: Vec<Uuid> = match event {
+            Event::MemberJoined(e) => vec![e.user_id],
             Event::ConversationCreated(e) => {
-                for member in &e.conversation.members {
-                    subscriptions.joined(member.user_id, self.id, event.seq());
-                }
+                e.conversation.members.iter().map(|m| m.user_id).collect()
             }
-            _ => {}
-        }
+            _ => Vec::new(),
+        };
+        joining
+            .into_iter()
+            .filter(|user| subscriptions.joined(*user, self.id, event.seq()))
+            .collect()
     }
 
     /// Makes the actor's snapshot match where this node's deliveries
@@ -1104,7 +1114,7 @@ impl ConversationState {
     /// concerns on this node; moves the watermark.
     fn deliver(&mut self, encoded: &Arc<EncodedEvent>) {
         let event = &encoded.event;
-        self.note_joins(event);
+        let _ = self.note_joins(event);
         let loaded = self.loaded.as_mut().expect("loaded before delivery");
         loaded.last_seq = loaded.last_seq.max(event.seq());
         let mut departed = None;

@@ -393,7 +393,7 @@ impl Node {
                     // what other nodes commit to it reaches them.
                     if let Some(subscriptions) = &self.shared.subscriptions {
                         for member in &recipients {
-                            subscriptions.joined(*member, committed.value.id, event.seq());
+                            let _ = subscriptions.joined(*member, committed.value.id, event.seq());
                         }
                         subscriptions.advance(committed.value.id, event.seq());
                     }

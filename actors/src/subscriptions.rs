@@ -150,7 +150,8 @@ impl Subscriptions {
     /// `user` joined `conversation` with the event at `seq`. If the user is
     /// connected here, the node holds the conversation for them; a newly held
     /// conversation starts right before the join, so it is delivered.
-    pub(crate) fn joined(&self, user: Uuid, conversation: Uuid, seq: i64) {
+    /// Returns whether the node now holds it for the user and did not.
+    pub(crate) fn joined(&self, user: Uuid, conversation: Uuid, seq: i64) -> bool {
         let mut state = self.state.lock().expect("subscriptions lock");
         let added = state
             .users
@@ -159,6 +160,7 @@ impl Subscriptions {
         if added {
             self.hold(&mut state, conversation, seq - 1);
         }
+        added
     }
 
     /// `user` left `conversation`.

@@ -90,6 +90,7 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (2062, true, "a resume skipped the synced its first connection never received"),
     (3666, true, "a member again after a departure the session recorded stayed muted"),
     (19909, true, "a resync asked right after a replay overflowed the client's queue, every time"),
+    (20682, true, "a join the node had already delivered before it held the conversation for the member"),
 ];
 
 #[test]
