@@ -1161,10 +1161,7 @@ impl ConversationState {
             // a commit here can overtake the bus's news of their joining,
             // and the join's arrival catches them up in order.
             Some(subscriptions) => {
-                let holding: Vec<Uuid> = recipients
-                    .filter(|user| subscriptions.holds(**user, self.id))
-                    .copied()
-                    .collect();
+                let holding = subscriptions.holders(recipients, self.id);
                 self.shared.hub.deliver(&holding, encoded);
             }
             None => self.shared.hub.deliver(recipients, encoded),

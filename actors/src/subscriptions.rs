@@ -175,14 +175,24 @@ impl Subscriptions {
         }
     }
 
-    /// Whether this node holds `conversation` for `user` (connected here).
-    pub(crate) fn holds(&self, user: Uuid, conversation: Uuid) -> bool {
-        self.state
-            .lock()
-            .expect("subscriptions lock")
-            .users
-            .get(&user)
-            .is_some_and(|local| local.conversations.contains(&conversation))
+    /// Those of `users` this node holds `conversation` for (connected
+    /// here), under one lock whatever their number.
+    pub(crate) fn holders<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a Uuid>,
+        conversation: Uuid,
+    ) -> Vec<Uuid> {
+        let state = self.state.lock().expect("subscriptions lock");
+        users
+            .into_iter()
+            .filter(|user| {
+                state
+                    .users
+                    .get(user)
+                    .is_some_and(|local| local.conversations.contains(&conversation))
+            })
+            .copied()
+            .collect()
     }
 
     /// The last `seq` delivered here, for a held conversation.
