@@ -22,6 +22,8 @@ pub struct Metrics {
     pub(crate) connections_refused_total: IntCounterVec,
     /// Sessions on this node, connected or not.
     pub(crate) sessions_active: IntGauge,
+    pub(crate) session_buffer_events_peak: IntGauge,
+    pub(crate) session_buffer_bytes_peak: IntGauge,
     /// Sessions on this node waiting, within their grace period, for a
     /// connection to resume them.
     pub(crate) sessions_detached: IntGauge,
@@ -109,6 +111,16 @@ impl Metrics {
                 &["transport", "limit"],
             ),
             sessions_active: gauge(r, "sessions_active", "Sessions on this node"),
+            session_buffer_events_peak: gauge(
+                r,
+                "session_buffer_events_peak",
+                "The most events any session has buffered since the node started",
+            ),
+            session_buffer_bytes_peak: gauge(
+                r,
+                "session_buffer_bytes_peak",
+                "The most bytes any session has buffered since the node started",
+            ),
             sessions_detached: gauge(
                 r,
                 "sessions_detached",

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
@@ -109,6 +109,9 @@ pub(crate) struct Shared {
     /// Numbers connections, so a session tells its current one from an
     /// earlier one.
     links: AtomicU64,
+    /// The most events and bytes any session has buffered, for the bounds
+    /// they must stay within.
+    pub(crate) buffer_peak: (AtomicUsize, AtomicUsize),
     pub(crate) conversations: Conversations,
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
@@ -265,6 +268,7 @@ impl Node {
                 metrics.clone(),
             )),
             links: AtomicU64::new(0),
+            buffer_peak: (AtomicUsize::new(0), AtomicUsize::new(0)),
             conversations: Conversations::new(),
             metrics,
             limits,
@@ -326,6 +330,16 @@ impl Node {
     #[must_use]
     pub fn session_count(&self) -> usize {
         self.shared.hub.len()
+    }
+
+    /// The most events and bytes any session of this node has buffered.
+    #[must_use]
+    pub fn session_buffer_peak(&self) -> (usize, usize) {
+        let (events, bytes) = &self.shared.buffer_peak;
+        (
+            events.load(Ordering::Relaxed),
+            bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Creates a conversation owned by `user`; for a direct conversation that

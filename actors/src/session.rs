@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -265,6 +266,19 @@ impl SessionState {
             self.evicted = cursor;
             metrics.session_buffer_evicted_total.inc();
         }
+        let (events, bytes) = &self.shared.buffer_peak;
+        let events = events
+            .fetch_max(self.buffer.len(), Ordering::Relaxed)
+            .max(self.buffer.len());
+        let bytes = bytes
+            .fetch_max(self.buffer_bytes, Ordering::Relaxed)
+            .max(self.buffer_bytes);
+        metrics
+            .session_buffer_events_peak
+            .set(i64::try_from(events).unwrap_or(i64::MAX));
+        metrics
+            .session_buffer_bytes_peak
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         Some(self.cursor)
     }
 

@@ -226,7 +226,22 @@ fn bounds(history: &[Entry], found: &mut Vec<Violation>) {
                 connections,
                 sessions_max,
                 connections_max,
+                buffer_peak,
+                buffer_max,
             } => {
+                for (what, value, bound) in [
+                    ("session buffer events", buffer_peak.0, buffer_max.0),
+                    ("session buffer bytes", buffer_peak.1, buffer_max.1),
+                ] {
+                    if value > bound {
+                        found.push(Violation::Bound {
+                            node,
+                            what,
+                            value,
+                            bound,
+                        });
+                    }
+                }
                 if sessions > sessions_max {
                     found.push(Violation::Bound {
                         node,

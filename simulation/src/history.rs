@@ -99,6 +99,10 @@ pub enum Record {
         sessions_max: usize,
         /// The node's connection limit.
         connections_max: usize,
+        /// The most events and bytes any session on it has buffered.
+        buffer_peak: (usize, usize),
+        /// The session buffer's bounds (events, bytes).
+        buffer_max: (usize, usize),
     },
     /// The longest replay stream on the bus, and how long it may be.
     Stream {

@@ -840,6 +840,11 @@ async fn monitor(ctx: Arc<Ctx>) {
                     connections: node.connection_count(),
                     sessions_max: limits.sessions.sessions_max,
                     connections_max: limits.connections_max,
+                    buffer_peak: node.session_buffer_peak(),
+                    buffer_max: (
+                        limits.sessions.buffer_len_max,
+                        limits.sessions.buffer_bytes_max,
+                    ),
                 });
             }
         }
