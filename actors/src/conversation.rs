@@ -1075,6 +1075,9 @@ impl ConversationState {
                 .inc_by(batch.len() as u64);
             for event in batch {
                 cursor = event.seq();
+                // A join filled in here holds the joining member, as a live
+                // one does in `accept`.
+                let _ = self.note_joins(&event);
                 self.deliver(&EncodedEvent::new(event));
             }
         }
@@ -1114,42 +1117,39 @@ impl ConversationState {
     /// concerns on this node; moves the watermark.
     fn deliver(&mut self, encoded: &Arc<EncodedEvent>) {
         let event = &encoded.event;
-        let _ = self.note_joins(event);
+        let seq = event.seq();
         let loaded = self.loaded.as_mut().expect("loaded before delivery");
-        loaded.last_seq = loaded.last_seq.max(event.seq());
+        loaded.last_seq = loaded.last_seq.max(seq);
+        // The audience moves with each event in order; past events this
+        // actor never saw, today's members are the best it knows.
+        let in_order = seq == loaded.audience_seq + 1;
         let mut departed = None;
         match event {
             Event::MemberJoined(e) => {
                 loaded.members.insert(e.user_id, e.role);
+                if in_order {
+                    loaded.audience.insert(e.user_id);
+                }
             }
             Event::MemberRoleChanged(e) => {
                 loaded.members.insert(e.user_id, e.role);
             }
             Event::MemberLeft(e) => {
                 loaded.members.remove(&e.user_id);
+                if in_order {
+                    loaded.audience.remove(&e.user_id);
+                }
                 // The member who left hears of it too.
                 departed = Some(e.user_id);
             }
+            Event::ConversationCreated(e) if in_order => {
+                loaded.audience = e.conversation.members.iter().map(|m| m.user_id).collect();
+            }
             _ => {}
         }
-        let seq = event.seq();
-        if seq == loaded.audience_seq + 1 {
-            match event {
-                Event::MemberJoined(e) => {
-                    loaded.audience.insert(e.user_id);
-                }
-                Event::MemberLeft(e) => {
-                    loaded.audience.remove(&e.user_id);
-                }
-                Event::ConversationCreated(e) => {
-                    loaded.audience = e.conversation.members.iter().map(|m| m.user_id).collect();
-                }
-                _ => {}
-            }
+        if in_order {
             loaded.audience_seq = seq;
         } else if seq > loaded.audience_seq {
-            // Events this actor never saw came between: today's members are
-            // the best it knows.
             loaded.audience = loaded.members.keys().copied().collect();
             loaded.audience_seq = seq;
         }
@@ -1167,7 +1167,7 @@ impl ConversationState {
             None => self.shared.hub.deliver(recipients, encoded),
         }
         if let Some(subscriptions) = &self.shared.subscriptions {
-            subscriptions.advance(self.id, event.seq());
+            subscriptions.advance(self.id, seq);
             if let Some(user) = departed {
                 subscriptions.left(user, self.id);
             }

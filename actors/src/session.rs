@@ -266,19 +266,19 @@ impl SessionState {
             self.evicted = cursor;
             metrics.session_buffer_evicted_total.inc();
         }
+        // The gauges move only when a peak rises, which is rare once
+        // buffers have filled: one atomic read-modify-write each per event.
         let (events, bytes) = &self.shared.buffer_peak;
-        let events = events
-            .fetch_max(self.buffer.len(), Ordering::Relaxed)
-            .max(self.buffer.len());
-        let bytes = bytes
-            .fetch_max(self.buffer_bytes, Ordering::Relaxed)
-            .max(self.buffer_bytes);
-        metrics
-            .session_buffer_events_peak
-            .set(i64::try_from(events).unwrap_or(i64::MAX));
-        metrics
-            .session_buffer_bytes_peak
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        if events.fetch_max(self.buffer.len(), Ordering::Relaxed) < self.buffer.len() {
+            metrics
+                .session_buffer_events_peak
+                .set(i64::try_from(self.buffer.len()).unwrap_or(i64::MAX));
+        }
+        if bytes.fetch_max(self.buffer_bytes, Ordering::Relaxed) < self.buffer_bytes {
+            metrics
+                .session_buffer_bytes_peak
+                .set(i64::try_from(self.buffer_bytes).unwrap_or(i64::MAX));
+        }
         Some(self.cursor)
     }
 

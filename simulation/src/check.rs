@@ -230,6 +230,8 @@ fn bounds(history: &[Entry], found: &mut Vec<Violation>) {
                 buffer_max,
             } => {
                 for (what, value, bound) in [
+                    ("sessions", sessions, sessions_max),
+                    ("connections", connections, connections_max),
                     ("session buffer events", buffer_peak.0, buffer_max.0),
                     ("session buffer bytes", buffer_peak.1, buffer_max.1),
                 ] {
@@ -241,22 +243,6 @@ fn bounds(history: &[Entry], found: &mut Vec<Violation>) {
                             bound,
                         });
                     }
-                }
-                if sessions > sessions_max {
-                    found.push(Violation::Bound {
-                        node,
-                        what: "sessions",
-                        value: sessions,
-                        bound: sessions_max,
-                    });
-                }
-                if connections > connections_max {
-                    found.push(Violation::Bound {
-                        node,
-                        what: "connections",
-                        value: connections,
-                        bound: connections_max,
-                    });
                 }
             }
             Record::Stream { len, len_max } if len > len_max => {

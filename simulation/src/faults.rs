@@ -169,14 +169,18 @@ impl Faults {
     /// Whether to inject a fault of `kind`, with probability `p` while
     /// faults are on; counts it if so.
     pub fn roll(&self, kind: FaultKind, p: f64) -> bool {
-        if p <= 0.0 || !self.active() {
-            return false;
-        }
-        let hit = self.rng.with(|rng| rng.chance(p));
+        let hit = self.chance(p);
         if hit {
             self.count(kind);
         }
         hit
+    }
+
+    /// `true` with probability `p` while faults are on, counting nothing
+    /// (for a fault whose kind, or whether it happens at all, is decided
+    /// after).
+    pub fn chance(&self, p: f64) -> bool {
+        p > 0.0 && self.active() && self.rng.with(|rng| rng.chance(p))
     }
 
     /// A delay up to `max`, drawn while faults are on.

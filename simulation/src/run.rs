@@ -922,10 +922,7 @@ async fn setup(ctx: &Arc<Ctx>, rng: &mut Rng) {
 
 /// One workload step: maybe a client drops, and one operation starts.
 fn step(ctx: &Arc<Ctx>, ops: &mut JoinSet<()>) {
-    if ctx
-        .faults
-        .roll(FaultKind::DisconnectShort, ctx.faults.plan.disconnect)
-    {
+    if ctx.faults.chance(ctx.faults.plan.disconnect) {
         disconnect(ctx);
     }
     let conversations = lock(&ctx.conversations).clone();
@@ -1002,9 +999,11 @@ fn disconnect(ctx: &Arc<Ctx>) {
             r.millis(20, grace / 2)
         }
     });
-    if long {
-        ctx.faults.count(FaultKind::DisconnectLong);
-    }
+    ctx.faults.count(if long {
+        FaultKind::DisconnectLong
+    } else {
+        FaultKind::DisconnectShort
+    });
     ctx.record(Record::Fault {
         kind: if long {
             "disconnect_long"
