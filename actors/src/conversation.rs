@@ -1075,9 +1075,6 @@ impl ConversationState {
                 .inc_by(batch.len() as u64);
             for event in batch {
                 cursor = event.seq();
-                // A join filled in here holds the joining member, as a live
-                // one does in `accept`.
-                let _ = self.note_joins(&event);
                 self.deliver(&EncodedEvent::new(event));
             }
         }
@@ -1117,6 +1114,10 @@ impl ConversationState {
     /// concerns on this node; moves the watermark.
     fn deliver(&mut self, encoded: &Arc<EncodedEvent>) {
         let event = &encoded.event;
+        // Again at delivery, in `seq` order: `accept` notes a join before
+        // its watermark check, but a gap filled since may have delivered
+        // the same member's departure.
+        let _ = self.note_joins(event);
         let seq = event.seq();
         let loaded = self.loaded.as_mut().expect("loaded before delivery");
         loaded.last_seq = loaded.last_seq.max(seq);
