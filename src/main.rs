@@ -196,6 +196,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     )
     .await
     .context("cannot start the node")?;
+    for collector in store.collectors() {
+        node.metrics()
+            .registry()
+            .register(collector)
+            .context("cannot register the store's metrics")?;
+    }
     let state = AppState::new(
         node.clone(),
         store.shared(),
@@ -250,6 +256,14 @@ impl OpenStore {
         match self {
             Self::Sqlite(store) => Arc::new(store.clone()),
             Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    /// The store's own metrics (SQLite's group commits).
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        match self {
+            Self::Sqlite(store) => store.collectors(),
+            Self::Postgres(_) => Vec::new(),
         }
     }
 

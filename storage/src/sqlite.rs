@@ -7,18 +7,22 @@
 //! RETURNING`) and writing the rows it numbers commit together.
 
 use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
 use switchboard_protocol::{
     Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
     MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
 };
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::store::{
@@ -61,6 +65,23 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections.
     reader: SqlitePool,
+    /// Sends waiting for the group committer, which commits them in batches.
+    sends: mpsc::Sender<PendingSend>,
+    /// Sends per group commit.
+    batch_sizes: Histogram,
+}
+
+/// Sends the group committer may have queued; a full queue makes callers
+/// wait, so the bound holds however many conversations send at once.
+const SENDS_QUEUED_MAX: usize = 1024;
+/// Sends committed in one transaction at most.
+const SENDS_PER_COMMIT_MAX: usize = 128;
+
+/// A send waiting for its batch's commit.
+#[derive(Debug)]
+struct PendingSend {
+    command: NewMessage,
+    reply: oneshot::Sender<Result<SendOutcome, StoreError>>,
 }
 
 impl SqliteStore {
@@ -98,7 +119,29 @@ impl SqliteStore {
             .max_connections(options.readers_max.max(1))
             .connect_with(connect.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let (sends, queued) = mpsc::channel(SENDS_QUEUED_MAX);
+        let batch_sizes = Histogram::with_opts(
+            HistogramOpts::new(
+                "store_group_commit_sends",
+                "Sends committed together in one SQLite transaction",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
+        )
+        .expect("valid histogram");
+        tokio::spawn(group_commit(writer.clone(), queued, batch_sizes.clone()));
+        Ok(Self {
+            writer,
+            reader,
+            sends,
+            batch_sizes,
+        })
+    }
+
+    /// The store's metrics, for the caller to register where it keeps
+    /// its others.
+    #[must_use]
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![Box::new(self.batch_sizes.clone())]
     }
 
     /// Closes every connection, checkpointing the WAL.
@@ -129,6 +172,237 @@ fn migrator() -> Migrator {
 }
 
 /// Takes the next `count` seqs of a conversation; returns the first.
+/// Commits queued sends in batches: one `BEGIN IMMEDIATE`, one `COMMIT`,
+/// one sync to disk for all of them, and a fixed number of statements
+/// whatever the batch's size (each statement is a round trip to sqlx's
+/// SQLite thread, which on a busy machine costs more than the work). Under
+/// the write lock the batch reads which senders are members and which
+/// idempotency keys are already stored, decides each send in queue order,
+/// takes each conversation's seqs with one `UPDATE … FROM (VALUES …)`, and
+/// writes the rows with one multi-row INSERT per table. A send refused by
+/// its checks writes nothing and the others still commit; a backend
+/// failure fails the whole batch; each caller gets its own outcome only
+/// once the batch is durable. Sends to one conversation are queued in the
+/// order its actor took them, so a batch never reorders its messages.
+async fn group_commit(
+    writer: SqlitePool,
+    mut queued: mpsc::Receiver<PendingSend>,
+    batch_sizes: Histogram,
+) {
+    let mut batch = Vec::with_capacity(SENDS_PER_COMMIT_MAX);
+    while queued.recv_many(&mut batch, SENDS_PER_COMMIT_MAX).await > 0 {
+        batch_sizes.observe(batch.len() as f64);
+        let commands: Vec<&NewMessage> = batch.iter().map(|p| &p.command).collect();
+        let outcomes = match commit_batch(&writer, &commands).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => batch
+                .iter()
+                .map(|_| Err(StoreError::Backend(error.to_string())))
+                .collect(),
+        };
+        for (pending, outcome) in batch.drain(..).zip(outcomes) {
+            // A caller that gave up does not undo the commit.
+            let _ = pending.reply.send(outcome);
+        }
+    }
+}
+
+/// How one send of a batch is decided before its seq is known.
+enum Decision {
+    /// Its key already stored this message.
+    Stored(Result<SendOutcome, StoreError>),
+    /// Its key was first used by send `i` of this batch.
+    SameKeyAs(usize),
+    /// Written, as the `n`th new message of its conversation in the batch.
+    New(u32),
+}
+
+/// `(?, ?), (?, ?), …`: `rows` tuples of `width` placeholders.
+fn placeholders(rows: usize, width: usize) -> String {
+    let row = format!("({})", vec!["?"; width].join(", "));
+    vec![row; rows].join(", ")
+}
+
+async fn commit_batch(
+    writer: &SqlitePool,
+    batch: &[&NewMessage],
+) -> Result<Vec<Result<SendOutcome, StoreError>>, StoreError> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+
+    // Which senders are members, read under the write lock.
+    let pairs: BTreeSet<(Uuid, Uuid)> = batch
+        .iter()
+        .map(|c| (c.conversation_id, c.sender_id))
+        .collect();
+    let sql = format!(
+        "SELECT conversation_id, user_id FROM members \
+         WHERE (conversation_id, user_id) IN (VALUES {})",
+        placeholders(pairs.len(), 2)
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for (conversation, user) in &pairs {
+        query = query.bind(conversation).bind(user);
+    }
+    let mut members = HashSet::new();
+    for row in query.fetch_all(&mut *tx).await? {
+        members.insert((row.try_get::<Uuid, _>(0)?, row.try_get::<Uuid, _>(1)?));
+    }
+
+    // Which keys already stored a message.
+    let keyed: Vec<(&NewMessage, &str)> = batch
+        .iter()
+        .filter_map(|c| Some((*c, c.idempotency_key.as_deref()?)))
+        .collect();
+    let mut stored: HashMap<(Uuid, Uuid, String), Message> = HashMap::new();
+    if !keyed.is_empty() {
+        let sql = format!(
+            concat!(
+                "SELECT ",
+                rows::message_columns!(),
+                ", idempotency_key FROM messages \
+                 WHERE (conversation_id, sender_id, idempotency_key) IN (VALUES {})"
+            ),
+            placeholders(keyed.len(), 3)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (command, key) in &keyed {
+            query = query
+                .bind(command.conversation_id)
+                .bind(command.sender_id)
+                .bind(*key);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            let message = rows::message(&row)?;
+            let key: String = row.try_get("idempotency_key")?;
+            stored.insert((message.conversation_id, message.sender_id, key), message);
+        }
+    }
+
+    // Each send in queue order.
+    let mut first_use: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
+    let mut new_per_conversation: BTreeMap<Uuid, (u32, DateTime<Utc>)> = BTreeMap::new();
+    let mut decisions = Vec::with_capacity(batch.len());
+    for (i, command) in batch.iter().enumerate() {
+        let (conversation, sender) = (command.conversation_id, command.sender_id);
+        if let Some(key) = command.idempotency_key.as_deref() {
+            if let Some(message) = stored.get(&(conversation, sender, key.to_owned())) {
+                decisions.push(Decision::Stored(rows::replay(message.clone(), command)));
+                continue;
+            }
+            if let Some(&first) = first_use.get(&(conversation, sender, key)) {
+                decisions.push(Decision::SameKeyAs(first));
+                continue;
+            }
+        }
+        if !members.contains(&(conversation, sender)) {
+            decisions.push(Decision::Stored(Err(StoreError::Rejected(
+                Rejection::NotMember,
+            ))));
+            continue;
+        }
+        if let Some(key) = command.idempotency_key.as_deref() {
+            first_use.insert((conversation, sender, key), i);
+        }
+        let count = new_per_conversation
+            .entry(conversation)
+            .or_insert((0, command.at));
+        decisions.push(Decision::New(count.0));
+        count.0 += 1;
+        count.1 = count.1.max(command.at);
+    }
+
+    // Every conversation's seqs in one statement.
+    let mut last_seqs: HashMap<Uuid, i64> = HashMap::new();
+    if !new_per_conversation.is_empty() {
+        let sql = format!(
+            "UPDATE conversations SET last_seq = last_seq + v.column2, updated_at = v.column3 \
+             FROM (VALUES {}) AS v WHERE conversations.id = v.column1 \
+             RETURNING conversations.id, conversations.last_seq",
+            placeholders(new_per_conversation.len(), 3)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (conversation, (count, at)) in &new_per_conversation {
+            query = query.bind(conversation).bind(i64::from(*count)).bind(*at);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            last_seqs.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+    }
+
+    // The outcomes, now that the seqs are known.
+    let mut outcomes: Vec<Result<SendOutcome, StoreError>> = Vec::with_capacity(batch.len());
+    let mut created = Vec::new();
+    for (command, decision) in batch.iter().zip(decisions) {
+        let outcome = match decision {
+            Decision::Stored(outcome) => outcome,
+            Decision::SameKeyAs(first) => match &outcomes[first] {
+                Ok(SendOutcome::Created(c)) => rows::replay(c.value.clone(), command),
+                _ => Err(StoreError::Backend(
+                    "a batch lost a send's first use".into(),
+                )),
+            },
+            Decision::New(n) => {
+                let (count, _) = new_per_conversation[&command.conversation_id];
+                let last = *last_seqs.get(&command.conversation_id).ok_or_else(|| {
+                    StoreError::Backend("a member's conversation vanished".into())
+                })?;
+                let seq = last - i64::from(count) + 1 + i64::from(n);
+                let message = Message {
+                    id: command.id,
+                    conversation_id: command.conversation_id,
+                    seq,
+                    sender_id: command.sender_id,
+                    encrypted_content: command.encrypted_content.clone(),
+                    nonce: command.nonce.clone(),
+                    message_type: command.message_type.clone(),
+                    created_at: command.at,
+                    edited_at: None,
+                    deleted_at: None,
+                };
+                let event = Event::MessageNew(message.clone());
+                created.push((*command, seq, rows::encode_event(&event)?, event.kind()));
+                Ok(SendOutcome::Created(Committed {
+                    value: message,
+                    events: vec![event],
+                }))
+            }
+        };
+        outcomes.push(outcome);
+    }
+
+    if !created.is_empty() {
+        let mut messages = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
+             encrypted_content, nonce, idempotency_key, created_at) ",
+        );
+        messages.push_values(&created, |mut row, (c, seq, _, _)| {
+            row.push_bind(c.id)
+                .push_bind(c.conversation_id)
+                .push_bind(*seq)
+                .push_bind(c.sender_id)
+                .push_bind(&c.message_type)
+                .push_bind(&c.encrypted_content)
+                .push_bind(&c.nonce)
+                .push_bind(&c.idempotency_key)
+                .push_bind(c.at);
+        });
+        messages.build().execute(&mut *tx).await?;
+        let mut events = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO events (conversation_id, seq, type, payload, created_at) ",
+        );
+        events.push_values(&created, |mut row, (c, seq, payload, kind)| {
+            row.push_bind(c.conversation_id)
+                .push_bind(*seq)
+                .push_bind(*kind)
+                .push_bind(payload)
+                .push_bind(c.at);
+        });
+        events.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
 async fn allocate(
     tx: &mut Transaction<'static, Sqlite>,
     conversation_id: Uuid,
@@ -150,7 +424,7 @@ async fn allocate(
 
 /// Appends one event to the log; its `seq` must come from [`allocate`].
 async fn append(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     event: &Event,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -380,71 +654,14 @@ impl Store for SqliteStore {
     }
 
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
-        let mut tx = self.begin().await?;
-        if let Some(key) = &command.idempotency_key {
-            let existing = sqlx::query(concat!(
-                "SELECT ",
-                rows::message_columns!(),
-                " FROM messages WHERE conversation_id = ?1 AND sender_id = ?2 \
-                  AND idempotency_key = ?3"
-            ))
-            .bind(command.conversation_id)
-            .bind(command.sender_id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                return rows::replay(rows::message(&row)?, &command);
-            }
-        }
-        // The membership check is part of the statement that takes the seq.
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE conversations SET last_seq = last_seq + 1, updated_at = ?2 \
-             WHERE id = ?1 AND EXISTS \
-                 (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?3) \
-             RETURNING last_seq",
-        )
-        .bind(command.conversation_id)
-        .bind(command.at)
-        .bind(command.sender_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::Rejected(Rejection::NotMember))?;
-        sqlx::query(
-            "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
-                 encrypted_content, nonce, idempotency_key, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(command.id)
-        .bind(command.conversation_id)
-        .bind(seq)
-        .bind(command.sender_id)
-        .bind(&command.message_type)
-        .bind(&command.encrypted_content)
-        .bind(&command.nonce)
-        .bind(&command.idempotency_key)
-        .bind(command.at)
-        .execute(&mut *tx)
-        .await?;
-        let message = Message {
-            id: command.id,
-            conversation_id: command.conversation_id,
-            seq,
-            sender_id: command.sender_id,
-            encrypted_content: command.encrypted_content,
-            nonce: command.nonce,
-            message_type: command.message_type,
-            created_at: command.at,
-            edited_at: None,
-            deleted_at: None,
-        };
-        let event = Event::MessageNew(message.clone());
-        append(&mut tx, &event, command.at).await?;
-        tx.commit().await?;
-        Ok(SendOutcome::Created(Committed {
-            value: message,
-            events: vec![event],
-        }))
+        let (reply, outcome) = oneshot::channel();
+        self.sends
+            .send(PendingSend { command, reply })
+            .await
+            .map_err(|_| StoreError::Backend("the store is closed".into()))?;
+        outcome
+            .await
+            .map_err(|_| StoreError::Backend("the store is closed".into()))?
     }
 
     async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {

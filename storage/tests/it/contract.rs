@@ -224,6 +224,51 @@ pub(crate) async fn an_idempotency_key_stores_once(b: Arc<Backend>) {
     assert_eq!(log(store, id).await.len(), 3);
 }
 
+/// Many sends at once, as a store that commits them together sees them:
+/// each gets its own outcome (created, duplicate of a key sent in the same
+/// burst, conflict, refused for a non-member), and only the created ones
+/// are written, gap-free per conversation.
+pub(crate) async fn sends_at_once_each_get_their_own_outcome(b: Arc<Backend>) {
+    let (owner, outsider) = (Uuid::new_v4(), Uuid::new_v4());
+    let rooms = [
+        group(&*b.store, owner, &[]).await,
+        group(&*b.store, owner, &[]).await,
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60_usize {
+        let store = Arc::clone(&b.store);
+        let room = rooms[i % 2];
+        let mut command = message(room, if i % 10 == 9 { outsider } else { owner }, "aGk=");
+        // Each key goes twice to each room at once; in the second room one
+        // of the pair has other content, so whichever lands second there is
+        // a conflict (or the first's duplicate, in the first room).
+        command.idempotency_key = Some(format!("k{}", i / 4));
+        if i % 4 == 3 {
+            command.encrypted_content = "b3RoZXI=".into();
+        }
+        tasks.spawn(async move { (i, store.send(command).await) });
+    }
+    let mut created = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (i, outcome) = done.unwrap();
+        match outcome {
+            Ok(SendOutcome::Created(_)) => created += 1,
+            Ok(SendOutcome::Duplicate(m)) => assert_eq!(m.sender_id, owner, "send {i}"),
+            Err(StoreError::Conflict(_)) => assert_eq!(i % 2, 1, "send {i}"),
+            Err(StoreError::Rejected(Rejection::NotMember)) => assert_eq!(i % 10, 9),
+            other => panic!("send {i}: {other:?}"),
+        }
+    }
+    let mut written = 0;
+    for room in rooms {
+        let events = log(&*b.store, room).await;
+        let seqs: Vec<i64> = events.iter().map(Event::seq).collect();
+        assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>());
+        written += events.len() - 1;
+    }
+    assert_eq!(written, created, "exactly the created sends are written");
+}
+
 pub(crate) async fn a_non_member_writes_nothing(b: Arc<Backend>) {
     let store = &*b.store;
     let (owner, outsider) = (Uuid::new_v4(), Uuid::new_v4());

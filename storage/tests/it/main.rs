@@ -52,6 +52,7 @@ contract!(
     a_direct_pair_has_one_conversation,
     concurrent_sends_take_gap_free_seqs,
     an_idempotency_key_stores_once,
+    sends_at_once_each_get_their_own_outcome,
     a_non_member_writes_nothing,
     edit_and_delete_repeat_the_permission_check,
     read_positions_only_advance,
