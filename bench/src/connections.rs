@@ -34,7 +34,7 @@ pub(crate) struct Args {
 }
 
 /// One open connection, kept alive until dropped.
-enum Open {
+pub(crate) enum Open {
     WebSocket(#[allow(dead_code)] EventStream),
     Sse(#[allow(dead_code)] reqwest::Response),
 }
@@ -236,12 +236,12 @@ async fn phase(
     })
 }
 
-async fn settle() {
+pub(crate) async fn settle() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// A WebSocket past `hello` and live (`ping` answered).
-async fn open_websocket(base: &str, token: &str) -> anyhow::Result<Open> {
+pub(crate) async fn open_websocket(base: &str, token: &str) -> anyhow::Result<Open> {
     let mut stream = Client::new(base, token).connect().await?;
     let first = stream.next().await?;
     if !matches!(first, Some(ServerFrame::Control(Control::Hello(_)))) {
@@ -256,7 +256,11 @@ async fn open_websocket(base: &str, token: &str) -> anyhow::Result<Open> {
 }
 
 /// An SSE stream past its `hello`.
-async fn open_sse(http: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<Open> {
+pub(crate) async fn open_sse(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> anyhow::Result<Open> {
     let mut response = http
         .get(format!("{base}/api/v1/subscribe"))
         .bearer_auth(token)

@@ -1,21 +1,36 @@
 //! `switchboard-bench`: benchmarks that start a real release server and
-//! drive it through real sockets. Figures are reported against a baseline
-//! measured in the same run.
+//! drive it through real sockets with the client library. Every figure is
+//! reported against a ceiling or baseline measured in the same run.
 //!
 //! Scenarios:
-//! - `connections`: opens and closes thousands of WebSocket and SSE
-//!   connections and reports the server's memory before, at peak, after the
-//!   connections close, and after their sessions' grace period, per
-//!   connection and per transport.
+//! - `fanout`: C WebSocket clients in conversations of M members, senders
+//!   flat out and at half that rate; against Switchboard, a bare tokio
+//!   broadcast server (the ceiling) and Socket.IO with its Redis adapter
+//!   (the peer).
+//! - `durable`: acknowledged sends/s with persistence on SQLite and
+//!   PostgreSQL, against a bare batched INSERT on the same database.
+//! - `idle`: server memory per idle WebSocket and SSE connection, against
+//!   the bare server's.
 //! - `resume`: the time to deliver K missed events after a reconnect, from
 //!   the session buffer and, in the same run, from the store.
+//! - `connections`: memory while thousands of connections open and close,
+//!   and whether it comes back.
+//! - `all`: fanout, durable, idle and resume in turn.
 
 // A benchmark measures the real world: real time and random ids are its job.
 #![allow(clippy::disallowed_methods)]
 // Its report on standard output is what a benchmark is for.
 #![allow(clippy::print_stdout)]
 
+mod bare;
 mod connections;
+mod durable;
+mod fanout;
+mod idle;
+mod limits;
+mod peer;
+mod process;
+mod report;
 mod resume;
 mod server;
 
@@ -30,17 +45,48 @@ struct Cli {
     /// Print one JSON object per scenario instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Small sizes and short phases, for a smoke run: `all --quick`
+    /// finishes in under a minute. Overrides the sizes given.
+    #[arg(long, global = true)]
+    quick: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// Server memory while thousands of connections open and close.
-    Connections(connections::Args),
+    /// Deliveries/s and latency to C WebSocket clients in conversations of
+    /// M members, against the bare ceiling and Socket.IO.
+    Fanout(fanout::Args),
+    /// Acknowledged sends/s with persistence, against a bare batched INSERT.
+    Durable(durable::Args),
+    /// Server memory per idle WebSocket and SSE connection.
+    Idle(idle::Args),
     /// Time to deliver K missed events after a reconnect: from the session
     /// buffer, and from the store.
     Resume(resume::Args),
+    /// Server memory while thousands of connections open and close.
+    Connections(connections::Args),
+    /// fanout, durable, idle and resume with their default sizes (or
+    /// `--quick`).
+    All(All),
+    /// The bare broadcast server the ceilings are measured on (started by
+    /// the scenarios themselves).
+    #[command(hide = true)]
+    BareServer(bare::Args),
+}
+
+#[derive(Debug, clap::Args)]
+struct All {
+    /// Write the fanout latency plot (SVG) here.
+    #[arg(long)]
+    plot: Option<std::path::PathBuf>,
+    /// PostgreSQL for `durable`.
+    #[arg(long, env = "SWITCHBOARD_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
+    /// Skip the Socket.IO peer.
+    #[arg(long)]
+    no_peer: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,14 +94,87 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if let Scenario::BareServer(args) = &cli.scenario {
+        return runtime.block_on(bare::serve(args));
+    }
     let server = match cli.server {
         Some(path) => path,
         None => server::sibling_binary()?,
     };
+    let (json, quick) = (cli.json, cli.quick);
     runtime.block_on(async {
         match cli.scenario {
-            Scenario::Connections(args) => connections::run(&server, &args, cli.json).await,
-            Scenario::Resume(args) => resume::run(&server, &args, cli.json).await,
+            Scenario::Fanout(mut args) => {
+                if quick {
+                    quick_fanout(&mut args);
+                }
+                fanout::run(&server, &args, json).await
+            }
+            Scenario::Durable(mut args) => {
+                if quick {
+                    quick_durable(&mut args);
+                }
+                durable::run(&server, &args, json).await
+            }
+            Scenario::Idle(mut args) => {
+                if quick {
+                    quick_idle(&mut args);
+                }
+                idle::run(&server, &args, json).await
+            }
+            Scenario::Resume(mut args) => {
+                if quick {
+                    args.events = 2_000;
+                }
+                resume::run(&server, &args, json).await
+            }
+            Scenario::Connections(args) => connections::run(&server, &args, json).await,
+            Scenario::All(all) => {
+                let mut fanout = defaults::<fanout::Args>();
+                fanout.plot = all.plot;
+                fanout.no_peer = all.no_peer;
+                let mut durable = defaults::<durable::Args>();
+                durable.postgres_url = all.postgres_url;
+                let mut idle = defaults::<idle::Args>();
+                let mut resume = defaults::<resume::Args>();
+                if quick {
+                    quick_fanout(&mut fanout);
+                    quick_durable(&mut durable);
+                    quick_idle(&mut idle);
+                    resume.events = 2_000;
+                }
+                fanout::run(&server, &fanout, json).await?;
+                durable::run(&server, &durable, json).await?;
+                idle::run(&server, &idle, json).await?;
+                resume::run(&server, &resume, json).await
+            }
+            Scenario::BareServer(_) => unreachable!("handled above"),
         }
     })
+}
+
+/// A scenario's arguments as if given none.
+fn defaults<T: clap::Args>() -> T {
+    #[derive(Parser)]
+    struct Wrapped<T: clap::Args> {
+        #[command(flatten)]
+        args: T,
+    }
+    Wrapped::<T>::parse_from(["switchboard-bench"]).args
+}
+
+fn quick_fanout(args: &mut fanout::Args) {
+    args.clients = 100;
+    args.members = 10;
+    args.secs = 1;
+}
+
+fn quick_durable(args: &mut durable::Args) {
+    args.conversations = 8;
+    args.secs = 1;
+}
+
+fn quick_idle(args: &mut idle::Args) {
+    args.websockets = 300;
+    args.sse = 300;
 }

@@ -20,10 +20,10 @@ use crate::server::Server;
 pub(crate) struct Args {
     /// Events the client misses while it is away.
     #[arg(long, default_value_t = 10_000)]
-    events: usize,
+    pub(crate) events: usize,
     /// Concurrent senders producing them.
     #[arg(long, default_value_t = 4)]
-    senders: usize,
+    pub(crate) senders: usize,
 }
 
 pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Result<()> {

@@ -25,11 +25,28 @@ pub(crate) fn sibling_binary() -> anyhow::Result<PathBuf> {
     Ok(server)
 }
 
+/// How a server's clients prove who they are.
+enum Tokens {
+    /// Switchboard's signed tokens.
+    Signed(Box<Auth>),
+    /// The bare ceiling server takes the user id as it is.
+    UserId,
+}
+
+/// Flags that lift the connection limits a benchmark would otherwise hit
+/// (they all connect from one address).
+pub(crate) const OPEN_LIMITS: [&str; 4] = [
+    "--connections-max",
+    "100000",
+    "--connections-per-ip-max",
+    "100000",
+];
+
 /// A running server, killed on drop.
 pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
-    auth: Auth,
+    tokens: Tokens,
     _data: tempfile::TempDir,
 }
 
@@ -37,10 +54,7 @@ impl Server {
     /// Starts `binary serve` with `extra` flags and waits until it is ready.
     pub(crate) async fn start(binary: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let data = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("127.0.0.1:{}", free_port()?);
         let child = Command::new(binary)
             .arg("serve")
             .args(["--listen", &listen, "--jwt-secret", SECRET, "--log", "warn"])
@@ -50,12 +64,36 @@ impl Server {
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()))?;
-        let server = Self {
+        Self::ready(Self {
             child,
             base: format!("http://{listen}"),
-            auth: Auth::new(SECRET.as_bytes()),
+            tokens: Tokens::Signed(Box::new(Auth::new(SECRET.as_bytes()))),
             _data: data,
-        };
+        })
+        .await
+    }
+
+    /// Starts the bare broadcast server (this executable's `bare-server`)
+    /// and waits until it is ready.
+    pub(crate) async fn start_bare() -> anyhow::Result<Self> {
+        let data = tempfile::tempdir()?;
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let me = std::env::current_exe().context("cannot find this executable")?;
+        let child = Command::new(&me)
+            .args(["bare-server", "--listen", &listen])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("cannot start the bare server")?;
+        Self::ready(Self {
+            child,
+            base: format!("http://{listen}"),
+            tokens: Tokens::UserId,
+            _data: data,
+        })
+        .await
+    }
+
+    async fn ready(server: Self) -> anyhow::Result<Self> {
         let ready = format!("{}/health/ready", server.base);
         for _ in 0..200 {
             if let Ok(response) = reqwest::get(&ready).await
@@ -71,21 +109,26 @@ impl Server {
     /// A token for a new user.
     pub(crate) fn user(&self) -> (Uuid, String) {
         let id = Uuid::new_v4();
-        let token = self
-            .auth
-            .mint(id, Duration::from_secs(3600))
-            .expect("token");
+        let token = match &self.tokens {
+            Tokens::Signed(auth) => auth.mint(id, Duration::from_secs(3600)).expect("token"),
+            Tokens::UserId => id.to_string(),
+        };
         (id, token)
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The server's resident memory, in bytes.
     pub(crate) fn rss(&self) -> anyhow::Result<u64> {
-        status_kib(self.child.id(), "VmRSS:").map(|kib| kib * 1024)
+        crate::process::rss(self.pid())
     }
 
     /// The server's peak resident memory so far, in bytes.
     pub(crate) fn peak_rss(&self) -> anyhow::Result<u64> {
-        status_kib(self.child.id(), "VmHWM:").map(|kib| kib * 1024)
+        crate::process::peak_rss(self.pid())
     }
 
     /// A gauge or counter from `/metrics` (0 when absent).
@@ -119,12 +162,9 @@ impl Drop for Server {
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .context("cannot read the server's /proc status (Linux only)")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+/// A port nothing listens on right now.
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
