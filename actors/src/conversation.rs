@@ -110,6 +110,10 @@ pub(crate) enum ConversationMsg {
     Note(Note, Permit),
     /// Timer: stop if nothing happened for the idle timeout.
     IdleCheck,
+    /// Commit the sends taken since the last flush, together. The actor
+    /// sends this to itself when it takes the first of them, so it comes
+    /// after whatever was already queued.
+    FlushSends,
 }
 
 /// What the bus tells a conversation actor.
@@ -386,6 +390,22 @@ pub(crate) struct ConversationState {
     closing: bool,
     /// The idle-check timer, aborted on stop.
     timer: Option<JoinHandle<()>>,
+    /// Sends taken and not yet committed, in the order they came; each
+    /// keeps its mailbox slot until answered, so the mailbox bound holds.
+    sends: Vec<PendingSend>,
+    /// A `FlushSends` is on its way.
+    flush_scheduled: bool,
+}
+
+/// A send waiting for its batch.
+#[derive(Debug)]
+struct PendingSend {
+    user: Uuid,
+    input: SendMessage,
+    reply: Reply<(Message, bool)>,
+    /// When the actor took it, for the commit-latency metric.
+    started: Duration,
+    _permit: Permit,
 }
 
 /// The conversation actor.
@@ -413,6 +433,8 @@ impl Actor for ConversationActor {
             loaded: None,
             closing: false,
             timer: Some(timer),
+            sends: Vec::new(),
+            flush_scheduled: false,
         })
     }
 
@@ -423,6 +445,10 @@ impl Actor for ConversationActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(timer) = state.timer.take() {
             timer.abort();
+        }
+        // Not committed: the callers send them again to a successor.
+        for send in state.sends.drain(..) {
+            let _ = send.reply.send(Outcome::Closing);
         }
         Ok(())
     }
@@ -462,14 +488,39 @@ impl Actor for ConversationActor {
                     Err(error) => tracing::warn!(%error, "cannot load conversation for a bus note"),
                 }
             }
-            ConversationMsg::Command(command, _permit) => {
+            ConversationMsg::FlushSends => {
+                state.flush_scheduled = false;
+                let sends = std::mem::take(&mut state.sends);
+                if state.closing {
+                    for send in sends {
+                        let _ = send.reply.send(Outcome::Closing);
+                    }
+                    return Ok(());
+                }
+                state.last_active = state.shared.clock.monotonic();
+                match state.load().await {
+                    Ok(true) => state.send_batch(sends).await,
+                    Ok(false) => {
+                        for send in sends {
+                            answer(send.reply, Err(NOT_FOUND));
+                        }
+                        state.close(&myself);
+                    }
+                    Err(error) => {
+                        for send in sends {
+                            answer(send.reply, Err(error.clone()));
+                        }
+                    }
+                }
+            }
+            ConversationMsg::Command(command, permit) => {
                 if state.closing {
                     command.refuse();
                     return Ok(());
                 }
                 state.last_active = state.shared.clock.monotonic();
                 match state.load().await {
-                    Ok(true) => state.execute(command).await,
+                    Ok(true) => state.execute(command, permit, &myself).await,
                     Ok(false) => {
                         reply_all(command, ActorError::NotFound("conversation not found"));
                         state.close(&myself);
@@ -598,12 +649,35 @@ impl ConversationState {
         }
     }
 
-    async fn execute(&mut self, command: Command) {
-        let started = self.shared.clock.monotonic();
+    async fn execute(
+        &mut self,
+        command: Command,
+        permit: Permit,
+        myself: &ActorRef<ConversationMsg>,
+    ) {
         match command {
             Command::Send { user, input, reply } => {
-                let result = self.send(user, input, started).await;
-                answer(reply, result);
+                // A stranger is refused at once; a member's send waits for
+                // the flush, with the others taken before it runs.
+                if let Err(error) = self.role(user) {
+                    answer(reply, Err(error));
+                    return;
+                }
+                self.sends.push(PendingSend {
+                    user,
+                    input,
+                    reply,
+                    started: self.shared.clock.monotonic(),
+                    _permit: permit,
+                });
+                if !self.flush_scheduled {
+                    self.flush_scheduled = myself.cast(ConversationMsg::FlushSends).is_ok();
+                    if !self.flush_scheduled {
+                        for send in self.sends.drain(..) {
+                            let _ = send.reply.send(Outcome::Closing);
+                        }
+                    }
+                }
             }
             Command::Edit {
                 user,
@@ -655,51 +729,58 @@ impl ConversationState {
         }
     }
 
-    async fn send(
-        &mut self,
-        user: Uuid,
-        input: SendMessage,
-        started: Duration,
-    ) -> Result<(Message, bool), ActorError> {
-        self.role(user)?;
-        let outcome = self
-            .shared
-            .store
-            .send(NewMessage {
+    /// Commits the sends taken since the last flush in one store call, in
+    /// the order they came (so a conversation's concurrent sends share a
+    /// group commit), then delivers and answers each in that order. The
+    /// store re-checks each sender's membership in the transaction; a
+    /// member removed meanwhile is refused there.
+    async fn send_batch(&mut self, sends: Vec<PendingSend>) {
+        if sends.is_empty() {
+            return;
+        }
+        let at = self.shared.clock.now();
+        let commands = sends
+            .iter()
+            .map(|send| NewMessage {
                 id: self.shared.new_id(),
                 conversation_id: self.id,
-                sender_id: user,
-                encrypted_content: input.encrypted_content,
-                nonce: input.nonce,
-                message_type: input.message_type,
-                idempotency_key: input.idempotency_key,
-                at: self.shared.clock.now(),
+                sender_id: send.user,
+                encrypted_content: send.input.encrypted_content.clone(),
+                nonce: send.input.nonce.clone(),
+                message_type: send.input.message_type.clone(),
+                idempotency_key: send.input.idempotency_key.clone(),
+                at,
             })
-            .await;
-        match outcome {
-            Ok(SendOutcome::Created(committed)) => {
-                let committed_at = self.shared.clock.monotonic();
-                self.shared
-                    .metrics
-                    .message_delivery_latency_seconds
-                    .with_label_values(&["commit"])
-                    .observe(committed_at.saturating_sub(started).as_secs_f64());
-                self.accept(committed.events, true).await;
-                self.shared
-                    .metrics
-                    .message_delivery_latency_seconds
-                    .with_label_values(&["local_fanout"])
-                    .observe(
-                        self.shared
-                            .clock
-                            .monotonic()
-                            .saturating_sub(committed_at)
-                            .as_secs_f64(),
-                    );
-                Ok((committed.value, true))
-            }
-            Ok(SendOutcome::Duplicate(message)) => Ok((message, false)),
-            Err(error) => Err(self.store_error(error).await),
+            .collect();
+        let outcomes = self.shared.store.send_batch(commands).await;
+        let committed_at = self.shared.clock.monotonic();
+        for (send, outcome) in sends.into_iter().zip(outcomes) {
+            let result = match outcome {
+                Ok(SendOutcome::Created(committed)) => {
+                    self.shared
+                        .metrics
+                        .message_delivery_latency_seconds
+                        .with_label_values(&["commit"])
+                        .observe(committed_at.saturating_sub(send.started).as_secs_f64());
+                    let delivering = self.shared.clock.monotonic();
+                    self.accept(committed.events, true).await;
+                    self.shared
+                        .metrics
+                        .message_delivery_latency_seconds
+                        .with_label_values(&["local_fanout"])
+                        .observe(
+                            self.shared
+                                .clock
+                                .monotonic()
+                                .saturating_sub(delivering)
+                                .as_secs_f64(),
+                        );
+                    Ok((committed.value, true))
+                }
+                Ok(SendOutcome::Duplicate(message)) => Ok((message, false)),
+                Err(error) => Err(self.store_error(error).await),
+            };
+            answer(send.reply, result);
         }
     }
 

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
+use sqlx::{Acquire, AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
 use switchboard_protocol::{
     Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
     MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
@@ -140,6 +140,76 @@ impl PostgresStore {
     }
 }
 
+/// Writes one send inside `tx` (its conversation's row already locked)
+/// without committing it.
+async fn send_in(
+    tx: &mut Transaction<'_, Postgres>,
+    command: NewMessage,
+) -> Result<SendOutcome, StoreError> {
+    if let Some(key) = &command.idempotency_key {
+        let existing = sqlx::query(concat!(
+            "SELECT ",
+            rows::message_columns!(),
+            " FROM messages WHERE conversation_id = $1 AND sender_id = $2 \
+              AND idempotency_key = $3"
+        ))
+        .bind(command.conversation_id)
+        .bind(command.sender_id)
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = existing {
+            return rows::replay(rows::message(&row)?, &command);
+        }
+    }
+    let seq: i64 = sqlx::query_scalar(
+        "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $2 \
+         WHERE id = $1 AND EXISTS \
+             (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $3) \
+         RETURNING last_seq",
+    )
+    .bind(command.conversation_id)
+    .bind(command.at)
+    .bind(command.sender_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::Rejected(Rejection::NotMember))?;
+    sqlx::query(
+        "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
+             encrypted_content, nonce, idempotency_key, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(command.id)
+    .bind(command.conversation_id)
+    .bind(seq)
+    .bind(command.sender_id)
+    .bind(&command.message_type)
+    .bind(&command.encrypted_content)
+    .bind(&command.nonce)
+    .bind(&command.idempotency_key)
+    .bind(command.at)
+    .execute(&mut **tx)
+    .await?;
+    let message = Message {
+        id: command.id,
+        conversation_id: command.conversation_id,
+        seq,
+        sender_id: command.sender_id,
+        encrypted_content: command.encrypted_content,
+        nonce: command.nonce,
+        message_type: command.message_type,
+        created_at: command.at,
+        edited_at: None,
+        deleted_at: None,
+    };
+    let event = Event::MessageNew(message.clone());
+    append(tx, &event, command.at).await?;
+    Ok(SendOutcome::Created(Committed {
+        value: message,
+        events: vec![event],
+    }))
+}
+
 async fn allocate(
     tx: &mut Transaction<'static, Postgres>,
     conversation_id: Uuid,
@@ -160,7 +230,7 @@ async fn allocate(
 }
 
 async fn append(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut Transaction<'_, Postgres>,
     event: &Event,
     at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
@@ -385,69 +455,62 @@ impl Store for PostgresStore {
 
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
         let mut tx = self.begin(command.conversation_id).await?;
-        if let Some(key) = &command.idempotency_key {
-            let existing = sqlx::query(concat!(
-                "SELECT ",
-                rows::message_columns!(),
-                " FROM messages WHERE conversation_id = $1 AND sender_id = $2 \
-                  AND idempotency_key = $3"
-            ))
-            .bind(command.conversation_id)
-            .bind(command.sender_id)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(row) = existing {
-                return rows::replay(rows::message(&row)?, &command);
-            }
+        let outcome = send_in(&mut tx, command).await?;
+        if matches!(outcome, SendOutcome::Created(_)) {
+            tx.commit().await?;
         }
-        let seq: i64 = sqlx::query_scalar(
-            "UPDATE conversations SET last_seq = last_seq + 1, updated_at = $2 \
-             WHERE id = $1 AND EXISTS \
-                 (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $3) \
-             RETURNING last_seq",
-        )
-        .bind(command.conversation_id)
-        .bind(command.at)
-        .bind(command.sender_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::Rejected(Rejection::NotMember))?;
-        sqlx::query(
-            "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
-                 encrypted_content, nonce, idempotency_key, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(command.id)
-        .bind(command.conversation_id)
-        .bind(seq)
-        .bind(command.sender_id)
-        .bind(&command.message_type)
-        .bind(&command.encrypted_content)
-        .bind(&command.nonce)
-        .bind(&command.idempotency_key)
-        .bind(command.at)
-        .execute(&mut *tx)
-        .await?;
-        let message = Message {
-            id: command.id,
-            conversation_id: command.conversation_id,
-            seq,
-            sender_id: command.sender_id,
-            encrypted_content: command.encrypted_content,
-            nonce: command.nonce,
-            message_type: command.message_type,
-            created_at: command.at,
-            edited_at: None,
-            deleted_at: None,
+        Ok(outcome)
+    }
+
+    /// One conversation's sends (a conversation actor's batch) commit in
+    /// one transaction under one lock of its row, each in a savepoint so a
+    /// refused one writes nothing and the rest still commit; sends to
+    /// several conversations go one at a time.
+    async fn send_batch(&self, commands: Vec<NewMessage>) -> Vec<Result<SendOutcome, StoreError>> {
+        let Some(first) = commands.first() else {
+            return Vec::new();
         };
-        let event = Event::MessageNew(message.clone());
-        append(&mut tx, &event, command.at).await?;
-        tx.commit().await?;
-        Ok(SendOutcome::Created(Committed {
-            value: message,
-            events: vec![event],
-        }))
+        let conversation = first.conversation_id;
+        if commands.iter().any(|c| c.conversation_id != conversation) {
+            let mut outcomes = Vec::with_capacity(commands.len());
+            for command in commands {
+                outcomes.push(self.send(command).await);
+            }
+            return outcomes;
+        }
+        let count = commands.len();
+        let failed = |error: &StoreError| {
+            (0..count)
+                .map(|_| Err(StoreError::Backend(error.to_string())))
+                .collect()
+        };
+        let mut tx = match self.begin(conversation).await {
+            Ok(tx) => tx,
+            Err(error) => return failed(&error),
+        };
+        let mut outcomes = Vec::with_capacity(count);
+        for command in commands {
+            let outcome = match Acquire::begin(&mut tx).await {
+                Ok(mut savepoint) => match send_in(&mut savepoint, command).await {
+                    Ok(outcome) => match savepoint.commit().await {
+                        Ok(()) => Ok(outcome),
+                        Err(error) => return failed(&error.into()),
+                    },
+                    Err(error) => {
+                        if let Err(rollback) = savepoint.rollback().await {
+                            return failed(&rollback.into());
+                        }
+                        Err(error)
+                    }
+                },
+                Err(error) => return failed(&error.into()),
+            };
+            outcomes.push(outcome);
+        }
+        match tx.commit().await {
+            Ok(()) => outcomes,
+            Err(error) => failed(&error.into()),
+        }
     }
 
     async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {

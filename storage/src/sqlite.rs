@@ -653,6 +653,27 @@ impl Store for SqliteStore {
         found.iter().map(rows::summary).collect()
     }
 
+    /// Queues them back to back, so the committer takes them in order and,
+    /// as far as its batch bound allows, in one commit.
+    async fn send_batch(&self, commands: Vec<NewMessage>) -> Vec<Result<SendOutcome, StoreError>> {
+        let mut waiting = Vec::with_capacity(commands.len());
+        for command in commands {
+            let (reply, outcome) = oneshot::channel();
+            let queued = self.sends.send(PendingSend { command, reply }).await;
+            waiting.push(queued.map(|()| outcome));
+        }
+        let mut outcomes = Vec::with_capacity(waiting.len());
+        for waiting in waiting {
+            outcomes.push(match waiting {
+                Ok(outcome) => outcome
+                    .await
+                    .unwrap_or_else(|_| Err(StoreError::Backend("the store is closed".into()))),
+                Err(_) => Err(StoreError::Backend("the store is closed".into())),
+            });
+        }
+        outcomes
+    }
+
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.sends

@@ -168,6 +168,17 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Appends a message unless its idempotency key already stored one.
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError>;
 
+    /// Appends several messages, in order, each with its own outcome, as
+    /// if sent one after the other; a store may commit them together. The
+    /// default sends them one at a time.
+    async fn send_batch(&self, commands: Vec<NewMessage>) -> Vec<Result<SendOutcome, StoreError>> {
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            outcomes.push(self.send(command).await);
+        }
+        outcomes
+    }
+
     /// Edits a message.
     async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError>;
 

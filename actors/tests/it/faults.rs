@@ -49,6 +49,8 @@ pub(crate) struct FaultyStore {
     gate: Semaphore,
     /// Sends currently waiting at the gate.
     waiting: AtomicUsize,
+    /// The size of each `send_batch` call, in order.
+    batches: Mutex<Vec<usize>>,
 }
 
 impl FaultyStore {
@@ -61,7 +63,12 @@ impl FaultyStore {
             gated: AtomicBool::new(false),
             gate: Semaphore::new(0),
             waiting: AtomicUsize::new(0),
+            batches: Mutex::new(Vec::new()),
         }
+    }
+
+    pub(crate) fn batches(&self) -> Vec<usize> {
+        self.batches.lock().unwrap().clone()
     }
 
     pub(crate) fn panic_on(&self, content: &str) {
@@ -121,6 +128,15 @@ impl Store for FaultyStore {
         limit: u32,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         self.inner.conversations_for(user_id, limit).await
+    }
+
+    async fn send_batch(&self, commands: Vec<NewMessage>) -> Vec<Result<SendOutcome, StoreError>> {
+        self.batches.lock().unwrap().push(commands.len());
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            outcomes.push(self.send(command).await);
+        }
+        outcomes
     }
 
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {

@@ -125,6 +125,39 @@ async fn fill_mailbox_of_two(f: &Fixture) -> (SendTask, SendTask) {
     (held, queued)
 }
 
+/// Sends that queue behind a commit go to the store together, in the
+/// order the actor took them, and each caller gets its own message.
+#[tokio::test]
+async fn sends_queued_behind_a_commit_are_committed_together() {
+    let f = fixture(Limits::default()).await;
+    f.store.close_gate();
+    let send = |content: &'static str| {
+        let (node, owner, id) = (f.node.clone(), f.owner, f.conversation);
+        tokio::spawn(async move { node.send(owner, message(id, content)).await })
+    };
+    let first = send("MA==");
+    eventually("the first send reaches the store", || {
+        f.store.waiting() == 1
+    })
+    .await;
+    let queued: Vec<_> = ["MQ==", "Mg==", "Mw==", "NA==", "NQ=="]
+        .into_iter()
+        .map(send)
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    f.store.open_gate();
+    assert_eq!(first.await.unwrap().unwrap().0.seq, 2);
+    let mut seqs = Vec::new();
+    for task in queued {
+        let (message, created) = task.await.unwrap().unwrap();
+        assert!(created);
+        seqs.push(message.seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [3, 4, 5, 6, 7]);
+    assert_eq!(f.store.batches(), [1, 5], "one store call for the five");
+}
+
 #[tokio::test]
 async fn a_panicking_actor_is_restarted_after_its_backoff_and_loses_nothing() {
     let restart = RestartPolicy {

@@ -269,6 +269,59 @@ pub(crate) async fn sends_at_once_each_get_their_own_outcome(b: Arc<Backend>) {
     assert_eq!(written, created, "exactly the created sends are written");
 }
 
+/// A conversation actor's batch: one store call, outcomes in order, and
+/// the created messages numbered in the order they were given.
+pub(crate) async fn a_batch_of_sends_keeps_its_order(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member, outsider) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    let keyed = |sender, key: &str, content: &str| {
+        let mut command = message(id, sender, content);
+        command.idempotency_key = Some(key.into());
+        command
+    };
+    let outcomes = store
+        .send_batch(vec![
+            message(id, owner, "MQ=="),
+            keyed(member, "k", "Mg=="),
+            message(id, outsider, "eA=="),
+            keyed(member, "k", "Mg=="),
+            keyed(member, "k", "b3RoZXI="),
+            message(id, owner, "Mw=="),
+        ])
+        .await;
+    assert_eq!(outcomes.len(), 6);
+    let created = |i: usize| match &outcomes[i] {
+        Ok(SendOutcome::Created(c)) => c.value.clone(),
+        other => panic!("send {i}: {other:?}"),
+    };
+    let (first, keyed_first, last) = (created(0), created(1), created(5));
+    assert_eq!(
+        (first.seq, keyed_first.seq, last.seq),
+        (2, 3, 4),
+        "numbered in the order given, refused sends taking no seq"
+    );
+    assert!(matches!(
+        outcomes[2],
+        Err(StoreError::Rejected(Rejection::NotMember))
+    ));
+    match &outcomes[3] {
+        Ok(SendOutcome::Duplicate(m)) => assert_eq!(m, &keyed_first),
+        other => panic!("a repeated key is a duplicate: {other:?}"),
+    }
+    assert!(matches!(outcomes[4], Err(StoreError::Conflict(_))));
+    let contents: Vec<String> = log(store, id)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::MessageNew(m) => Some(m.encrypted_content),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(contents, ["MQ==", "Mg==", "Mw=="]);
+    assert!(store.send_batch(Vec::new()).await.is_empty());
+}
+
 pub(crate) async fn a_non_member_writes_nothing(b: Arc<Backend>) {
     let store = &*b.store;
     let (owner, outsider) = (Uuid::new_v4(), Uuid::new_v4());

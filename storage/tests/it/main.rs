@@ -53,6 +53,7 @@ contract!(
     concurrent_sends_take_gap_free_seqs,
     an_idempotency_key_stores_once,
     sends_at_once_each_get_their_own_outcome,
+    a_batch_of_sends_keeps_its_order,
     a_non_member_writes_nothing,
     edit_and_delete_repeat_the_permission_check,
     read_positions_only_advance,
