@@ -6,10 +6,13 @@
 
 use std::path::Path;
 
+use std::time::{Duration, Instant};
+
 use futures_util::{StreamExt as _, TryStreamExt as _};
+use hdrhistogram::Histogram;
 
 use crate::connections::{self, Open};
-use crate::report::round;
+use crate::report::{self, Latency, round};
 use crate::server::{OPEN_LIMITS, Server};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,15 +39,15 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
     // Warm-up: the first connections initialize what every later one shares.
     drop(open(&server, &http, 64, true).await?);
     drop(open(&server, &http, 64, false).await?);
-    let ws = per_connection(&server, &http, args.websockets, true).await?;
+    let (ws, connect) = per_connection(&server, &http, args.websockets, true).await?;
     server.wait_for("websocket_active_connections", 0.0).await?;
-    let sse = per_connection(&server, &http, args.sse, false).await?;
+    let (sse, _) = per_connection(&server, &http, args.sse, false).await?;
     let rss = server.peak_rss()?;
     drop(server);
 
     let bare = Server::start_bare().await?;
     drop(open(&bare, &http, 64, true).await?);
-    let ceiling = per_connection(&bare, &http, args.websockets, true).await?;
+    let (ceiling, _) = per_connection(&bare, &http, args.websockets, true).await?;
     drop(bare);
 
     let ratio = ceiling as f64 / ws.max(1) as f64;
@@ -63,6 +66,7 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
                     "websocket_bytes_per_connection": ceiling,
                 },
                 "ratio_to_ceiling": round(ratio),
+                "latency_ms": Latency::of(&connect).json(),
                 "server_rss_bytes": rss,
             })
         );
@@ -79,47 +83,63 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
     );
     println!("  switchboard SSE:       {:>6.1} KiB", sse as f64 / 1024.0);
     println!(
+        "  opening a WebSocket to its hello and pong: {}",
+        Latency::of(&connect).text()
+    );
+    println!(
         "  bare WebSocket server: {:>6.1} KiB; ratio (bare / switchboard) {ratio:.3}",
         ceiling as f64 / 1024.0
     );
     Ok(())
 }
 
-/// (RSS holding `count` connections − RSS right before) / `count`.
+/// (RSS holding `count` connections − RSS right before) / `count`, and
+/// how long they took to open.
 async fn per_connection(
     server: &Server,
     http: &reqwest::Client,
     count: usize,
     websocket: bool,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<(u64, Histogram<u64>)> {
     connections::settle().await;
     let baseline = server.rss()?;
-    let held = open(server, http, count, websocket).await?;
+    let (held, took) = open(server, http, count, websocket).await?;
     connections::settle().await;
     let with = server.rss()?;
     drop(held);
-    Ok(with.saturating_sub(baseline) / count.max(1) as u64)
+    Ok((with.saturating_sub(baseline) / count.max(1) as u64, took))
 }
 
+/// Opens `count` connections, 64 at a time, with how long each took to
+/// be ready (connect to `hello`, and for a WebSocket a `pong`), in µs.
 async fn open(
     server: &Server,
     http: &reqwest::Client,
     count: usize,
     websocket: bool,
-) -> anyhow::Result<Vec<Open>> {
+) -> anyhow::Result<(Vec<Open>, Histogram<u64>)> {
     let opening = (0..count).map(|_| {
         let (_, token) = server.user();
         let base = server.base.clone();
         async move {
-            if websocket {
+            let started = Instant::now();
+            let open = if websocket {
                 connections::open_websocket(&base, &token).await
             } else {
                 connections::open_sse(http, &base, &token).await
-            }
+            }?;
+            anyhow::Ok((open, started.elapsed()))
         }
     });
-    futures_util::stream::iter(opening)
+    let opened: Vec<(Open, Duration)> = futures_util::stream::iter(opening)
         .buffer_unordered(64)
         .try_collect()
-        .await
+        .await?;
+    let mut took = report::histogram();
+    let mut held = Vec::with_capacity(opened.len());
+    for (open, elapsed) in opened {
+        took.saturating_record((elapsed.as_micros() as u64).max(1));
+        held.push(open);
+    }
+    Ok((held, took))
 }

@@ -85,7 +85,16 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
         Some(ServerFrame::Control(Control::Resumed(_))) => {}
         other => bail!("expected resumed, got {other:?}"),
     }
-    receive(&mut stream, conversation, position, args.events).await?;
+    let mut arrivals = crate::report::histogram();
+    receive(
+        &mut stream,
+        conversation,
+        position,
+        args.events,
+        started,
+        &mut arrivals,
+    )
+    .await?;
     let resume = started.elapsed();
     stream.close().await;
 
@@ -127,6 +136,14 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
             "{}",
             serde_json::json!({
                 "scenario": "resume",
+                "deliveries_per_sec": per_sec(resume),
+                "latency_ms": crate::report::Latency::of(&arrivals).json(),
+                "ceiling": {
+                    "name": "sync from the store (the baseline a client without a session gets)",
+                    "deliveries_per_sec": per_sec(sync),
+                },
+                "ratio_to_ceiling": sync.as_secs_f64() / resume.as_secs_f64(),
+                "server_rss_bytes": server.peak_rss()?,
                 "events": args.events,
                 "resume_ms": resume.as_secs_f64() * 1000.0,
                 "resume_events_per_sec": per_sec(resume),
@@ -173,6 +190,8 @@ async fn receive(
     conversation: Uuid,
     position: i64,
     count: usize,
+    started: Instant,
+    arrivals: &mut hdrhistogram::Histogram<u64>,
 ) -> anyhow::Result<()> {
     let mut seq = position;
     let mut got = 0;
@@ -185,6 +204,8 @@ async fn receive(
                 seq += 1;
                 if matches!(frame.event, Event::MessageNew(_)) {
                     got += 1;
+                    // When each event arrived, counted from the resume.
+                    arrivals.saturating_record((started.elapsed().as_micros() as u64).max(1));
                 }
             }
             _ => {}
