@@ -204,6 +204,20 @@ struct Receiving {
     deliveries: AtomicU64,
 }
 
+impl Receiving {
+    /// A fresh clock, and no window open yet.
+    fn new() -> Self {
+        Self {
+            clock: Arc::new(Clock(Instant::now())),
+            window: Window {
+                start: AtomicU64::new(u64::MAX),
+                end: AtomicU64::new(u64::MAX),
+            },
+            deliveries: AtomicU64::new(0),
+        }
+    }
+}
+
 /// One phase's figures.
 #[derive(Debug)]
 pub(crate) struct Phase {
@@ -378,14 +392,7 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
 /// reached (or at `--rate` only).
 async fn measure(target: &Target<'_>, args: &Args) -> anyhow::Result<Run> {
     let groups = args.clients / args.members;
-    let receiving = Arc::new(Receiving {
-        clock: Arc::new(Clock(Instant::now())),
-        window: Window {
-            start: AtomicU64::new(u64::MAX),
-            end: AtomicU64::new(u64::MAX),
-        },
-        deliveries: AtomicU64::new(0),
-    });
+    let receiving = Arc::new(Receiving::new());
 
     // Users and conversations.
     let mut users = Vec::with_capacity(groups * args.members);
@@ -502,14 +509,7 @@ pub(crate) async fn send_phase(
     rate: Option<f64>,
     secs: u64,
 ) -> anyhow::Result<Phase> {
-    let receiving = Arc::new(Receiving {
-        clock: Arc::new(Clock(Instant::now())),
-        window: Window {
-            start: AtomicU64::new(u64::MAX),
-            end: AtomicU64::new(u64::MAX),
-        },
-        deliveries: AtomicU64::new(0),
-    });
+    let receiving = Arc::new(Receiving::new());
     phase(senders, &receiving, &[], pids, rate, secs, 0).await
 }
 

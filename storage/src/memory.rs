@@ -320,26 +320,16 @@ impl Store for MemoryStore {
             .conversations
             .get_mut(&command.conversation_id)
             .ok_or(StoreError::NotFound)?;
-        let mut message = Message {
-            id: command.id,
-            conversation_id: command.conversation_id,
-            seq: 0,
-            sender_id: command.sender_id,
-            encrypted_content: command.encrypted_content,
-            nonce: command.nonce,
-            message_type: command.message_type,
-            created_at: command.at,
-            edited_at: None,
-            deleted_at: None,
-        };
-        let event = row.append(command.at, |seq| {
+        let (at, key) = (command.at, command.idempotency_key.clone());
+        let mut message = command.into_message(0);
+        let event = row.append(at, |seq| {
             message.seq = seq;
             Event::MessageNew(message.clone())
         });
         row.messages.insert(message.seq, message.id);
-        if let Some(key) = command.idempotency_key {
+        if let Some(key) = key {
             state.keys.insert(
-                (command.conversation_id, command.sender_id, key),
+                (message.conversation_id, message.sender_id, key),
                 message.id,
             );
         }

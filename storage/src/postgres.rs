@@ -190,20 +190,10 @@ async fn send_in(
     .bind(command.at)
     .execute(&mut **tx)
     .await?;
-    let message = Message {
-        id: command.id,
-        conversation_id: command.conversation_id,
-        seq,
-        sender_id: command.sender_id,
-        encrypted_content: command.encrypted_content,
-        nonce: command.nonce,
-        message_type: command.message_type,
-        created_at: command.at,
-        edited_at: None,
-        deleted_at: None,
-    };
+    let at = command.at;
+    let message = command.into_message(seq);
     let event = Event::MessageNew(message.clone());
-    append(tx, &event, command.at).await?;
+    append(tx, &event, at).await?;
     Ok(SendOutcome::Created(Committed {
         value: message,
         events: vec![event],

@@ -347,18 +347,7 @@ async fn commit_batch(
                     StoreError::Backend("a member's conversation vanished".into())
                 })?;
                 let seq = last - i64::from(count) + 1 + i64::from(n);
-                let message = Message {
-                    id: command.id,
-                    conversation_id: command.conversation_id,
-                    seq,
-                    sender_id: command.sender_id,
-                    encrypted_content: command.encrypted_content.clone(),
-                    nonce: command.nonce.clone(),
-                    message_type: command.message_type.clone(),
-                    created_at: command.at,
-                    edited_at: None,
-                    deleted_at: None,
-                };
+                let message = (*command).clone().into_message(seq);
                 let event = Event::MessageNew(message.clone());
                 created.push((*command, seq, rows::encode_event(&event)?, event.kind()));
                 Ok(SendOutcome::Created(Committed {

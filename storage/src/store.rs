@@ -72,6 +72,25 @@ pub struct NewMessage {
     pub at: DateTime<Utc>,
 }
 
+impl NewMessage {
+    /// The message this send stores, numbered `seq`.
+    #[must_use]
+    pub fn into_message(self, seq: i64) -> Message {
+        Message {
+            id: self.id,
+            conversation_id: self.conversation_id,
+            seq,
+            sender_id: self.sender_id,
+            encrypted_content: self.encrypted_content,
+            nonce: self.nonce,
+            message_type: self.message_type,
+            created_at: self.at,
+            edited_at: None,
+            deleted_at: None,
+        }
+    }
+}
+
 /// The result of a send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendOutcome {
