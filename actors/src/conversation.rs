@@ -397,6 +397,13 @@ pub(crate) struct ConversationState {
     flush_scheduled: bool,
 }
 
+/// A committed-to send's caller, while its batch is with the store.
+struct Waiting {
+    reply: Reply<(Message, bool)>,
+    started: Duration,
+    _permit: Permit,
+}
+
 /// A send waiting for its batch.
 #[derive(Debug)]
 struct PendingSend {
@@ -739,22 +746,30 @@ impl ConversationState {
             return;
         }
         let at = self.shared.clock.now();
-        let commands = sends
-            .iter()
-            .map(|send| NewMessage {
+        // The inputs move into the commands; what answers each send (and
+        // its mailbox slot) waits beside them.
+        let mut commands = Vec::with_capacity(sends.len());
+        let mut waiting = Vec::with_capacity(sends.len());
+        for send in sends {
+            commands.push(NewMessage {
                 id: self.shared.new_id(),
                 conversation_id: self.id,
                 sender_id: send.user,
-                encrypted_content: send.input.encrypted_content.clone(),
-                nonce: send.input.nonce.clone(),
-                message_type: send.input.message_type.clone(),
-                idempotency_key: send.input.idempotency_key.clone(),
+                encrypted_content: send.input.encrypted_content,
+                nonce: send.input.nonce,
+                message_type: send.input.message_type,
+                idempotency_key: send.input.idempotency_key,
                 at,
-            })
-            .collect();
+            });
+            waiting.push(Waiting {
+                reply: send.reply,
+                started: send.started,
+                _permit: send._permit,
+            });
+        }
         let outcomes = self.shared.store.send_batch(commands).await;
         let committed_at = self.shared.clock.monotonic();
-        for (send, outcome) in sends.into_iter().zip(outcomes) {
+        for (send, outcome) in waiting.into_iter().zip(outcomes) {
             let result = match outcome {
                 Ok(SendOutcome::Created(committed)) => {
                     self.shared

@@ -198,17 +198,7 @@ async fn bare_sqlite(path: &Path, args: &Args) -> anyhow::Result<f64> {
     let deadline = started + Duration::from_secs(args.secs);
     let mut rows = 0;
     while Instant::now() < deadline {
-        let mut insert = QueryBuilder::<sqlx::Sqlite>::new(INSERT);
-        insert.push_values(0..args.batch, |mut row, _| {
-            row.push_bind(Uuid::now_v7())
-                .push_bind(conversation)
-                .push_bind(seq.fetch_add(1, Ordering::Relaxed) as i64 + 1)
-                .push_bind(Uuid::nil())
-                .push_bind("text")
-                .push_bind(CONTENT)
-                .push_bind(NONCE)
-                .push_bind(Utc::now());
-        });
+        let mut insert = bare_rows::<sqlx::Sqlite>(args.batch, conversation, &seq);
         let mut tx = pool.begin().await?;
         insert.build().execute(&mut *tx).await?;
         tx.commit().await?;
@@ -248,17 +238,7 @@ async fn bare_postgres(url: &str, args: &Args) -> anyhow::Result<f64> {
         );
         writers.spawn(async move {
             while Instant::now() < deadline {
-                let mut insert = QueryBuilder::<sqlx::Postgres>::new(INSERT);
-                insert.push_values(0..batch, |mut row, _| {
-                    row.push_bind(Uuid::now_v7())
-                        .push_bind(conversation)
-                        .push_bind(seq.fetch_add(1, Ordering::Relaxed) as i64 + 1)
-                        .push_bind(Uuid::nil())
-                        .push_bind("text")
-                        .push_bind(CONTENT)
-                        .push_bind(NONCE)
-                        .push_bind(Utc::now());
-                });
+                let mut insert = bare_rows::<sqlx::Postgres>(batch, conversation, &seq);
                 let mut tx = pool.begin().await?;
                 insert.build().execute(&mut *tx).await?;
                 tx.commit().await?;
@@ -277,6 +257,30 @@ async fn bare_postgres(url: &str, args: &Args) -> anyhow::Result<f64> {
 
 const INSERT: &str = "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
                       encrypted_content, nonce, created_at) ";
+/// One multi-row INSERT of `batch` message rows, numbered from `seq`.
+fn bare_rows<DB>(batch: usize, conversation: Uuid, seq: &AtomicU64) -> QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    DB::Arguments: Default,
+    for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'static str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> chrono::DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut insert = QueryBuilder::<DB>::new(INSERT);
+    insert.push_values(0..batch, |mut row, _| {
+        row.push_bind(Uuid::now_v7())
+            .push_bind(conversation)
+            .push_bind(seq.fetch_add(1, Ordering::Relaxed) as i64 + 1)
+            .push_bind(Uuid::nil())
+            .push_bind("text")
+            .push_bind(CONTENT)
+            .push_bind(NONCE)
+            .push_bind(Utc::now());
+    });
+    insert
+}
+
 /// The same sizes the benchmark's sends carry.
 const CONTENT: &str = "AAAAAAAAAAA=";
 const NONCE: &str = "bm9uY2UtMDEyMzQ1Njc4OQ==";

@@ -28,5 +28,5 @@ pub use redis::{RedisBus, RedisOptions};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
-    NewMessage, SendOutcome, Store,
+    NewMessage, SendOutcome, Store, send_each,
 };

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
-    NewMessage, SendOutcome, Store,
+    NewMessage, SendOutcome, Store, send_each,
 };
 use crate::{Rejection, StoreError, rows};
 
@@ -462,11 +462,7 @@ impl Store for PostgresStore {
         };
         let conversation = first.conversation_id;
         if commands.iter().any(|c| c.conversation_id != conversation) {
-            let mut outcomes = Vec::with_capacity(commands.len());
-            for command in commands {
-                outcomes.push(self.send(command).await);
-            }
-            return outcomes;
+            return send_each(self, commands).await;
         }
         let count = commands.len();
         let failed = |error: &StoreError| {

@@ -192,17 +192,18 @@ async fn group_commit(
     let mut batch = Vec::with_capacity(SENDS_PER_COMMIT_MAX);
     while queued.recv_many(&mut batch, SENDS_PER_COMMIT_MAX).await > 0 {
         batch_sizes.observe(batch.len() as f64);
-        let commands: Vec<&NewMessage> = batch.iter().map(|p| &p.command).collect();
-        let outcomes = match commit_batch(&writer, &commands).await {
+        let (commands, replies): (Vec<_>, Vec<_>) =
+            batch.drain(..).map(|p| (p.command, p.reply)).unzip();
+        let outcomes = match commit_batch(&writer, commands).await {
             Ok(outcomes) => outcomes,
-            Err(error) => batch
+            Err(error) => replies
                 .iter()
                 .map(|_| Err(StoreError::Backend(error.to_string())))
                 .collect(),
         };
-        for (pending, outcome) in batch.drain(..).zip(outcomes) {
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that gave up does not undo the commit.
-            let _ = pending.reply.send(outcome);
+            let _ = reply.send(outcome);
         }
     }
 }
@@ -225,7 +226,7 @@ fn placeholders(rows: usize, width: usize) -> String {
 
 async fn commit_batch(
     writer: &SqlitePool,
-    batch: &[&NewMessage],
+    batch: Vec<NewMessage>,
 ) -> Result<Vec<Result<SendOutcome, StoreError>>, StoreError> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
 
@@ -251,7 +252,7 @@ async fn commit_batch(
     // Which keys already stored a message.
     let keyed: Vec<(&NewMessage, &str)> = batch
         .iter()
-        .filter_map(|c| Some((*c, c.idempotency_key.as_deref()?)))
+        .filter_map(|c| Some((c, c.idempotency_key.as_deref()?)))
         .collect();
     let mut stored: HashMap<(Uuid, Uuid, String), Message> = HashMap::new();
     if !keyed.is_empty() {
@@ -329,14 +330,16 @@ async fn commit_batch(
         }
     }
 
-    // The outcomes, now that the seqs are known.
+    // The outcomes, now that the seqs are known; each new message takes its
+    // command's strings rather than a copy of them.
     let mut outcomes: Vec<Result<SendOutcome, StoreError>> = Vec::with_capacity(batch.len());
+    // The new messages: their outcome, idempotency key and encoded event.
     let mut created = Vec::new();
-    for (command, decision) in batch.iter().zip(decisions) {
+    for (command, decision) in batch.into_iter().zip(decisions) {
         let outcome = match decision {
             Decision::Stored(outcome) => outcome,
             Decision::SameKeyAs(first) => match &outcomes[first] {
-                Ok(SendOutcome::Created(c)) => rows::replay(c.value.clone(), command),
+                Ok(SendOutcome::Created(c)) => rows::replay(c.value.clone(), &command),
                 _ => Err(StoreError::Backend(
                     "a batch lost a send's first use".into(),
                 )),
@@ -347,9 +350,10 @@ async fn commit_batch(
                     StoreError::Backend("a member's conversation vanished".into())
                 })?;
                 let seq = last - i64::from(count) + 1 + i64::from(n);
-                let message = (*command).clone().into_message(seq);
+                let key = command.idempotency_key.clone();
+                let message = command.into_message(seq);
                 let event = Event::MessageNew(message.clone());
-                created.push((*command, seq, rows::encode_event(&event)?, event.kind()));
+                created.push((outcomes.len(), key, rows::encode_event(&event)?));
                 Ok(SendOutcome::Created(Committed {
                     value: message,
                     events: vec![event],
@@ -360,31 +364,38 @@ async fn commit_batch(
     }
 
     if !created.is_empty() {
+        let committed = |i: usize| match &outcomes[i] {
+            Ok(SendOutcome::Created(c)) => c,
+            _ => unreachable!("created sends have created outcomes"),
+        };
         let mut messages = QueryBuilder::<Sqlite>::new(
             "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
              encrypted_content, nonce, idempotency_key, created_at) ",
         );
-        messages.push_values(&created, |mut row, (c, seq, _, _)| {
-            row.push_bind(c.id)
-                .push_bind(c.conversation_id)
-                .push_bind(*seq)
-                .push_bind(c.sender_id)
-                .push_bind(&c.message_type)
-                .push_bind(&c.encrypted_content)
-                .push_bind(&c.nonce)
-                .push_bind(&c.idempotency_key)
-                .push_bind(c.at);
+        messages.push_values(&created, |mut row, (i, key, _)| {
+            let m = &committed(*i).value;
+            row.push_bind(m.id)
+                .push_bind(m.conversation_id)
+                .push_bind(m.seq)
+                .push_bind(m.sender_id)
+                .push_bind(&m.message_type)
+                .push_bind(&m.encrypted_content)
+                .push_bind(&m.nonce)
+                .push_bind(key)
+                .push_bind(m.created_at);
         });
         messages.build().execute(&mut *tx).await?;
         let mut events = QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (conversation_id, seq, type, payload, created_at) ",
         );
-        events.push_values(&created, |mut row, (c, seq, payload, kind)| {
-            row.push_bind(c.conversation_id)
-                .push_bind(*seq)
-                .push_bind(*kind)
+        events.push_values(&created, |mut row, (i, _, payload)| {
+            let c = committed(*i);
+            let m = &c.value;
+            row.push_bind(m.conversation_id)
+                .push_bind(m.seq)
+                .push_bind(c.events[0].kind())
                 .push_bind(payload)
-                .push_bind(c.at);
+                .push_bind(m.created_at);
         });
         events.build().execute(&mut *tx).await?;
     }

@@ -191,11 +191,7 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// if sent one after the other; a store may commit them together. The
     /// default sends them one at a time.
     async fn send_batch(&self, commands: Vec<NewMessage>) -> Vec<Result<SendOutcome, StoreError>> {
-        let mut outcomes = Vec::with_capacity(commands.len());
-        for command in commands {
-            outcomes.push(self.send(command).await);
-        }
-        outcomes
+        send_each(self, commands).await
     }
 
     /// Edits a message.
@@ -261,4 +257,17 @@ pub trait Store: Send + Sync + Debug + 'static {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError>;
+}
+
+/// Sends `commands` one after the other through `store.send`: the default
+/// [`Store::send_batch`], for stores (and wrappers) that add nothing to it.
+pub async fn send_each<S: Store + ?Sized>(
+    store: &S,
+    commands: Vec<NewMessage>,
+) -> Vec<Result<SendOutcome, StoreError>> {
+    let mut outcomes = Vec::with_capacity(commands.len());
+    for command in commands {
+        outcomes.push(store.send(command).await);
+    }
+    outcomes
 }

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
 use switchboard_storage::{
     Clock, Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
-    NewMessage, SendOutcome, SqliteOptions, SqliteStore, Store, StoreError,
+    NewMessage, SendOutcome, SqliteOptions, SqliteStore, Store, StoreError, send_each,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -132,11 +132,7 @@ impl Store for FaultyStore {
 
     async fn send_batch(&self, commands: Vec<NewMessage>) -> Vec<Result<SendOutcome, StoreError>> {
         self.batches.lock().unwrap().push(commands.len());
-        let mut outcomes = Vec::with_capacity(commands.len());
-        for command in commands {
-            outcomes.push(self.send(command).await);
-        }
-        outcomes
+        send_each(self, commands).await
     }
 
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
