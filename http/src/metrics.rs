@@ -1,11 +1,13 @@
-//! Request counts and durations by route and status.
+//! Request counts and durations by route and status, and how many frames
+//! a WebSocket write carries.
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, Registry};
+use prometheus::core::Collector;
+use prometheus::{Histogram, HistogramOpts, HistogramVec, Registry};
 
 use crate::AppState;
 
@@ -13,6 +15,8 @@ use crate::AppState;
 pub(crate) struct HttpMetrics {
     /// Request duration by route template, method and status.
     request_duration_seconds: HistogramVec,
+    /// Frames a WebSocket writer put into one write to its socket.
+    pub(crate) websocket_frames_per_write: Histogram,
 }
 
 impl HttpMetrics {
@@ -28,12 +32,26 @@ impl HttpMetrics {
             &["route", "method", "status"],
         )
         .expect("valid metric");
-        // A second router over the same node reuses the registered collector.
-        if let Err(error) = registry.register(Box::new(request_duration_seconds.clone())) {
-            tracing::debug!(%error, "http metrics already registered");
+        let websocket_frames_per_write = Histogram::with_opts(
+            HistogramOpts::new(
+                "websocket_frames_per_write",
+                "Frames a WebSocket connection wrote to its socket at once",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .expect("valid metric");
+        // A second router over the same node reuses the registered collectors.
+        for collector in [
+            Box::new(request_duration_seconds.clone()) as Box<dyn Collector>,
+            Box::new(websocket_frames_per_write.clone()),
+        ] {
+            if let Err(error) = registry.register(collector) {
+                tracing::debug!(%error, "http metrics already registered");
+            }
         }
         Self {
             request_duration_seconds,
+            websocket_frames_per_write,
         }
     }
 }

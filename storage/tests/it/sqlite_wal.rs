@@ -1,0 +1,77 @@
+//! SQLite's write-ahead log stays bounded under a steady stream of commits.
+//! The writer checkpoints inside the commit that takes the WAL past 1,000
+//! pages (SQLite's default), so its next transaction starts the log over.
+//! A checkpoint that only ever ran beside the writer would never catch up
+//! with it, and the log would grow without bound (tried; see BENCHMARKS.md).
+
+use switchboard_protocol::ConversationKind;
+use switchboard_storage::{
+    Clock, CreateConversation, MessageRange, NewMessage, SendOutcome, SqliteOptions, SqliteStore,
+    Store, SystemClock,
+};
+use uuid::Uuid;
+
+/// Sends, each committed on its own (the next waits for the last).
+const SENDS: usize = 400;
+/// The WAL file at most: 1,000 pages of 4 KiB and the commit that crosses
+/// them. Without a rewind these sends write about 16 MB of frames.
+const WAL_LEN_MAX: u64 = 5 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_under_continuous_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wal.db");
+    let mut options = SqliteOptions::new(path.clone());
+    options.synchronous_full = false;
+    let store = SqliteStore::open(&options).await.unwrap();
+    let clock = SystemClock::new();
+    let (owner, conversation) = (Uuid::now_v7(), Uuid::now_v7());
+    store
+        .create_conversation(CreateConversation {
+            id: conversation,
+            kind: ConversationKind::Group,
+            title: Some("wal".into()),
+            creator: owner,
+            members: Vec::new(),
+            at: clock.now(),
+        })
+        .await
+        .unwrap();
+    let wal = dir.path().join("wal.db-wal");
+    let mut wal_len_max = 0;
+    for i in 0..SENDS {
+        let outcome = store
+            .send(NewMessage {
+                id: Uuid::now_v7(),
+                conversation_id: conversation,
+                sender_id: owner,
+                encrypted_content: format!("{i:0>1000}"),
+                nonce: "bm9uY2U=".into(),
+                message_type: "text".into(),
+                idempotency_key: None,
+                at: clock.now(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(outcome, SendOutcome::Created(_)));
+        wal_len_max = wal_len_max.max(std::fs::metadata(&wal).unwrap().len());
+    }
+    assert!(
+        wal_len_max <= WAL_LEN_MAX,
+        "the WAL grew to {wal_len_max} bytes"
+    );
+
+    // Nothing was lost to the checkpoints, before or after reopening.
+    let range = MessageRange {
+        after_seq: None,
+        before_seq: None,
+        limit: 1000,
+    };
+    let messages = store.messages(conversation, range).await.unwrap();
+    assert_eq!(messages.len(), SENDS);
+    store.close().await;
+    let store = SqliteStore::open(&options).await.unwrap();
+    let messages = store.messages(conversation, range).await.unwrap();
+    assert_eq!(messages.len(), SENDS);
+    assert!(messages.iter().all(|m| m.encrypted_content.len() == 1000));
+}
