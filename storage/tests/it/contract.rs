@@ -16,7 +16,7 @@ fn now() -> DateTime<Utc> {
     SystemClock::new().now()
 }
 
-async fn group(store: &dyn Store, owner: Uuid, members: &[Uuid]) -> Uuid {
+pub(crate) async fn group(store: &dyn Store, owner: Uuid, members: &[Uuid]) -> Uuid {
     let id = Uuid::now_v7();
     let outcome = store
         .create_conversation(CreateConversation {
@@ -33,7 +33,7 @@ async fn group(store: &dyn Store, owner: Uuid, members: &[Uuid]) -> Uuid {
     id
 }
 
-fn message(conversation_id: Uuid, sender_id: Uuid, content: &str) -> NewMessage {
+pub(crate) fn message(conversation_id: Uuid, sender_id: Uuid, content: &str) -> NewMessage {
     NewMessage {
         id: Uuid::now_v7(),
         conversation_id,

@@ -4,12 +4,10 @@
 //! A checkpoint that only ever ran beside the writer would never catch up
 //! with it, and the log would grow without bound (tried; see BENCHMARKS.md).
 
-use switchboard_protocol::ConversationKind;
-use switchboard_storage::{
-    Clock, CreateConversation, MessageRange, NewMessage, SendOutcome, SqliteOptions, SqliteStore,
-    Store, SystemClock,
-};
+use switchboard_storage::{MessageRange, SendOutcome, SqliteOptions, SqliteStore, Store};
 use uuid::Uuid;
+
+use crate::contract::{group, message};
 
 /// Sends, each committed on its own (the next waits for the last).
 const SENDS: usize = 400;
@@ -20,37 +18,16 @@ const WAL_LEN_MAX: u64 = 5 * 1024 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wal_starts_over_under_continuous_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("wal.db");
-    let mut options = SqliteOptions::new(path.clone());
+    let mut options = SqliteOptions::new(dir.path().join("wal.db"));
     options.synchronous_full = false;
     let store = SqliteStore::open(&options).await.unwrap();
-    let clock = SystemClock::new();
-    let (owner, conversation) = (Uuid::now_v7(), Uuid::now_v7());
-    store
-        .create_conversation(CreateConversation {
-            id: conversation,
-            kind: ConversationKind::Group,
-            title: Some("wal".into()),
-            creator: owner,
-            members: Vec::new(),
-            at: clock.now(),
-        })
-        .await
-        .unwrap();
+    let owner = Uuid::now_v7();
+    let conversation = group(&store, owner, &[]).await;
     let wal = dir.path().join("wal.db-wal");
     let mut wal_len_max = 0;
     for i in 0..SENDS {
         let outcome = store
-            .send(NewMessage {
-                id: Uuid::now_v7(),
-                conversation_id: conversation,
-                sender_id: owner,
-                encrypted_content: format!("{i:0>1000}"),
-                nonce: "bm9uY2U=".into(),
-                message_type: "text".into(),
-                idempotency_key: None,
-                at: clock.now(),
-            })
+            .send(message(conversation, owner, &format!("{i:0>1000}")))
             .await
             .unwrap();
         assert!(matches!(outcome, SendOutcome::Created(_)));
