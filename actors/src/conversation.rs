@@ -397,10 +397,14 @@ pub(crate) struct ConversationState {
     flush_scheduled: bool,
 }
 
-/// A committed-to send's caller, while its batch is with the store.
+/// A send's caller, from when the actor takes the send until it is
+/// answered.
+#[derive(Debug)]
 struct Waiting {
     reply: Reply<(Message, bool)>,
+    /// When the actor took it, for the commit-latency metric.
     started: Duration,
+    /// Its mailbox slot, held until it is answered.
     _permit: Permit,
 }
 
@@ -409,10 +413,15 @@ struct Waiting {
 struct PendingSend {
     user: Uuid,
     input: SendMessage,
-    reply: Reply<(Message, bool)>,
-    /// When the actor took it, for the commit-latency metric.
-    started: Duration,
-    _permit: Permit,
+    waiting: Waiting,
+}
+
+/// Answers sends that were taken but will not be committed here: their
+/// callers send them again to the conversation's successor.
+fn refuse_closing(sends: impl IntoIterator<Item = PendingSend>) {
+    for send in sends {
+        let _ = send.waiting.reply.send(Outcome::Closing);
+    }
 }
 
 /// The conversation actor.
@@ -453,10 +462,7 @@ impl Actor for ConversationActor {
         if let Some(timer) = state.timer.take() {
             timer.abort();
         }
-        // Not committed: the callers send them again to a successor.
-        for send in state.sends.drain(..) {
-            let _ = send.reply.send(Outcome::Closing);
-        }
+        refuse_closing(state.sends.drain(..));
         Ok(())
     }
 
@@ -499,9 +505,7 @@ impl Actor for ConversationActor {
                 state.flush_scheduled = false;
                 let sends = std::mem::take(&mut state.sends);
                 if state.closing {
-                    for send in sends {
-                        let _ = send.reply.send(Outcome::Closing);
-                    }
+                    refuse_closing(sends);
                     return Ok(());
                 }
                 state.last_active = state.shared.clock.monotonic();
@@ -509,13 +513,13 @@ impl Actor for ConversationActor {
                     Ok(true) => state.send_batch(sends).await,
                     Ok(false) => {
                         for send in sends {
-                            answer(send.reply, Err(NOT_FOUND));
+                            answer(send.waiting.reply, Err(NOT_FOUND));
                         }
                         state.close(&myself);
                     }
                     Err(error) => {
                         for send in sends {
-                            answer(send.reply, Err(error.clone()));
+                            answer(send.waiting.reply, Err(error.clone()));
                         }
                     }
                 }
@@ -673,16 +677,16 @@ impl ConversationState {
                 self.sends.push(PendingSend {
                     user,
                     input,
-                    reply,
-                    started: self.shared.clock.monotonic(),
-                    _permit: permit,
+                    waiting: Waiting {
+                        reply,
+                        started: self.shared.clock.monotonic(),
+                        _permit: permit,
+                    },
                 });
                 if !self.flush_scheduled {
                     self.flush_scheduled = myself.cast(ConversationMsg::FlushSends).is_ok();
                     if !self.flush_scheduled {
-                        for send in self.sends.drain(..) {
-                            let _ = send.reply.send(Outcome::Closing);
-                        }
+                        refuse_closing(self.sends.drain(..));
                     }
                 }
             }
@@ -761,35 +765,28 @@ impl ConversationState {
                 idempotency_key: send.input.idempotency_key,
                 at,
             });
-            waiting.push(Waiting {
-                reply: send.reply,
-                started: send.started,
-                _permit: send._permit,
-            });
+            waiting.push(send.waiting);
         }
         let outcomes = self.shared.store.send_batch(commands).await;
         let committed_at = self.shared.clock.monotonic();
+        let latency = &self.shared.metrics.message_delivery_latency_seconds;
+        let (commit_latency, fanout_latency) = (
+            latency.with_label_values(&["commit"]),
+            latency.with_label_values(&["local_fanout"]),
+        );
         for (send, outcome) in waiting.into_iter().zip(outcomes) {
             let result = match outcome {
                 Ok(SendOutcome::Created(committed)) => {
-                    self.shared
-                        .metrics
-                        .message_delivery_latency_seconds
-                        .with_label_values(&["commit"])
-                        .observe(committed_at.saturating_sub(send.started).as_secs_f64());
+                    commit_latency.observe(committed_at.saturating_sub(send.started).as_secs_f64());
                     let delivering = self.shared.clock.monotonic();
                     self.accept(committed.events, true).await;
-                    self.shared
-                        .metrics
-                        .message_delivery_latency_seconds
-                        .with_label_values(&["local_fanout"])
-                        .observe(
-                            self.shared
-                                .clock
-                                .monotonic()
-                                .saturating_sub(delivering)
-                                .as_secs_f64(),
-                        );
+                    fanout_latency.observe(
+                        self.shared
+                            .clock
+                            .monotonic()
+                            .saturating_sub(delivering)
+                            .as_secs_f64(),
+                    );
                     Ok((committed.value, true))
                 }
                 Ok(SendOutcome::Duplicate(message)) => Ok((message, false)),
