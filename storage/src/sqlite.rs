@@ -67,8 +67,18 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Sends waiting for the group committer, which commits them in batches.
     sends: mpsc::Sender<PendingSend>,
-    /// Sends per group commit.
-    batch_sizes: Histogram,
+    /// Sends per group commit, and how long each held the writer.
+    commits: CommitMetrics,
+}
+
+/// The group committer's metrics.
+#[derive(Debug, Clone)]
+struct CommitMetrics {
+    /// Sends committed together.
+    sends: Histogram,
+    /// Seconds from a batch's `BEGIN` to its outcome; their sum over a
+    /// second is how busy the single writer is.
+    seconds: Histogram,
 }
 
 /// Sends the group committer may have queued; a full queue makes callers
@@ -120,20 +130,32 @@ impl SqliteStore {
             .connect_with(connect.read_only(true))
             .await?;
         let (sends, queued) = mpsc::channel(SENDS_QUEUED_MAX);
-        let batch_sizes = Histogram::with_opts(
-            HistogramOpts::new(
-                "store_group_commit_sends",
-                "Sends committed together in one SQLite transaction",
+        let commits = CommitMetrics {
+            sends: Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_group_commit_sends",
+                    "Sends committed together in one SQLite transaction",
+                )
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
             )
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]),
-        )
-        .expect("valid histogram");
-        tokio::spawn(group_commit(writer.clone(), queued, batch_sizes.clone()));
+            .expect("valid histogram"),
+            seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_group_commit_seconds",
+                    "Time one group commit held SQLite's writer, BEGIN to outcome",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
+                ]),
+            )
+            .expect("valid histogram"),
+        };
+        tokio::spawn(group_commit(writer.clone(), queued, commits.clone()));
         Ok(Self {
             writer,
             reader,
             sends,
-            batch_sizes,
+            commits,
         })
     }
 
@@ -141,7 +163,10 @@ impl SqliteStore {
     /// its others.
     #[must_use]
     pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
-        vec![Box::new(self.batch_sizes.clone())]
+        vec![
+            Box::new(self.commits.sends.clone()),
+            Box::new(self.commits.seconds.clone()),
+        ]
     }
 
     /// Closes every connection, checkpointing the WAL.
@@ -171,13 +196,13 @@ fn migrator() -> Migrator {
     }
 }
 
-/// Takes the next `count` seqs of a conversation; returns the first.
 /// Commits queued sends in batches: one `BEGIN IMMEDIATE`, one `COMMIT`,
 /// one sync to disk for all of them, and a fixed number of statements
 /// whatever the batch's size (each statement is a round trip to sqlx's
 /// SQLite thread, which on a busy machine costs more than the work). Under
 /// the write lock the batch reads which senders are members and which
-/// idempotency keys are already stored, decides each send in queue order,
+/// idempotency keys are already stored (each looked up in its index: see
+/// [`members_sql`]), decides each send in queue order,
 /// takes each conversation's seqs with one `UPDATE … FROM (VALUES …)`, and
 /// writes the rows with one multi-row INSERT per table. A send refused by
 /// its checks writes nothing and the others still commit; a backend
@@ -187,14 +212,17 @@ fn migrator() -> Migrator {
 async fn group_commit(
     writer: SqlitePool,
     mut queued: mpsc::Receiver<PendingSend>,
-    batch_sizes: Histogram,
+    metrics: CommitMetrics,
 ) {
     let mut batch = Vec::with_capacity(SENDS_PER_COMMIT_MAX);
     while queued.recv_many(&mut batch, SENDS_PER_COMMIT_MAX).await > 0 {
-        batch_sizes.observe(batch.len() as f64);
+        metrics.sends.observe(batch.len() as f64);
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.drain(..).map(|p| (p.command, p.reply)).unzip();
-        let outcomes = match commit_batch(&writer, commands).await {
+        let timer = metrics.seconds.start_timer();
+        let committed = commit_batch(&writer, commands).await;
+        timer.observe_duration();
+        let outcomes = match committed {
             Ok(outcomes) => outcomes,
             Err(error) => replies
                 .iter()
@@ -218,6 +246,36 @@ enum Decision {
     New(u32),
 }
 
+/// Which of `pairs` (conversation, user) pairs are members. The pairs are
+/// the rows of a subquery, which every SQLite version looks up one by one
+/// in the primary key. A bare row value `IN (VALUES …)` is planned that way
+/// by the SQLite sqlx bundles, but as a scan of the whole table by older
+/// ones (3.40, a common system library): under the single writer, a pass
+/// over every member of every conversation on every commit.
+fn members_sql(pairs: usize) -> String {
+    format!(
+        "SELECT conversation_id, user_id FROM members \
+         WHERE (conversation_id, user_id) IN (SELECT column1, column2 FROM (VALUES {}))",
+        placeholders(pairs, 2)
+    )
+}
+
+/// The messages `keys` (conversation, sender, idempotency key) triples
+/// already stored, each looked up in the idempotency index (as in
+/// [`members_sql`], a bare `IN (VALUES …)` would scan every message).
+fn stored_keys_sql(keys: usize) -> String {
+    format!(
+        concat!(
+            "SELECT ",
+            rows::message_columns!(),
+            ", idempotency_key FROM messages \
+             WHERE (conversation_id, sender_id, idempotency_key) \
+             IN (SELECT column1, column2, column3 FROM (VALUES {}))"
+        ),
+        placeholders(keys, 3)
+    )
+}
+
 /// `(?, ?), (?, ?), …`: `rows` tuples of `width` placeholders.
 fn placeholders(rows: usize, width: usize) -> String {
     let row = format!("({})", vec!["?"; width].join(", "));
@@ -235,12 +293,7 @@ async fn commit_batch(
         .iter()
         .map(|c| (c.conversation_id, c.sender_id))
         .collect();
-    let sql = format!(
-        "SELECT conversation_id, user_id FROM members \
-         WHERE (conversation_id, user_id) IN (VALUES {})",
-        placeholders(pairs.len(), 2)
-    );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
+    let mut query = sqlx::query(AssertSqlSafe(members_sql(pairs.len())));
     for (conversation, user) in &pairs {
         query = query.bind(conversation).bind(user);
     }
@@ -256,16 +309,7 @@ async fn commit_batch(
         .collect();
     let mut stored: HashMap<(Uuid, Uuid, String), Message> = HashMap::new();
     if !keyed.is_empty() {
-        let sql = format!(
-            concat!(
-                "SELECT ",
-                rows::message_columns!(),
-                ", idempotency_key FROM messages \
-                 WHERE (conversation_id, sender_id, idempotency_key) IN (VALUES {})"
-            ),
-            placeholders(keyed.len(), 3)
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
+        let mut query = sqlx::query(AssertSqlSafe(stored_keys_sql(keyed.len())));
         for (command, key) in &keyed {
             query = query
                 .bind(command.conversation_id)
@@ -403,6 +447,7 @@ async fn commit_batch(
     Ok(outcomes)
 }
 
+/// Takes the next `count` seqs of a conversation; returns the first.
 async fn allocate(
     tx: &mut Transaction<'static, Sqlite>,
     conversation_id: Uuid,
@@ -1034,5 +1079,56 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await?;
         rows::decode_events(&payloads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SQLite's plan for `sql`, one line per step.
+    async fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
+        let mut query = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+        for _ in 0..sql.matches('?').count() {
+            query = query.bind(Uuid::nil());
+        }
+        query
+            .fetch_all(&store.reader)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect()
+    }
+
+    /// The group commit's reads look each sender and each key up in an
+    /// index, whatever the batch's size: a scan would cost the writer a
+    /// pass over every member or every message on every commit.
+    #[tokio::test]
+    async fn the_group_commit_reads_search_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("plan.db")))
+            .await
+            .unwrap();
+        for size in [1, 2, 64] {
+            for (sql, table) in [
+                (members_sql(size), "members"),
+                (stored_keys_sql(size), "messages"),
+            ] {
+                let plan = plan(&store, &sql).await;
+                assert!(
+                    plan.iter()
+                        .any(|step| step.starts_with(&format!("SEARCH {table}"))),
+                    "{size} rows: {plan:?}"
+                );
+                assert!(
+                    !plan
+                        .iter()
+                        .any(|step| step.starts_with(&format!("SCAN {table}"))),
+                    "{size} rows: {plan:?}"
+                );
+            }
+        }
+        store.close().await;
     }
 }

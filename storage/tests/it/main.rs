@@ -13,6 +13,7 @@ mod backend;
 #[cfg(feature = "redis-tests")]
 mod bus;
 mod contract;
+mod sqlite_metrics;
 mod sqlite_wal;
 
 macro_rules! contract {
