@@ -3,6 +3,9 @@
 //! send-acknowledgement latency at half that rate. The ceiling, measured
 //! in the same run, is a bare batched INSERT of message rows into the same
 //! schema on the same database engine with the same durability settings.
+//! A second reference, also measured in the run, is the same senders
+//! against the bare server, which answers each send over the same HTTP
+//! stack and stores nothing: what HTTP alone allows on this machine.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -52,6 +55,8 @@ pub(crate) struct Args {
 struct Run {
     database: &'static str,
     max: Phase,
+    /// Flat out against the bare server, which stores nothing.
+    http_only: Arc<Phase>,
     half: Phase,
     ceiling_rows_per_sec: f64,
     server_rss_bytes: u64,
@@ -61,9 +66,18 @@ impl Run {
     fn ratio(&self) -> f64 {
         self.max.sends_per_sec() / self.ceiling_rows_per_sec
     }
+
+    fn ratio_to_http_only(&self) -> f64 {
+        self.max.sends_per_sec() / self.http_only.sends_per_sec()
+    }
 }
 
 pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Result<()> {
+    let http_only = {
+        let bare = Server::start_bare().await?;
+        let senders = senders(&bare, args).await?;
+        Arc::new(fanout::send_phase(&senders, &[bare.pid()], None, args.secs).await?)
+    };
     let mut runs = Vec::new();
     {
         let server = Server::start(binary, &OPEN_LIMITS).await?;
@@ -73,6 +87,7 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
         runs.push(Run {
             database: "sqlite",
             max,
+            http_only: Arc::clone(&http_only),
             half,
             ceiling_rows_per_sec: ceiling,
             server_rss_bytes: server.peak_rss()?,
@@ -91,6 +106,7 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
             anyhow::Ok(Run {
                 database: "postgres",
                 max,
+                http_only: Arc::clone(&http_only),
                 half,
                 ceiling_rows_per_sec: ceiling,
                 server_rss_bytes: rss,
@@ -115,11 +131,19 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
                         "rows_per_sec": round(r.ceiling_rows_per_sec),
                     },
                     "ratio_to_ceiling": round(r.ratio()),
+                    "http_only": {
+                        "name": "bare server, same senders, nothing stored",
+                        "sends_per_sec": round(r.http_only.sends_per_sec()),
+                        "server_cpu_cores": round(r.http_only.server_cores),
+                        "bench_cpu_cores": round(r.http_only.bench_cores),
+                        "ratio": round(r.ratio_to_http_only()),
+                    },
                     "latency_ms": Latency::of(&r.half.ack).json(),
                     "latency_rate": round(r.half.sends_per_sec()),
                     "max_rate_latency_ms": Latency::of(&r.max.ack).json(),
                     "server_rss_bytes": r.server_rss_bytes,
                     "server_cpu_cores": round(r.max.server_cores),
+                    "bench_cpu_cores": round(r.max.bench_cores),
                 })
             );
         } else {
@@ -128,10 +152,11 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
                 r.database, args.conversations, args.senders_per_conversation, args.secs
             );
             println!(
-                "  flat out:  {:>8.0} acknowledged sends/s, ack {}, server {:.2} cores",
+                "  flat out:  {:>8.0} acknowledged sends/s, ack {}, server {:.2} cores, bench {:.2}",
                 r.max.sends_per_sec(),
                 Latency::of(&r.max.ack).text(),
-                r.max.server_cores
+                r.max.server_cores,
+                r.max.bench_cores
             );
             println!(
                 "  half rate: {:>8.0} sends/s, ack {}",
@@ -144,6 +169,13 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
                 args.batch,
                 r.ratio()
             );
+            println!(
+                "  HTTP only: {:>8.0} sends/s (bare server, nothing stored; server {:.2} cores, bench {:.2}); ratio {:.3}",
+                r.http_only.sends_per_sec(),
+                r.http_only.server_cores,
+                r.http_only.bench_cores,
+                r.ratio_to_http_only()
+            );
         }
     }
     Ok(())
@@ -151,6 +183,16 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
 
 /// Flat out, then at half that rate.
 async fn measure(server: &Server, args: &Args) -> anyhow::Result<(Phase, Phase)> {
+    let senders = senders(server, args).await?;
+    let pids = [server.pid()];
+    let max = fanout::send_phase(&senders, &pids, None, args.secs).await?;
+    let half =
+        fanout::send_phase(&senders, &pids, Some(max.sends_per_sec() / 2.0), args.secs).await?;
+    Ok((max, half))
+}
+
+/// The conversations, each with its members as senders.
+async fn senders(server: &Server, args: &Args) -> anyhow::Result<Vec<(Client, Uuid)>> {
     let mut senders = Vec::new();
     for _ in 0..args.conversations {
         let members: Vec<(Uuid, String)> = (0..args.senders_per_conversation.max(1))
@@ -171,11 +213,7 @@ async fn measure(server: &Server, args: &Args) -> anyhow::Result<(Phase, Phase)>
                 .map(|m| (Client::new(&server.base, &m.1), room)),
         );
     }
-    let pids = [server.pid()];
-    let max = fanout::send_phase(&senders, &pids, None, args.secs).await?;
-    let half =
-        fanout::send_phase(&senders, &pids, Some(max.sends_per_sec() / 2.0), args.secs).await?;
-    Ok((max, half))
+    Ok(senders)
 }
 
 /// Rows per second a bare batched INSERT reaches on SQLite with the
