@@ -246,31 +246,29 @@ enum Decision {
     New(u32),
 }
 
-/// Which of `pairs` (conversation, user) pairs are members. The pairs are
-/// the rows of a subquery, which every SQLite version looks up one by one
-/// in the primary key. A bare row value `IN (VALUES …)` is planned that way
-/// by the SQLite sqlx bundles, but as a scan of the whole table by older
-/// ones (3.40, a common system library): under the single writer, a pass
-/// over every member of every conversation on every commit.
+/// Which of `pairs` (conversation, user) pairs are members. The SQLite
+/// sqlx bundles looks each pair up in the primary key; older versions
+/// (3.40, a common system library) plan this row value `IN (VALUES …)` as
+/// a scan of the whole table, which under the single writer would be a pass
+/// over every member on every commit. A test checks the plan.
 fn members_sql(pairs: usize) -> String {
     format!(
         "SELECT conversation_id, user_id FROM members \
-         WHERE (conversation_id, user_id) IN (SELECT column1, column2 FROM (VALUES {}))",
+         WHERE (conversation_id, user_id) IN (VALUES {})",
         placeholders(pairs, 2)
     )
 }
 
 /// The messages `keys` (conversation, sender, idempotency key) triples
-/// already stored, each looked up in the idempotency index (as in
-/// [`members_sql`], a bare `IN (VALUES …)` would scan every message).
+/// already stored, each looked up in the idempotency index (the plan is
+/// checked as [`members_sql`]'s is).
 fn stored_keys_sql(keys: usize) -> String {
     format!(
         concat!(
             "SELECT ",
             rows::message_columns!(),
             ", idempotency_key FROM messages \
-             WHERE (conversation_id, sender_id, idempotency_key) \
-             IN (SELECT column1, column2, column3 FROM (VALUES {}))"
+             WHERE (conversation_id, sender_id, idempotency_key) IN (VALUES {})"
         ),
         placeholders(keys, 3)
     )
