@@ -76,8 +76,8 @@ pub struct SqliteStore {
 struct CommitMetrics {
     /// Sends committed together.
     sends: Histogram,
-    /// Seconds from a batch's `BEGIN` to its outcome; their sum over a
-    /// second is how busy the single writer is.
+    /// Seconds from taking the writer's connection to the batch's outcome;
+    /// their sum over a second is how busy the single writer is.
     seconds: Histogram,
 }
 
@@ -142,7 +142,7 @@ impl SqliteStore {
             seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "store_group_commit_seconds",
-                    "Time one group commit held SQLite's writer, BEGIN to outcome",
+                    "Time one group commit held SQLite's writer connection",
                 )
                 .buckets(vec![
                     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256,
@@ -198,8 +198,9 @@ fn migrator() -> Migrator {
 
 /// Commits queued sends in batches: one `BEGIN IMMEDIATE`, one `COMMIT`,
 /// one sync to disk for all of them, and a fixed number of statements
-/// whatever the batch's size (each statement is a round trip to sqlx's
-/// SQLite thread, which on a busy machine costs more than the work). Under
+/// whatever the batch's size (each a round trip to sqlx's SQLite thread,
+/// though the sync and the pages it writes cost more: BENCHMARKS.md
+/// measures both). Under
 /// the write lock the batch reads which senders are members and which
 /// idempotency keys are already stored (each looked up in its index: see
 /// [`members_sql`]), decides each send in queue order,
