@@ -55,8 +55,6 @@ pub(crate) struct Args {
 struct Run {
     database: &'static str,
     max: Phase,
-    /// Flat out against the bare server, which stores nothing.
-    http_only: Arc<Phase>,
     half: Phase,
     ceiling_rows_per_sec: f64,
     server_rss_bytes: u64,
@@ -67,8 +65,10 @@ impl Run {
         self.max.sends_per_sec() / self.ceiling_rows_per_sec
     }
 
-    fn ratio_to_http_only(&self) -> f64 {
-        self.max.sends_per_sec() / self.http_only.sends_per_sec()
+    /// Against `http_only`: the same senders, flat out, at the bare
+    /// server, which stores nothing.
+    fn ratio_to(&self, http_only: &Phase) -> f64 {
+        self.max.sends_per_sec() / http_only.sends_per_sec()
     }
 }
 
@@ -76,7 +76,7 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
     let http_only = {
         let bare = Server::start_bare().await?;
         let senders = senders(&bare, args).await?;
-        Arc::new(fanout::send_phase(&senders, &[bare.pid()], None, args.secs).await?)
+        fanout::send_phase(&senders, &[bare.pid()], None, args.secs).await?
     };
     let mut runs = Vec::new();
     {
@@ -87,7 +87,6 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
         runs.push(Run {
             database: "sqlite",
             max,
-            http_only: Arc::clone(&http_only),
             half,
             ceiling_rows_per_sec: ceiling,
             server_rss_bytes: server.peak_rss()?,
@@ -106,7 +105,6 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
             anyhow::Ok(Run {
                 database: "postgres",
                 max,
-                http_only: Arc::clone(&http_only),
                 half,
                 ceiling_rows_per_sec: ceiling,
                 server_rss_bytes: rss,
@@ -133,10 +131,10 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
                     "ratio_to_ceiling": round(r.ratio()),
                     "http_only": {
                         "name": "bare server, same senders, nothing stored",
-                        "sends_per_sec": round(r.http_only.sends_per_sec()),
-                        "server_cpu_cores": round(r.http_only.server_cores),
-                        "bench_cpu_cores": round(r.http_only.bench_cores),
-                        "ratio": round(r.ratio_to_http_only()),
+                        "sends_per_sec": round(http_only.sends_per_sec()),
+                        "server_cpu_cores": round(http_only.server_cores),
+                        "bench_cpu_cores": round(http_only.bench_cores),
+                        "ratio": round(r.ratio_to(&http_only)),
                     },
                     "latency_ms": Latency::of(&r.half.ack).json(),
                     "latency_rate": round(r.half.sends_per_sec()),
@@ -171,10 +169,10 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
             );
             println!(
                 "  HTTP only: {:>8.0} sends/s (bare server, nothing stored; server {:.2} cores, bench {:.2}); ratio {:.3}",
-                r.http_only.sends_per_sec(),
-                r.http_only.server_cores,
-                r.http_only.bench_cores,
-                r.ratio_to_http_only()
+                http_only.sends_per_sec(),
+                http_only.server_cores,
+                http_only.bench_cores,
+                r.ratio_to(&http_only)
             );
         }
     }
