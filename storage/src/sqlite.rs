@@ -5,6 +5,17 @@
 //! fails half-way on an upgrade; a pool of readers serves reads concurrently
 //! from the WAL. Allocating a `seq` (`UPDATE conversations SET last_seq = ...
 //! RETURNING`) and writing the rows it numbers commit together.
+//!
+//! A checkpointer on a connection of its own copies the WAL's committed
+//! pages into the database file ten times a second, so that work (and its
+//! sync of the database file) stays off the writer: with SQLite's default
+//! the commit that fills the WAL to 1,000 pages copies them all inline,
+//! holding every send queued behind it. The WAL only starts over when a
+//! transaction begins with every frame copied, which a checkpointer beside
+//! a busy writer never sees, so the writer still checkpoints itself at
+//! [`SqliteOptions::wal_pages_max`]: by then only the last tenth of a
+//! second's frames are left to copy, and its next transaction rewinds the
+//! WAL.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -14,7 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
@@ -23,6 +34,7 @@ use switchboard_protocol::{
     MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
 };
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
 use crate::store::{
@@ -43,6 +55,12 @@ pub struct SqliteOptions {
     pub synchronous_full: bool,
     /// How long a connection waits for a lock held by another process.
     pub busy_timeout: Duration,
+    /// WAL pages (of 4 KiB) at which the writer finishes a checkpoint
+    /// itself, after the background checkpointer has copied most of them:
+    /// the WAL only starts over once a transaction begins with every frame
+    /// copied, which under continuous commits only the writer can arrange.
+    /// This bounds the WAL file at about this many pages.
+    pub wal_pages_max: u32,
 }
 
 impl SqliteOptions {
@@ -54,6 +72,7 @@ impl SqliteOptions {
             readers_max: 4,
             synchronous_full: true,
             busy_timeout: Duration::from_secs(5),
+            wal_pages_max: 4_096,
         }
     }
 }
@@ -65,10 +84,14 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read-only connections.
     reader: SqlitePool,
+    /// The checkpointer's connection.
+    checkpointer: SqlitePool,
     /// Sends waiting for the group committer, which commits them in batches.
     sends: mpsc::Sender<PendingSend>,
     /// Sends per group commit, and how long each held the writer.
     commits: CommitMetrics,
+    /// What the checkpointer did.
+    checkpoints: CheckpointMetrics,
 }
 
 /// The group committer's metrics.
@@ -80,6 +103,22 @@ struct CommitMetrics {
     /// their sum over a second is how busy the single writer is.
     seconds: Histogram,
 }
+
+/// The checkpointer's metrics.
+#[derive(Debug, Clone)]
+struct CheckpointMetrics {
+    /// Seconds each checkpoint that copied pages took.
+    seconds: Histogram,
+    /// WAL frames not yet copied into the database file, as of the last
+    /// checkpoint: the backlog should the checkpointer fall behind.
+    frames_behind: IntGauge,
+    /// Checkpoints that failed.
+    failures: IntCounter,
+}
+
+/// How often the checkpointer copies the WAL into the database file; a
+/// checkpoint with nothing to copy costs a read of the WAL's header.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// Sends the group committer may have queued; a full queue makes callers
 /// wait, so the bound holds however many conversations send at once.
@@ -119,12 +158,19 @@ impl SqliteStore {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(connect.clone())
+            .connect_with(connect.clone().pragma(
+                "wal_autocheckpoint",
+                options.wal_pages_max.max(1).to_string(),
+            ))
             .await?;
         migrator()
             .run(&writer)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect.clone())
+            .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.readers_max.max(1))
             .connect_with(connect.read_only(true))
@@ -150,12 +196,49 @@ impl SqliteStore {
             )
             .expect("valid histogram"),
         };
-        tokio::spawn(group_commit(writer.clone(), queued, commits.clone()));
+        let checkpoints = CheckpointMetrics {
+            seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "store_wal_checkpoint_seconds",
+                    "Time one background checkpoint took to copy WAL pages into the database file",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
+                ]),
+            )
+            .expect("valid histogram"),
+            frames_behind: IntGauge::new(
+                "store_wal_frames_behind",
+                "WAL frames not yet copied into the database file after the last checkpoint",
+            )
+            .expect("valid gauge"),
+            failures: IntCounter::new(
+                "store_wal_checkpoint_failures_total",
+                "Background WAL checkpoints that failed",
+            )
+            .expect("valid counter"),
+        };
+        // The checkpointer stops with the committer, which stops when the
+        // last handle on the store is dropped.
+        let (committing, committer_stopped) = oneshot::channel();
+        tokio::spawn(group_commit(
+            writer.clone(),
+            queued,
+            commits.clone(),
+            committing,
+        ));
+        tokio::spawn(checkpoint(
+            checkpointer.clone(),
+            checkpoints.clone(),
+            committer_stopped,
+        ));
         Ok(Self {
             writer,
             reader,
+            checkpointer,
             sends,
             commits,
+            checkpoints,
         })
     }
 
@@ -166,11 +249,15 @@ impl SqliteStore {
         vec![
             Box::new(self.commits.sends.clone()),
             Box::new(self.commits.seconds.clone()),
+            Box::new(self.checkpoints.seconds.clone()),
+            Box::new(self.checkpoints.frames_behind.clone()),
+            Box::new(self.checkpoints.failures.clone()),
         ]
     }
 
     /// Closes every connection, checkpointing the WAL.
     pub async fn close(&self) {
+        self.checkpointer.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -214,6 +301,7 @@ async fn group_commit(
     writer: SqlitePool,
     mut queued: mpsc::Receiver<PendingSend>,
     metrics: CommitMetrics,
+    _committing: oneshot::Sender<()>,
 ) {
     let mut batch = Vec::with_capacity(SENDS_PER_COMMIT_MAX);
     while queued.recv_many(&mut batch, SENDS_PER_COMMIT_MAX).await > 0 {
@@ -233,6 +321,54 @@ async fn group_commit(
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that gave up does not undo the commit.
             let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Copies the WAL's committed pages into the database file every
+/// [`CHECKPOINT_EVERY`] with a passive checkpoint, which neither waits for
+/// nor blocks the writer or the readers (it copies what no reader still
+/// needs, and the rest next time). Once every frame is copied, the writer's
+/// next transaction starts the WAL over from its beginning, so the file
+/// stops growing. Stops when the committer does or the store is closed.
+async fn checkpoint(
+    checkpointer: SqlitePool,
+    metrics: CheckpointMetrics,
+    mut committer_stopped: oneshot::Receiver<()>,
+) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // (frames in the WAL, frames copied) after the last checkpoint.
+    let mut last = (0, 0);
+    loop {
+        tokio::select! {
+            _ = &mut committer_stopped => return,
+            _ = every.tick() => {}
+        }
+        let timer = metrics.seconds.start_timer();
+        let done: Result<(i64, i64, i64), sqlx::Error> =
+            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&checkpointer)
+                .await;
+        match done {
+            Ok((_, frames, copied)) => {
+                // A checkpoint that found nothing new to copy is not timed.
+                if copied > 0 && (frames, copied) != last {
+                    timer.observe_duration();
+                } else {
+                    timer.stop_and_discard();
+                }
+                metrics.frames_behind.set((frames - copied).max(0));
+                last = (frames, copied);
+            }
+            Err(error) => {
+                timer.stop_and_discard();
+                if matches!(error, sqlx::Error::PoolClosed) {
+                    return;
+                }
+                metrics.failures.inc();
+                tracing::warn!(%error, "WAL checkpoint failed; the writer still bounds the WAL");
+            }
         }
     }
 }
@@ -1098,6 +1234,22 @@ mod tests {
             .iter()
             .map(|row| row.get::<String, _>("detail"))
             .collect()
+    }
+
+    /// The writer leaves checkpoints to the checkpointer up to
+    /// `wal_pages_max`, instead of SQLite's default of 1,000 pages.
+    #[tokio::test]
+    async fn the_writer_checkpoints_only_at_the_wal_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("wal.db")))
+            .await
+            .unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(pages, 4_096);
+        store.close().await;
     }
 
     /// The group commit's reads look each sender and each key up in an
