@@ -328,9 +328,11 @@ async fn group_commit(
 /// Copies the WAL's committed pages into the database file every
 /// [`CHECKPOINT_EVERY`] with a passive checkpoint, which neither waits for
 /// nor blocks the writer or the readers (it copies what no reader still
-/// needs, and the rest next time). Once every frame is copied, the writer's
-/// next transaction starts the WAL over from its beginning, so the file
-/// stops growing. Stops when the committer does or the store is closed.
+/// needs, and the rest next time). It does not rewind the WAL: under
+/// continuous commits a transaction rarely begins with every frame copied,
+/// so the writer's own checkpoint at [`SqliteOptions::wal_pages_max`] does
+/// (see the module's docs). Stops when the committer does or the store is
+/// closed.
 async fn checkpoint(
     checkpointer: SqlitePool,
     metrics: CheckpointMetrics,
