@@ -1223,6 +1223,15 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    /// A store in a folder of its own, deleted with the folder.
+    async fn scratch() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("store.db")))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
     /// SQLite's plan for `sql`, one line per step.
     async fn plan(store: &SqliteStore, sql: &str) -> Vec<String> {
         let mut query = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
@@ -1242,10 +1251,7 @@ mod tests {
     /// `wal_pages_max`, instead of SQLite's default of 1,000 pages.
     #[tokio::test]
     async fn the_writer_checkpoints_only_at_the_wal_bound() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("wal.db")))
-            .await
-            .unwrap();
+        let (_dir, store) = scratch().await;
         let pages: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint")
             .fetch_one(&store.writer)
             .await
@@ -1259,10 +1265,7 @@ mod tests {
     /// pass over every member or every message on every commit.
     #[tokio::test]
     async fn the_group_commit_reads_search_their_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("plan.db")))
-            .await
-            .unwrap();
+        let (_dir, store) = scratch().await;
         for size in [1, 2, 64] {
             for (sql, table) in [
                 (members_sql(size), "members"),
