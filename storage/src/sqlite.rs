@@ -56,10 +56,8 @@ pub struct SqliteOptions {
     /// How long a connection waits for a lock held by another process.
     pub busy_timeout: Duration,
     /// WAL pages (of 4 KiB) at which the writer finishes a checkpoint
-    /// itself, after the background checkpointer has copied most of them:
-    /// the WAL only starts over once a transaction begins with every frame
-    /// copied, which under continuous commits only the writer can arrange.
-    /// This bounds the WAL file at about this many pages.
+    /// itself so that the WAL starts over (see the module's docs): the WAL
+    /// file's bound.
     pub wal_pages_max: u32,
 }
 
@@ -218,19 +216,13 @@ impl SqliteStore {
             )
             .expect("valid counter"),
         };
-        // The checkpointer stops with the committer, which stops when the
-        // last handle on the store is dropped.
-        let (committing, committer_stopped) = oneshot::channel();
-        tokio::spawn(group_commit(
-            writer.clone(),
-            queued,
-            commits.clone(),
-            committing,
-        ));
+        tokio::spawn(group_commit(writer.clone(), queued, commits.clone()));
+        // The send queue's handle tells the checkpointer whether any handle
+        // on the store is left, without keeping one alive.
         tokio::spawn(checkpoint(
             checkpointer.clone(),
             checkpoints.clone(),
-            committer_stopped,
+            sends.downgrade(),
         ));
         Ok(Self {
             writer,
@@ -301,7 +293,6 @@ async fn group_commit(
     writer: SqlitePool,
     mut queued: mpsc::Receiver<PendingSend>,
     metrics: CommitMetrics,
-    _committing: oneshot::Sender<()>,
 ) {
     let mut batch = Vec::with_capacity(SENDS_PER_COMMIT_MAX);
     while queued.recv_many(&mut batch, SENDS_PER_COMMIT_MAX).await > 0 {
@@ -331,21 +322,21 @@ async fn group_commit(
 /// needs, and the rest next time). It does not rewind the WAL: under
 /// continuous commits a transaction rarely begins with every frame copied,
 /// so the writer's own checkpoint at [`SqliteOptions::wal_pages_max`] does
-/// (see the module's docs). Stops when the committer does or the store is
-/// closed.
+/// (see the module's docs). Stops once the last handle on the store is
+/// dropped or the store is closed.
 async fn checkpoint(
     checkpointer: SqlitePool,
     metrics: CheckpointMetrics,
-    mut committer_stopped: oneshot::Receiver<()>,
+    store: mpsc::WeakSender<PendingSend>,
 ) {
     let mut every = tokio::time::interval(CHECKPOINT_EVERY);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // (frames in the WAL, frames copied) after the last checkpoint.
     let mut last = (0, 0);
     loop {
-        tokio::select! {
-            _ = &mut committer_stopped => return,
-            _ = every.tick() => {}
+        every.tick().await;
+        if store.strong_count() == 0 {
+            return;
         }
         let timer = metrics.seconds.start_timer();
         let done: Result<(i64, i64, i64), sqlx::Error> =
