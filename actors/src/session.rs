@@ -639,6 +639,9 @@ impl Actor for SessionActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // The arms that wait are boxed: the task holds this future's
+        // largest state for as long as the session lives, idle or not, and
+        // these run once per attach or sync.
         match message {
             SessionMsg::Event(event, _permit) => state.live(&myself, event),
             SessionMsg::Resync(conversations, _permit) => {
@@ -647,7 +650,7 @@ impl Actor for SessionActor {
                 state.ask_resync();
             }
             SessionMsg::Attach(attach, reply) => {
-                let outcome = state.attach(&myself, attach, reply).await;
+                let outcome = Box::pin(state.attach(&myself, attach, reply)).await;
                 let label = match outcome {
                     Ok(()) => "attached",
                     Err(ResumeRefusal::Overflowed) => "overflowed",
@@ -681,7 +684,7 @@ impl Actor for SessionActor {
                     .as_ref()
                     .is_some_and(|a| a.link_id == link_id)
                 {
-                    state.go_live(&myself).await;
+                    Box::pin(state.go_live(&myself)).await;
                 }
             }
             SessionMsg::Release(link_id) => {
@@ -702,7 +705,7 @@ impl Actor for SessionActor {
                 reply,
             } => {
                 let asked: Vec<Uuid> = positions.keys().copied().collect();
-                let outcome = state.sync(&myself, positions).await;
+                let outcome = Box::pin(state.sync(&myself, positions)).await;
                 drop(permit);
                 if let Err(error) = &outcome {
                     tracing::warn!(session = %state.id, %error, "sync failed");
