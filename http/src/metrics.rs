@@ -1,5 +1,5 @@
-//! Request counts and durations by route and status, and how many frames
-//! a WebSocket write carries.
+//! Request counts and durations by route and status, how many frames a
+//! WebSocket write carries, and how many WebSockets went stale.
 
 use std::time::Instant;
 
@@ -7,7 +7,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::core::Collector;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, Registry};
 
 use crate::AppState;
 
@@ -17,6 +17,9 @@ pub(crate) struct HttpMetrics {
     request_duration_seconds: HistogramVec,
     /// Frames a WebSocket writer put into one write to its socket.
     pub(crate) websocket_frames_per_write: Histogram,
+    /// WebSockets closed because the client answered nothing, not even a
+    /// ping, for the idle timeout.
+    pub(crate) websocket_stale_closes_total: IntCounter,
 }
 
 impl HttpMetrics {
@@ -40,10 +43,16 @@ impl HttpMetrics {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
         )
         .expect("valid metric");
+        let websocket_stale_closes_total = IntCounter::new(
+            "websocket_stale_closes_total",
+            "WebSockets closed after the client answered nothing for the idle timeout",
+        )
+        .expect("valid metric");
         // A second router over the same node reuses the registered collectors.
         for collector in [
             Box::new(request_duration_seconds.clone()) as Box<dyn Collector>,
             Box::new(websocket_frames_per_write.clone()),
+            Box::new(websocket_stale_closes_total.clone()),
         ] {
             if let Err(error) = registry.register(collector) {
                 tracing::debug!(%error, "http metrics already registered");
@@ -52,6 +61,7 @@ impl HttpMetrics {
         Self {
             request_duration_seconds,
             websocket_frames_per_write,
+            websocket_stale_closes_total,
         }
     }
 }

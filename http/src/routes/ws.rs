@@ -6,15 +6,21 @@
 //! client, and reads the client's frames into the connection actor;
 //! whichever side ends first ends both.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use prometheus::{Histogram, IntCounter};
 use serde::Deserialize;
 use switchboard_actors::{
     Close, ConnectRequest, Connection, ConnectionLink, LinkReceivers, ResumeAt, Transport,
 };
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::live::{admit_peer, device_name, live_user};
@@ -60,6 +66,13 @@ pub(super) async fn upgrade(
         }
     };
     let peer = admit_peer(&state, &parts, Transport::WebSocket)?;
+    let socket_task = SocketTask {
+        ping_interval: state.limits.websocket_ping_interval,
+        idle_timeout: state.limits.websocket_idle_timeout,
+        close_write_timeout: state.limits.close_write_timeout,
+        frames_per_write: state.metrics.websocket_frames_per_write.clone(),
+        stale_closes: state.metrics.websocket_stale_closes_total.clone(),
+    };
     let (link, receivers) = ConnectionLink::new(state.limits.websocket_outbound_len_max);
     let connection = state
         .node
@@ -82,32 +95,49 @@ pub(super) async fn upgrade(
         .write_buffer_size(WRITE_BUFFER_LEN)
         .max_message_size(state.limits.websocket_frame_len_max)
         .max_frame_size(state.limits.websocket_frame_len_max)
-        .on_upgrade(move |socket| run(socket, state, connection, receivers, peer)))
+        .on_upgrade(move |socket| {
+            // Split before the task's future exists, so it holds the two
+            // halves and not the moved-from socket besides.
+            let (sink, stream) = socket.split();
+            run(sink, stream, socket_task, connection, receivers, peer)
+        }))
+}
+
+/// What the socket task takes from the app state. The task keeps its
+/// arguments, and the upgrade closure's captures, for as long as the
+/// connection lives, so it takes these rather than a clone of `AppState`.
+struct SocketTask {
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    close_write_timeout: Duration,
+    frames_per_write: Histogram,
+    stale_closes: IntCounter,
 }
 
 // The transport's heartbeats and idle timeout run on real time.
 #[allow(clippy::disallowed_methods)]
 async fn run(
-    socket: WebSocket,
-    state: AppState,
+    mut sink: SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    task: SocketTask,
     connection: Connection,
     receivers: LinkReceivers,
     peer: Option<PeerTicket>,
 ) {
-    let (mut sink, mut stream) = socket.split();
     let LinkReceivers {
         mut frames,
         mut close,
     } = receivers;
-    let limits = state.limits;
-    let frames_per_write = &state.metrics.websocket_frames_per_write;
-    // The reader records when it last heard from the client; the writer
-    // pings and closes a client silent for too long.
-    let (heard, mut last_heard) = tokio::sync::watch::channel(());
+    let frames_per_write = &task.frames_per_write;
+    // The reader records when it last heard from the client (ms since
+    // `opened`); the writer pings, and when the idle timer fires closes a
+    // client silent that long, or sets the timer to the new deadline.
+    let opened = Instant::now();
+    let heard = AtomicU64::new(0);
     let writer = async {
-        let mut ping = tokio::time::interval(limits.websocket_ping_interval);
+        let mut ping = tokio::time::interval(task.ping_interval);
         ping.reset();
-        let idle = tokio::time::sleep(limits.websocket_idle_timeout);
+        let idle = tokio::time::sleep(task.idle_timeout);
         tokio::pin!(idle);
         let closing = loop {
             let message = tokio::select! {
@@ -123,14 +153,17 @@ async fn run(
                     }
                 }
                 _ = ping.tick() => Message::Ping(Default::default()),
-                changed = last_heard.changed() => {
-                    if changed.is_err() {
-                        break None;
+                () = &mut idle => {
+                    let deadline = opened
+                        + Duration::from_millis(heard.load(Ordering::Relaxed))
+                        + task.idle_timeout;
+                    if deadline <= Instant::now() {
+                        task.stale_closes.inc();
+                        break Some(Close::STALE);
                     }
-                    idle.as_mut().reset(tokio::time::Instant::now() + limits.websocket_idle_timeout);
+                    idle.as_mut().reset(deadline);
                     continue;
                 }
-                () = &mut idle => break Some(Close::STALE),
             };
             // Frames queued behind this one go out in the same write: under
             // load one syscall (and one wake-up of the client) carries many
@@ -168,7 +201,7 @@ async fn run(
                 reason: Utf8Bytes::from_static(reason),
             };
             let _ = tokio::time::timeout(
-                limits.close_write_timeout,
+                task.close_write_timeout,
                 sink.send(Message::Close(Some(frame))),
             )
             .await;
@@ -176,7 +209,8 @@ async fn run(
     };
     let reader = async {
         while let Some(Ok(message)) = stream.next().await {
-            heard.send_replace(());
+            let since_opened = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+            heard.store(since_opened, Ordering::Relaxed);
             match message {
                 Message::Text(text) => {
                     if connection.client_frame(text.to_string()).is_err() {

@@ -1,6 +1,10 @@
 //! Messages reach members live, in order, and nothing reaches anyone else.
 
-use switchboard_protocol::{ErrorCode, Event, ServerFrame};
+use std::time::Duration;
+
+use switchboard_actors::Limits;
+use switchboard_http::HttpLimits;
+use switchboard_protocol::{Control, ErrorCode, Event, ServerFrame};
 
 use crate::support::{TestServer, connect, events, group, next, text};
 
@@ -154,4 +158,70 @@ async fn a_websocket_without_a_valid_token_is_refused_before_the_upgrade() {
     let error = stranger.connect().await.expect_err("refused");
     assert_eq!(error.status(), Some(401));
     assert_eq!(error.code(), Some(ErrorCode::Unauthorized));
+}
+
+/// Pings every 50 ms, and a client silent for 300 ms is stale.
+fn impatient() -> HttpLimits {
+    HttpLimits {
+        websocket_ping_interval: Duration::from_millis(50),
+        websocket_idle_timeout: Duration::from_millis(300),
+        ..HttpLimits::default()
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_answers_nothing_is_closed_as_stale() {
+    let server = TestServer::with_config(Limits::default(), impatient()).await;
+    let alice = server.user();
+    let mut stream = alice.client.connect().await.unwrap();
+    assert!(matches!(
+        next(&mut stream).await,
+        Some(ServerFrame::Control(Control::Hello(_)))
+    ));
+    // Not reading leaves the server's pings unanswered. (Reading the close
+    // would answer them, into a socket the server has shut.)
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = reqwest::get(server.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("websocket_stale_closes_total 1") {
+            return;
+        }
+    }
+    panic!("no stale close: {metrics}");
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_answering_stays_open_past_the_idle_timeout() {
+    let server = TestServer::with_config(Limits::default(), impatient()).await;
+    let alice = server.user();
+    let mut stream = alice.client.connect().await.unwrap();
+    assert!(matches!(
+        next(&mut stream).await,
+        Some(ServerFrame::Control(Control::Hello(_)))
+    ));
+    // A second and a half, four idle timeouts, of a frame every 100 ms.
+    for _ in 0..15 {
+        stream.send_text(r#"{"type":"ping"}"#).await.unwrap();
+        assert_eq!(
+            stream.next_or_close().await.unwrap(),
+            Ok(ServerFrame::Control(Control::Pong))
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("websocket_stale_closes_total 0"),
+        "{metrics}"
+    );
 }
