@@ -548,7 +548,9 @@ impl Actor for ConnectionActor {
                 state.reply(&Control::Pong);
             }
             Ok(ClientFrame::Resume(resume)) => {
-                state.resume(resume.session_id, resume.cursor).await;
+                // Boxed: the task keeps this future's largest state for the
+                // connection's life, and a resume is rare.
+                Box::pin(state.resume(resume.session_id, resume.cursor)).await;
             }
             Ok(ClientFrame::Sync(sync)) => state.sync(sync.positions),
             Err(error) => {
