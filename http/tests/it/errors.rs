@@ -115,14 +115,7 @@ async fn health_and_metrics_answer() {
         .unwrap();
     assert_eq!(ready["ready"], true);
     assert_eq!(ready["dependencies"]["database"]["ok"], true);
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"events_committed_total{type="message.new"} 1"#),
         "{metrics}"

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use switchboard_actors::Limits;
+use switchboard_client::EventStream;
 use switchboard_http::HttpLimits;
 use switchboard_protocol::{Control, ErrorCode, Event, ServerFrame};
 
@@ -160,35 +161,32 @@ async fn a_websocket_without_a_valid_token_is_refused_before_the_upgrade() {
     assert_eq!(error.code(), Some(ErrorCode::Unauthorized));
 }
 
-/// Pings every 50 ms, and a client silent for 300 ms is stale.
-fn impatient() -> HttpLimits {
-    HttpLimits {
+/// A server that pings every 50 ms and closes a client silent for 300 ms,
+/// and a connection to it past its `hello`.
+async fn impatient_server() -> (TestServer, EventStream) {
+    let limits = HttpLimits {
         websocket_ping_interval: Duration::from_millis(50),
         websocket_idle_timeout: Duration::from_millis(300),
         ..HttpLimits::default()
-    }
-}
-
-#[tokio::test]
-async fn a_client_that_answers_nothing_is_closed_as_stale() {
-    let server = TestServer::with_config(Limits::default(), impatient()).await;
-    let alice = server.user();
-    let mut stream = alice.client.connect().await.unwrap();
+    };
+    let server = TestServer::with_config(Limits::default(), limits).await;
+    let mut stream = server.user().client.connect().await.unwrap();
     assert!(matches!(
         next(&mut stream).await,
         Some(ServerFrame::Control(Control::Hello(_)))
     ));
+    (server, stream)
+}
+
+#[tokio::test]
+async fn a_client_that_answers_nothing_is_closed_as_stale() {
+    let (server, _stream) = impatient_server().await;
     // Not reading leaves the server's pings unanswered. (Reading the close
     // would answer them, into a socket the server has shut.)
     let mut metrics = String::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        metrics = reqwest::get(server.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        metrics = server.metrics().await;
         if metrics.contains("websocket_stale_closes_total 1") {
             return;
         }
@@ -198,13 +196,7 @@ async fn a_client_that_answers_nothing_is_closed_as_stale() {
 
 #[tokio::test]
 async fn a_client_that_keeps_answering_stays_open_past_the_idle_timeout() {
-    let server = TestServer::with_config(Limits::default(), impatient()).await;
-    let alice = server.user();
-    let mut stream = alice.client.connect().await.unwrap();
-    assert!(matches!(
-        next(&mut stream).await,
-        Some(ServerFrame::Control(Control::Hello(_)))
-    ));
+    let (server, mut stream) = impatient_server().await;
     // A second and a half, four idle timeouts, of a frame every 100 ms.
     for _ in 0..15 {
         stream.send_text(r#"{"type":"ping"}"#).await.unwrap();
@@ -214,12 +206,7 @@ async fn a_client_that_keeps_answering_stays_open_past_the_idle_timeout() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("websocket_stale_closes_total 0"),
         "{metrics}"

@@ -124,6 +124,16 @@ impl TestServer {
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
+
+    /// The node's metrics, as `/metrics` serves them.
+    pub(crate) async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
 }
 
 pub(crate) struct User {
