@@ -319,11 +319,9 @@ async fn group_commit(
 /// Copies the WAL's committed pages into the database file every
 /// [`CHECKPOINT_EVERY`] with a passive checkpoint, which neither waits for
 /// nor blocks the writer or the readers (it copies what no reader still
-/// needs, and the rest next time). It does not rewind the WAL: under
-/// continuous commits a transaction rarely begins with every frame copied,
-/// so the writer's own checkpoint at [`SqliteOptions::wal_pages_max`] does
-/// (see the module's docs). Stops once the last handle on the store is
-/// dropped or the store is closed.
+/// needs, and the rest next time). The writer still rewinds the WAL (see
+/// the module's docs). Stops once the last handle on the store is dropped
+/// or the store is closed.
 async fn checkpoint(
     checkpointer: SqlitePool,
     metrics: CheckpointMetrics,
