@@ -489,6 +489,22 @@ impl SessionState {
         let shared = Arc::clone(&self.shared);
         let store = shared.store.as_ref();
         let limit = u32::try_from(self.limits.sync_conversations_max).unwrap_or(u32::MAX);
+        // Where every conversation the client or this session knows stands,
+        // read *before* the membership: a conversation the user is not in
+        // when the membership is read is skipped up to here and no
+        // further, so a join committed after that read (whose seq is past
+        // this one) still reaches the client. Read after, it would hide the
+        // join, and the client would never hold the conversation again.
+        let known: Vec<Uuid> = positions
+            .keys()
+            .chain(self.sent.keys())
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let last_seqs: BTreeMap<Uuid, i64> = store.last_seqs(&known).await?.into_iter().collect();
+        // A conversation that does not exist has nothing left to send.
+        let until = |conversation: &Uuid| last_seqs.get(conversation).copied().unwrap_or(i64::MAX);
         let mine: BTreeMap<Uuid, i64> = store
             .positions_for(self.user, limit)
             .await?
@@ -506,16 +522,14 @@ impl SessionState {
         for conversation in forgotten {
             self.sent.remove(&conversation);
             self.incomplete.remove(&conversation);
-            let until = last_seq(store, conversation).await?;
-            self.departed.insert(conversation, until);
+            self.departed.insert(conversation, until(&conversation));
         }
         let mut budget = self.limits.sync_events_max;
         let mut not_member = Vec::new();
         for (&conversation, &position) in &positions {
             if !mine.contains_key(&conversation) {
                 not_member.push(conversation);
-                let until = last_seq(store, conversation).await?;
-                self.departed.insert(conversation, until);
+                self.departed.insert(conversation, until(&conversation));
                 continue;
             }
             self.departed.remove(&conversation);
@@ -576,17 +590,6 @@ impl SessionState {
         self.go_live(myself).await;
         Ok(synced)
     }
-}
-
-/// A conversation's last `seq` (all of it, for one that does not exist).
-async fn last_seq(
-    store: &dyn switchboard_storage::Store,
-    conversation: Uuid,
-) -> Result<i64, ActorError> {
-    Ok(store
-        .conversation(conversation)
-        .await?
-        .map_or(i64::MAX, |c| c.last_seq))
 }
 
 /// The session actor.

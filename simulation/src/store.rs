@@ -107,6 +107,10 @@ impl Store for FaultyStore {
         read!(self, positions_for(user_id, limit))
     }
 
+    async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        read!(self, last_seqs(conversations))
+    }
+
     async fn conversations_for(
         &self,
         user_id: Uuid,

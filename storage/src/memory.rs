@@ -279,6 +279,14 @@ impl Store for MemoryStore {
         Ok(positions)
     }
 
+    async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let state = self.state();
+        Ok(conversations
+            .iter()
+            .filter_map(|id| Some((*id, state.conversations.get(id)?.last_seq)))
+            .collect())
+    }
+
     async fn conversations_for(
         &self,
         user_id: Uuid,

@@ -425,6 +425,15 @@ impl Store for PostgresStore {
         .await?)
     }
 
+    async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT id, last_seq FROM conversations WHERE id = ANY($1)")
+                .bind(conversations)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn conversations_for(
         &self,
         user_id: Uuid,

@@ -121,6 +121,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Sends the group committer may have queued; a full queue makes callers
 /// wait, so the bound holds however many conversations send at once.
 const SENDS_QUEUED_MAX: usize = 1024;
+/// Conversations one `last_seqs` statement asks for, within SQLite's
+/// bound on a statement's parameters.
+const LAST_SEQS_PER_QUERY_MAX: usize = 10_000;
 /// Sends committed in one transaction at most.
 const SENDS_PER_COMMIT_MAX: usize = 128;
 
@@ -804,6 +807,23 @@ impl Store for SqliteStore {
         .bind(limit)
         .fetch_all(&self.reader)
         .await?)
+    }
+
+    async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let mut found = Vec::with_capacity(conversations.len());
+        // SQLite binds at most 32,766 parameters per statement.
+        for chunk in conversations.chunks(LAST_SEQS_PER_QUERY_MAX) {
+            let sql = format!(
+                "SELECT id, last_seq FROM conversations WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query_as::<_, (Uuid, i64)>(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            found.extend(query.fetch_all(&self.reader).await?);
+        }
+        Ok(found)
     }
 
     async fn conversations_for(

@@ -176,6 +176,10 @@ pub trait Store: Send + Sync + Debug + 'static {
         limit: u32,
     ) -> Result<Vec<(Uuid, i64)>, StoreError>;
 
+    /// The `last_seq` of each of `conversations` that exists, in one
+    /// query whatever their number.
+    async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError>;
+
     /// The user's conversations, newest activity first, with last message,
     /// unread and member counts, in a constant number of queries.
     async fn conversations_for(

@@ -51,6 +51,12 @@ pub(crate) struct FaultyStore {
     waiting: AtomicUsize,
     /// The size of each `send_batch` call, in order.
     batches: Mutex<Vec<usize>>,
+    /// Whether `positions_for` holds its answer, read already, at a gate of
+    /// its own: an answer that arrives after what it read has changed.
+    late_positions: AtomicBool,
+    positions_gate: Semaphore,
+    /// Answers of `positions_for` held at that gate.
+    positions_held: AtomicUsize,
 }
 
 impl FaultyStore {
@@ -64,6 +70,9 @@ impl FaultyStore {
             gate: Semaphore::new(0),
             waiting: AtomicUsize::new(0),
             batches: Mutex::new(Vec::new()),
+            late_positions: AtomicBool::new(false),
+            positions_gate: Semaphore::new(0),
+            positions_held: AtomicUsize::new(0),
         }
     }
 
@@ -82,6 +91,21 @@ impl FaultyStore {
     pub(crate) fn open_gate(&self) {
         self.gated.store(false, Ordering::SeqCst);
         self.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Holds every `positions_for` answer after its read until
+    /// [`Self::release_positions`].
+    pub(crate) fn hold_positions(&self) {
+        self.late_positions.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn release_positions(&self) {
+        self.late_positions.store(false, Ordering::SeqCst);
+        self.positions_gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    pub(crate) fn positions_held(&self) -> usize {
+        self.positions_held.load(Ordering::SeqCst)
     }
 
     pub(crate) fn waiting(&self) -> usize {
@@ -119,7 +143,17 @@ impl Store for FaultyStore {
         user_id: Uuid,
         limit: u32,
     ) -> Result<Vec<(Uuid, i64)>, StoreError> {
-        self.inner.positions_for(user_id, limit).await
+        let positions = self.inner.positions_for(user_id, limit).await;
+        if self.late_positions.load(Ordering::SeqCst) {
+            self.positions_held.fetch_add(1, Ordering::SeqCst);
+            let _permit = self.positions_gate.acquire().await.unwrap();
+            self.positions_held.fetch_sub(1, Ordering::SeqCst);
+        }
+        positions
+    }
+
+    async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        self.inner.last_seqs(conversations).await
     }
 
     async fn conversations_for(

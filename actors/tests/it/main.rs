@@ -17,7 +17,9 @@ use faults::{FaultyStore, ManualClock, QuietBus};
 use switchboard_actors::{
     ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Transport,
 };
-use switchboard_protocol::{ConversationKind, CreateConversation, Message, Role, SendMessage};
+use switchboard_protocol::{
+    AddMember, ConversationKind, CreateConversation, Message, Role, SendMessage, Sync,
+};
 use switchboard_storage::{Bus, BusSignal, Clock, OsRandom, Store};
 use switchboard_supervisors::RestartPolicy;
 use tokio::sync::mpsc;
@@ -342,4 +344,95 @@ async fn a_catch_up_dropped_on_a_full_mailbox_is_retried_until_taken() {
             break;
         }
     }
+}
+
+/// A member removed and added back while their client's `sync` is being
+/// answered still gets the join and what follows, though the sync's read of
+/// their conversations (taken before the join) says they are not a member.
+#[tokio::test]
+async fn a_join_after_a_syncs_membership_read_still_reaches_the_client() {
+    let f = fixture(Limits::default()).await;
+    let bob = Uuid::new_v4();
+    let add_bob = || {
+        f.node.add_member(
+            f.owner,
+            f.conversation,
+            AddMember {
+                user_id: bob,
+                role: None,
+            },
+        )
+    };
+    add_bob().await.unwrap();
+    let (link, mut receivers) = ConnectionLink::new(64);
+    let connection = f
+        .node
+        .connect(ConnectRequest {
+            user: bob,
+            link,
+            transport: Transport::Sse,
+            device: None,
+            resume: None,
+        })
+        .await
+        .unwrap();
+    f.node
+        .remove_member(f.owner, f.conversation, bob)
+        .await
+        .unwrap();
+    let left_at = 3;
+
+    f.store.hold_positions();
+    let sync = tokio::spawn({
+        let (node, session, conversation) =
+            (f.node.clone(), connection.session_id(), f.conversation);
+        async move {
+            node.sync(
+                bob,
+                session,
+                Sync {
+                    positions: [(conversation, left_at)].into(),
+                },
+            )
+            .await
+        }
+    });
+    eventually("the sync reads bob's conversations", || {
+        f.store.positions_held() == 1
+    })
+    .await;
+    add_bob().await.unwrap();
+    let (sent, _) = f
+        .node
+        .send(f.owner, message(f.conversation, "YWdhaW4="))
+        .await
+        .unwrap();
+    f.store.release_positions();
+    let synced = sync.await.unwrap().unwrap();
+    assert_eq!(synced.not_member, vec![f.conversation]);
+
+    // Whatever else came first, the join (seq 4) and the message (seq 5)
+    // follow the `synced` that said bob had gone.
+    let mut after_synced = Vec::new();
+    let mut synced_seen = false;
+    while after_synced.len() < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(5), receivers.frames.recv())
+            .await
+            .expect("the join and the message arrive")
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&frame.json).unwrap();
+        let kind = json["type"].as_str().unwrap().to_owned();
+        if kind == "synced" {
+            synced_seen = true;
+        } else if synced_seen && frame.cursor.is_some() {
+            after_synced.push((kind, json["data"]["seq"].as_i64().unwrap()));
+        }
+    }
+    assert_eq!(
+        after_synced,
+        vec![
+            ("member.joined".to_owned(), 4),
+            ("message.new".to_owned(), sent.seq)
+        ]
+    );
 }

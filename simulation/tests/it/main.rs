@@ -91,6 +91,9 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (3666, true, "a member again after a departure the session recorded stayed muted"),
     (19909, true, "a resync asked right after a replay overflowed the client's queue, every time"),
     (20682, true, "a join the node had already delivered before it held the conversation for the member"),
+    (10005521, true, "a sync skipped up to a last seq read after its membership read, hiding a rejoin"),
+    (10013931, true, "the same stale-read sync, with two conversations gone"),
+    (10041129, true, "the same stale-read sync, after a node crash"),
 ];
 
 #[test]

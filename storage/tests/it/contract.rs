@@ -549,6 +549,14 @@ pub(crate) async fn the_list_summarizes_in_one_query(b: Arc<Backend>) {
     let mut expected = vec![(quiet, 1), (busy, 5)];
     expected.sort_unstable();
     assert_eq!(positions, expected);
+    // Last seqs by id, for members and not alike; a missing id is left out.
+    let mut last = store
+        .last_seqs(&[busy, Uuid::new_v4(), quiet])
+        .await
+        .unwrap();
+    last.sort_unstable();
+    assert_eq!(last, expected);
+    assert!(store.last_seqs(&[]).await.unwrap().is_empty());
     assert!(
         store
             .conversations_for(Uuid::new_v4(), 50)
