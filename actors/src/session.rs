@@ -528,7 +528,15 @@ impl SessionState {
         let mut not_member = Vec::new();
         for (&conversation, &position) in &positions {
             if !mine.contains_key(&conversation) {
+                // The client drops it: from here only the user's join opens
+                // it again, and anything else of it is past a gap. Events
+                // up to `until` are the departed conversation's and are
+                // skipped without asking the client to sync; one after it
+                // (the user's own leave, committed after `until` was read)
+                // has the client sync, which finds them gone again.
                 not_member.push(conversation);
+                self.sent.remove(&conversation);
+                self.incomplete.remove(&conversation);
                 self.departed.insert(conversation, until(&conversation));
                 continue;
             }
