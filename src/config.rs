@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
-use switchboard_storage::{PostgresOptions, SqliteOptions};
+use switchboard_storage_sql::{PostgresOptions, SqliteOptions};
 
 /// Settings every command shares; each can come from a flag, the environment
 /// or the config file.

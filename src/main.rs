@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchboard_actors::{Dependencies, Limits, Node};
+use switchboard_actors::{Dependencies, Limits, Node, Supervisor};
 use switchboard_http::{AppState, Auth, HttpLimits};
-use switchboard_storage::{
-    Bus, OsRandom, PostgresStore, RedisBus, RedisOptions, SqliteStore, Store, SystemClock,
-};
+use switchboard_storage::{Bus, Clock, OsRandom, Store, SystemClock};
+use switchboard_storage_redis::{RedisBus, RedisOptions};
+use switchboard_storage_sql::{PostgresStore, SqliteStore};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
@@ -172,13 +172,17 @@ fn init_tracing(filter: &str) {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let secret = settings.jwt_secret()?;
-    let store = open_store(settings.database()?).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    // One supervisor for the node's tasks: the store's and the bus's too,
+    // so readiness and /metrics see them all.
+    let supervisor = Supervisor::new(Arc::clone(&clock));
+    let store = open_store(settings.database()?, &supervisor).await?;
     // Signals from the bus (events of other nodes) are bounded; the node
     // catches up from the store on whatever it had to drop.
     let link = match &settings.redis_url {
         Some(url) => {
             let (sender, receiver) = tokio::sync::mpsc::channel(4096);
-            let bus = RedisBus::new(RedisOptions::new(url.clone()), sender)
+            let bus = RedisBus::new(RedisOptions::new(url.clone()), sender, &supervisor)
                 .context("invalid redis url")?;
             Some((Arc::new(bus) as Arc<dyn Bus>, receiver))
         }
@@ -188,9 +192,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let node = Node::start(
         Dependencies {
             store: store.shared(),
-            clock: Arc::new(SystemClock::new()),
+            clock,
             random: Arc::new(OsRandom),
             bus: link,
+            supervisor,
         },
         limits(&settings),
     )
@@ -275,10 +280,10 @@ impl OpenStore {
     }
 }
 
-async fn open_store(database: Database) -> anyhow::Result<OpenStore> {
+async fn open_store(database: Database, supervisor: &Supervisor) -> anyhow::Result<OpenStore> {
     Ok(match database {
         Database::Sqlite(options) => OpenStore::Sqlite(
-            SqliteStore::open(&options)
+            SqliteStore::open(&options, supervisor)
                 .await
                 .with_context(|| format!("cannot open {}", options.path.display()))?,
         ),

@@ -32,6 +32,7 @@ use crate::ActorError;
 use crate::hub::EncodedEvent;
 use crate::mailbox::{Mailbox, MailboxError, Permit};
 use crate::node::Shared;
+use crate::publisher::Publishing;
 
 /// How a conversation actor answers a command.
 #[derive(Debug)]
@@ -1020,8 +1021,8 @@ impl ConversationState {
                 if !self.align(Some(seq)).await {
                     // Nothing is delivered here until it loads; the sweep
                     // comes back to it. Other nodes still hear of it.
-                    if local && let Some(workers) = &self.shared.bus_workers {
-                        workers.publish(&EncodedEvent::new(event));
+                    if local && let Some(publishing) = &self.shared.publishing {
+                        publishing.publish(&EncodedEvent::new(event));
                     }
                     continue;
                 }
@@ -1039,8 +1040,8 @@ impl ConversationState {
                         // Nothing past an unfilled gap is delivered here;
                         // the sweep comes back to it. Other nodes still
                         // hear of a commit of this node's.
-                        if local && let Some(workers) = &self.shared.bus_workers {
-                            workers.publish(&EncodedEvent::new(event));
+                        if local && let Some(publishing) = &self.shared.publishing {
+                            publishing.publish(&EncodedEvent::new(event));
                         }
                         continue;
                     }
@@ -1055,8 +1056,8 @@ impl ConversationState {
             if !skip {
                 self.deliver(&encoded);
             }
-            if local && let Some(workers) = &self.shared.bus_workers {
-                workers.publish(&encoded);
+            if local && let Some(publishing) = &self.shared.publishing {
+                publishing.publish(&encoded);
             }
         }
     }
@@ -1182,9 +1183,9 @@ impl ConversationState {
         let bus = self.shared.bus.as_ref()?;
         let healthy = self
             .shared
-            .bus_workers
+            .publishing
             .as_ref()
-            .is_some_and(|w| w.breakers().get("redis_publish") == Some(&"closed"));
+            .is_some_and(Publishing::is_healthy);
         if !healthy {
             return None;
         }

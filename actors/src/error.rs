@@ -39,6 +39,9 @@ impl From<StoreError> for ActorError {
             StoreError::Rejected(_) => Self::Forbidden("not permitted"),
             StoreError::Conflict(message) => Self::Conflict(message),
             StoreError::Backend(message) => Self::Internal(message),
+            StoreError::Interrupted => Self::Unavailable(
+                "the write was interrupted: retry it with the same idempotency key".into(),
+            ),
         }
     }
 }

@@ -13,23 +13,27 @@
 
 mod connection;
 mod conversation;
-mod dependency;
 mod error;
 mod hub;
 mod mailbox;
 mod metrics;
 mod node;
+mod publisher;
+mod router;
 mod session;
 mod subscriptions;
+mod trimmer;
 
 pub use connection::{
     ClientFrameError, Close, Connection, ConnectionLink, Frame, LinkReceivers, Transport,
 };
-pub use dependency::BusLimits;
 pub use error::ActorError;
 pub use hub::EncodedEvent;
 pub use metrics::Metrics;
-pub use node::{ConnectRequest, Dependencies, Limits, Node, ResumeAt};
+pub use node::{BusLimits, ConnectRequest, Dependencies, Limits, Node, ResumeAt};
 pub use session::SessionLimits;
-/// The policies `Limits` and `BusLimits` are made of.
-pub use switchboard_supervisors::{BreakerPolicy, RestartPolicy};
+/// The policies `Limits` and `BusLimits` are made of, and the supervisor a
+/// node runs under.
+pub use switchboard_supervisors::{
+    BreakerPolicy, RestartPolicy, Supervisor, TaskReport, TaskState, WorkerPolicy,
+};

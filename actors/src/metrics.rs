@@ -3,11 +3,12 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
-/// Every metric the actors record. Transports register theirs in
+/// Every metric the actors record. The supervisor's (restarts, queues,
+/// breakers), the store's and the transports' are registered in
 /// [`Metrics::registry`] too, so `/metrics` shows one registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -60,18 +61,13 @@ pub struct Metrics {
     /// Events published to the bus.
     pub(crate) redis_pubsub_success_total: IntCounter,
     /// Events not published, by reason (`error`, `breaker_open`,
-    /// `queue_full`, `restarting`); other nodes catch up from the store.
+    /// `queue_full`, `timeout`, `stopped`); other nodes catch up from the
+    /// store.
     pub(crate) redis_pubsub_failure_total: IntCounterVec,
-    /// Each breaker's state: 0 closed, 1 half-open, 2 open.
-    pub(crate) breaker_state: IntGaugeVec,
-    /// Breaker state changes, by dependency and new state.
-    pub(crate) breaker_transitions_total: IntCounterVec,
     /// Stream trims, by outcome.
     pub(crate) stream_trims_total: IntCounterVec,
     /// Stream entries removed by trims.
     pub(crate) stream_trimmed_entries_total: IntCounter,
-    /// Dependency workers restarted after a failure, by worker.
-    pub(crate) worker_restarts_total: IntCounterVec,
     /// Events other nodes published that reached this node.
     pub(crate) bus_events_received_total: IntCounter,
     pub(crate) sweep_catch_ups_total: IntCounter,
@@ -216,22 +212,6 @@ impl Metrics {
                 "Events not published to the bus, by reason",
                 &["reason"],
             ),
-            breaker_state: register(
-                r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "breaker_state",
-                        "Breaker state: 0 closed, 1 half-open, 2 open",
-                    ),
-                    &["dependency"],
-                ),
-            ),
-            breaker_transitions_total: counters(
-                r,
-                "breaker_transitions_total",
-                "Breaker state changes",
-                &["dependency", "to"],
-            ),
             stream_trims_total: counters(
                 r,
                 "stream_trims_total",
@@ -242,12 +222,6 @@ impl Metrics {
                 r,
                 "stream_trimmed_entries_total",
                 "Stream entries removed by trims",
-            ),
-            worker_restarts_total: counters(
-                r,
-                "worker_restarts_total",
-                "Dependency workers restarted after a failure",
-                &["worker"],
             ),
             bus_events_received_total: counter(
                 r,

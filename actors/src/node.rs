@@ -19,7 +19,7 @@ use switchboard_storage::{
     Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Random,
     Store,
 };
-use switchboard_supervisors::RestartPolicy;
+use switchboard_supervisors::{BreakerPolicy, RestartPolicy, Supervisor, TaskReport, WorkerPolicy};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -27,10 +27,11 @@ use crate::connection::{
     Close, Connection, ConnectionActor, ConnectionArgs, ConnectionLink, ConnectionSupervisor,
     Sockets, Transport, control, slots,
 };
-use crate::conversation::{Command, ConversationSupervisor, Conversations, Note};
-use crate::dependency::{BusLimits, BusWorkers};
+use crate::conversation::{Command, ConversationSupervisor, Conversations};
 use crate::hub::{EncodedEvent, Hub, NewSession};
 use crate::mailbox::Mailbox;
+use crate::publisher::Publishing;
+use crate::router::{ROUTER, Router};
 use crate::session::{
     Attach, SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionSupervisor, Start,
 };
@@ -65,6 +66,56 @@ pub struct Limits {
     pub bus: BusLimits,
 }
 
+/// Bounds and pacing of the node's use of the bus.
+#[derive(Debug, Clone, Copy)]
+pub struct BusLimits {
+    /// The publisher: committed events waiting to be published, how long
+    /// one may wait and take, its breaker and restarts.
+    pub publisher: WorkerPolicy,
+    /// The trimmer: streams waiting for a trim, and the rest as above.
+    pub trimmer: WorkerPolicy,
+    /// Entries a conversation's stream keeps, about.
+    pub stream_len_max: usize,
+    /// Appends to one stream between two trims of it.
+    pub trim_every: u32,
+    /// Conversations the publisher counts appends of at once; past it, a
+    /// new one is trimmed right away instead of counted.
+    pub trim_counts_len_max: usize,
+    /// Conversations a node subscribes to per connected user.
+    pub conversations_per_user_max: u32,
+    /// How often the node re-reads a batch of the conversations it holds,
+    /// to deliver what no bus message announced (an event whose publish
+    /// failed, or whose node crashed before publishing it).
+    pub sweep_every: Duration,
+    /// Conversations re-read per sweep, round-robin: each costs one read
+    /// of the replay stream or the store.
+    pub sweep_batch_len: usize,
+    /// How the router is restarted after a panic.
+    pub router_restart: RestartPolicy,
+}
+
+impl Default for BusLimits {
+    fn default() -> Self {
+        let worker = WorkerPolicy {
+            queue_len_max: 4096,
+            call_timeout: Duration::from_secs(5),
+            breaker: BreakerPolicy::default(),
+            restart: RestartPolicy::default(),
+        };
+        Self {
+            publisher: worker,
+            trimmer: worker,
+            stream_len_max: 50_000,
+            trim_every: 100,
+            trim_counts_len_max: 100_000,
+            conversations_per_user_max: 10_000,
+            sweep_every: Duration::from_secs(1),
+            sweep_batch_len: 32,
+            router_restart: RestartPolicy::default(),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -95,6 +146,10 @@ pub struct Dependencies {
     /// The bus to other nodes and what it hears from them; `None` for a
     /// single node.
     pub bus: Option<(Arc<dyn Bus>, mpsc::Receiver<BusSignal>)>,
+    /// The supervisor of the node's tasks and workers, the store's and the
+    /// bus's included (they were started under it): its metrics join the
+    /// node's, and readiness reads it.
+    pub supervisor: Supervisor,
 }
 
 /// What every actor of a node shares.
@@ -116,7 +171,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) limits: Limits,
     /// Publishes committed events to other nodes, off the send path.
-    pub(crate) bus_workers: Option<BusWorkers>,
+    pub(crate) publishing: Option<Publishing>,
     /// What this node listens to on the bus, and what it delivered.
     pub(crate) subscriptions: Option<Subscriptions>,
     /// The bus itself, for its replay tail.
@@ -187,6 +242,8 @@ impl Shared {
 /// One Switchboard node. Cheap to clone; every clone is the same node.
 #[derive(Debug, Clone)]
 pub struct Node {
+    /// The node's tasks and workers, and those of its store and bus.
+    supervisor: Supervisor,
     shared: Arc<Shared>,
     conversation_supervisor: ActorRef<()>,
     connection_supervisor: ActorRef<()>,
@@ -231,22 +288,19 @@ impl Node {
             clock,
             random,
             bus,
+            supervisor,
         } = dependencies;
         let metrics = Metrics::new();
+        for collector in supervisor.collectors() {
+            metrics
+                .registry()
+                .register(collector)
+                .map_err(|e| ActorError::Internal(format!("cannot register metrics: {e}")))?;
+        }
         let (bus, signals) = bus.unzip();
-        let bus_workers = match &bus {
-            Some(bus) => Some(
-                BusWorkers::start(
-                    Arc::clone(bus),
-                    Arc::clone(&clock),
-                    limits.bus,
-                    metrics.clone(),
-                )
-                .await
-                .map_err(|e| ActorError::Internal(format!("cannot start bus workers: {e}")))?,
-            ),
-            None => None,
-        };
+        let publishing = bus.as_ref().map(|bus| {
+            Publishing::start(&supervisor, bus, Arc::clone(&clock), &limits.bus, &metrics)
+        });
         let subscriptions = bus
             .clone()
             .map(|bus| Subscriptions::new(bus, limits.bus.conversations_per_user_max));
@@ -254,7 +308,7 @@ impl Node {
             store,
             clock,
             random,
-            bus_workers,
+            publishing,
             subscriptions,
             bus,
             hub: Hub::new(
@@ -287,9 +341,14 @@ impl Node {
             .await
             .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
         if let Some(signals) = signals {
-            tokio::spawn(route(Arc::downgrade(&shared), signals));
+            supervisor.spawn(
+                ROUTER,
+                limits.bus.router_restart,
+                Router::new(&shared, signals),
+            );
         }
         Ok(Self {
+            supervisor,
             shared,
             conversation_supervisor,
             connection_supervisor,
@@ -313,11 +372,24 @@ impl Node {
     /// empty without a bus.
     #[must_use]
     pub fn breakers(&self) -> std::collections::BTreeMap<&'static str, &'static str> {
-        self.shared
-            .bus_workers
-            .as_ref()
-            .map(BusWorkers::breakers)
-            .unwrap_or_default()
+        self.supervisor
+            .breakers()
+            .into_iter()
+            .map(|(dependency, state)| (dependency, state.as_str()))
+            .collect()
+    }
+
+    /// Every supervised task's state (the store's and the bus's included).
+    #[must_use]
+    pub fn tasks(&self) -> Vec<TaskReport> {
+        self.supervisor.tasks()
+    }
+
+    /// The node's supervisor, for fault injection in tests and the
+    /// simulation.
+    #[must_use]
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     /// Open connections on this node.
@@ -413,8 +485,8 @@ impl Node {
                     }
                     let encoded = EncodedEvent::new(event);
                     self.shared.hub.deliver(&recipients, &encoded);
-                    if let Some(workers) = &self.shared.bus_workers {
-                        workers.publish(&encoded);
+                    if let Some(publishing) = &self.shared.publishing {
+                        publishing.publish(&encoded);
                     }
                 }
                 Ok((committed.value, true))
@@ -902,142 +974,8 @@ impl Node {
             .stop_children_and_wait(None, Some(drain_timeout))
             .await;
         self.session_supervisor.stop(None);
-        if let Some(workers) = &self.shared.bus_workers {
-            workers.stop();
-        }
+        self.supervisor.shutdown();
     }
-}
-
-/// Turns what the bus says into notes for conversation actors. Ends when the
-/// node or the bus goes away.
-///
-/// A dropped remote event is recovered by the next event's gap check, but a
-/// dropped catch-up has nothing after it to notice: those conversations are
-/// owed a catch-up, retried every second until their actor takes it. And an
-/// event nobody announced (its publish failed, or its node crashed first)
-/// has nothing at all to reveal it: a sweep catches up a few held
-/// conversations at a time, round-robin, so each is re-read within
-/// `held / sweep_batch_len` sweeps.
-async fn route(shared: std::sync::Weak<Shared>, mut signals: mpsc::Receiver<BusSignal>) {
-    let mut owed: BTreeSet<Uuid> = BTreeSet::new();
-    let mut retry = tokio::time::interval(Duration::from_secs(1));
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let Some(limits) = shared.upgrade().map(|s| s.limits.bus) else {
-        return;
-    };
-    let mut sweep = tokio::time::interval_at(
-        tokio::time::Instant::now() + limits.sweep_every,
-        limits.sweep_every,
-    );
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Where the round-robin sweeps go on from.
-    let mut swept = Uuid::nil();
-    let mut swept_user = Uuid::nil();
-    loop {
-        let wake = tokio::select! {
-            // In order, so a simulated run polls the same way every time.
-            biased;
-            signal = signals.recv() => match signal {
-                Some(signal) => Wake::Signal(signal),
-                None => return,
-            },
-            _ = retry.tick(), if !owed.is_empty() => Wake::Retry,
-            _ = sweep.tick() => Wake::Sweep,
-        };
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let signal = match wake {
-            Wake::Signal(signal) => Some(signal),
-            Wake::Retry => None,
-            Wake::Sweep => {
-                let held = shared
-                    .subscriptions
-                    .as_ref()
-                    .map(Subscriptions::held)
-                    .unwrap_or_default();
-                let batch = round_robin(&held, swept, limits.sweep_batch_len);
-                swept = batch.last().copied().unwrap_or_else(Uuid::nil);
-                shared
-                    .metrics
-                    .sweep_catch_ups_total
-                    .inc_by(batch.len() as u64);
-                owed.extend(batch);
-                // And a few connected users' conversations, for a join or
-                // leave whose bus message was lost.
-                if let Some(subscriptions) = &shared.subscriptions {
-                    let users = subscriptions.users();
-                    let batch: Vec<Uuid> = round_robin(&users, swept_user, limits.sweep_batch_len);
-                    swept_user = batch.last().copied().unwrap_or_else(Uuid::nil);
-                    for user in batch {
-                        match subscriptions.refresh(shared.store.as_ref(), user).await {
-                            Ok(held) => {
-                                // A join this node never heard of: the user's
-                                // clients may not know the conversation.
-                                shared.hub.resync(user, &held);
-                                owed.extend(held);
-                            }
-                            Err(error) => {
-                                tracing::debug!(%error, "cannot refresh a user's conversations");
-                            }
-                        }
-                    }
-                }
-                None
-            }
-        };
-        let catch_up: Vec<Uuid> = match signal {
-            None => std::mem::take(&mut owed).into_iter().collect(),
-            Some(BusSignal::Event(event)) => {
-                shared.metrics.bus_events_received_total.inc();
-                let id = event.conversation_id();
-                shared
-                    .conversations
-                    .notify(&shared, id, Note::Remote(event))
-                    .await;
-                Vec::new()
-            }
-            Some(BusSignal::Lost) => {
-                let held = shared
-                    .subscriptions
-                    .as_ref()
-                    .map(Subscriptions::held)
-                    .unwrap_or_default();
-                tracing::info!(
-                    conversations = held.len(),
-                    "bus link was lost; catching up from the store"
-                );
-                held
-            }
-            Some(BusSignal::Subscribed(ids)) => ids,
-        };
-        for id in catch_up {
-            if !shared
-                .conversations
-                .notify(&shared, id, Note::CatchUp)
-                .await
-            {
-                owed.insert(id);
-            }
-        }
-    }
-}
-
-/// Up to `len` of `ids` (ascending), starting after `after` and wrapping.
-fn round_robin(ids: &[Uuid], after: Uuid, len: usize) -> Vec<Uuid> {
-    ids.iter()
-        .filter(|id| **id > after)
-        .chain(ids.iter().filter(|id| **id <= after))
-        .take(len)
-        .copied()
-        .collect()
-}
-
-/// What wakes the router.
-enum Wake {
-    Signal(BusSignal),
-    Retry,
-    Sweep,
 }
 
 /// A message in a conversation the caller cannot see is, to them, a message

@@ -20,10 +20,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{AssertSqlSafe, Connection, Executor, QueryBuilder};
 use switchboard_client::Client;
 use switchboard_protocol::{ConversationKind, CreateConversation};
-use switchboard_storage::{
-    CreateConversation as StoreCreate, CreateOutcome, PostgresOptions, PostgresStore,
-    SqliteOptions, SqliteStore, Store,
-};
+use switchboard_storage::{CreateConversation as StoreCreate, CreateOutcome, Store, SystemClock};
+use switchboard_storage_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
+use switchboard_supervisors::Supervisor;
 use uuid::Uuid;
 
 use crate::fanout::{self, Phase};
@@ -217,7 +216,9 @@ async fn senders(server: &Server, args: &Args) -> anyhow::Result<Vec<(Client, Uu
 /// Rows per second a bare batched INSERT reaches on SQLite with the
 /// server's settings (WAL, `synchronous=FULL`, one writer).
 async fn bare_sqlite(path: &Path, args: &Args) -> anyhow::Result<f64> {
-    let store = SqliteStore::open(&SqliteOptions::new(path.to_path_buf())).await?;
+    // Only to create the schema and one conversation; the rows go in bare.
+    let supervisor = Supervisor::new(std::sync::Arc::new(SystemClock::new()));
+    let store = SqliteStore::open(&SqliteOptions::new(path.to_path_buf()), &supervisor).await?;
     let conversation = conversation(&store).await?;
     store.close().await;
     let connect = SqliteConnectOptions::new()

@@ -101,6 +101,15 @@ pub enum Violation {
         /// The bound.
         bound: usize,
     },
+    /// A node's supervised task panicked past its restart budget and
+    /// stayed down.
+    #[error("node {node}: task {task} spent its restart budget")]
+    TaskFailed {
+        /// Which node.
+        node: usize,
+        /// Which task.
+        task: &'static str,
+    },
     /// A client received a frame it could not read.
     #[error("client {client} received an undecodable frame")]
     Undecodable {
@@ -216,7 +225,8 @@ fn deliveries(history: &[Entry], found: &mut Vec<Violation>) {
     }
 }
 
-/// Sessions, connections and replay streams stayed within their bounds.
+/// Sessions, connections and replay streams stayed within their bounds,
+/// and no supervised task spent its restart budget.
 fn bounds(history: &[Entry], found: &mut Vec<Violation>) {
     for entry in history {
         match entry.record {
@@ -228,7 +238,11 @@ fn bounds(history: &[Entry], found: &mut Vec<Violation>) {
                 connections_max,
                 buffer_peak,
                 buffer_max,
+                ref failed_tasks,
             } => {
+                for task in failed_tasks {
+                    found.push(Violation::TaskFailed { node, task });
+                }
                 for (what, value, bound) in [
                     ("sessions", sessions, sessions_max),
                     ("connections", connections, connections_max),

@@ -33,6 +33,10 @@ pub struct FaultPlan {
     pub disconnect: f64,
     /// Chance that a send is sent twice at once with the same key.
     pub duplicate_send: f64,
+    /// Panics injected into a node's supervised tasks and workers (the
+    /// router, the publisher, the trimmer), each restarted by its
+    /// supervisor. Fewer than a restart budget, so none stays down.
+    pub worker_crashes: u32,
 }
 
 impl FaultPlan {
@@ -64,6 +68,8 @@ impl FaultPlan {
             partitions: u32::try_from(rng.below(3)).unwrap_or(0),
             disconnect,
             duplicate_send,
+            // Drawn last, so the draws before it stay what they were.
+            worker_crashes: u32::try_from(rng.below(4)).unwrap_or(0),
         }
     }
 
@@ -81,6 +87,7 @@ impl FaultPlan {
             partitions: 0,
             disconnect: 0.0,
             duplicate_send: 0.0,
+            worker_crashes: 0,
         }
     }
 }
@@ -111,6 +118,8 @@ pub enum FaultKind {
     DuplicateSend,
     /// A client's retry of a send whose answer it never got.
     Retry,
+    /// A panic in a node's supervised task or worker.
+    WorkerCrash,
 }
 
 impl FaultKind {
@@ -129,6 +138,7 @@ impl FaultKind {
             Self::DisconnectLong => "disconnect_past_grace",
             Self::DuplicateSend => "duplicate_send",
             Self::Retry => "client_retry",
+            Self::WorkerCrash => "worker_crash",
         }
     }
 }

@@ -103,6 +103,8 @@ pub enum Record {
         buffer_peak: (usize, usize),
         /// The session buffer's bounds (events, bytes).
         buffer_max: (usize, usize),
+        /// Its supervised tasks that spent their restart budget.
+        failed_tasks: Vec<&'static str>,
     },
     /// The longest replay stream on the bus, and how long it may be.
     Stream {

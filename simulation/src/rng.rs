@@ -4,8 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
-use switchboard_storage::{Clock, Random};
+use switchboard_storage::Random;
 
 /// SplitMix64: small, fast, and the same sequence on every platform.
 #[derive(Debug, Clone)]
@@ -103,42 +102,6 @@ impl Random for SharedRng {
                 chunk.copy_from_slice(&word[..chunk.len()]);
             }
         });
-    }
-}
-
-/// Time as tokio's timer tells it: paused and jumping from timer to timer in
-/// the simulation, real in the real-backend mode.
-#[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
-    origin: tokio::time::Instant,
-    epoch: DateTime<Utc>,
-}
-
-impl TokioClock {
-    /// A clock whose wall time starts at `epoch` now.
-    #[must_use]
-    pub fn new(epoch: DateTime<Utc>) -> Self {
-        Self {
-            origin: tokio::time::Instant::now(),
-            epoch,
-        }
-    }
-
-    /// Time since the clock started.
-    #[must_use]
-    pub fn elapsed(&self) -> Duration {
-        self.origin.elapsed()
-    }
-}
-
-impl Clock for TokioClock {
-    fn now(&self) -> DateTime<Utc> {
-        let millis = i64::try_from(self.elapsed().as_millis()).unwrap_or(i64::MAX);
-        self.epoch + TimeDelta::milliseconds(millis)
-    }
-
-    fn monotonic(&self) -> Duration {
-        self.elapsed()
     }
 }
 

@@ -20,17 +20,16 @@ use base64::Engine;
 use chrono::{TimeZone, Utc};
 use switchboard_actors::{
     ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, ResumeAt,
-    SessionLimits, Transport,
+    SessionLimits, Supervisor, Transport,
 };
 use switchboard_client::{Class, Failure, Place, RetryPolicy, Step, classify};
 use switchboard_protocol::{
     AddMember, ConversationKind, CreateConversation, EditMessage, Event, Role, SendMessage,
     ServerFrame,
 };
-use switchboard_storage::{
-    Bus, MemoryStore, PostgresOptions, PostgresStore, RedisBus, RedisOptions, SqliteOptions,
-    SqliteStore, Store,
-};
+use switchboard_storage::{Bus, MemoryStore, Store, TokioClock};
+use switchboard_storage_redis::{RedisBus, RedisOptions};
+use switchboard_storage_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -39,7 +38,7 @@ use crate::bus::Network;
 use crate::check::{self, ClientEnd, Outcome, Violation};
 use crate::faults::{FaultKind, FaultPlan, Faults};
 use crate::history::{History, Record};
-use crate::rng::{Rng, SharedRng, TokioClock};
+use crate::rng::{Rng, SharedRng};
 use crate::store::FaultyStore;
 
 /// Which backends the nodes run on.
@@ -143,6 +142,7 @@ pub struct Stats {
 /// When the runtime or a real backend cannot be set up; a run that breaks
 /// an invariant is a [`Report`] with violations, not an error.
 pub fn run(options: &Options) -> anyhow::Result<Report> {
+    quiet_injected_panics();
     let runtime = match options.backend {
         Backend::Memory => tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -154,6 +154,23 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
             .build()?,
     };
     runtime.block_on(simulate(options.clone()))
+}
+
+/// Keeps the panics the faults inject out of stderr (each is counted and
+/// recorded instead); any other panic still prints.
+fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info
+                .payload()
+                .is::<switchboard_supervisors::InjectedPanic>()
+            {
+                report(info);
+            }
+        }));
+    });
 }
 
 /// Bounds the nodes run with: small, so the runs reach them.
@@ -187,7 +204,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
     };
     let faults = Arc::new(Faults::new(plan, SharedRng::new(seed, "faults")));
     let clock = TokioClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
-    let (store, cleanup) = open_store(&options.backend, seed).await?;
+    let (store, cleanup) = open_store(&options.backend, seed, clock).await?;
     let network = matches!(options.backend, Backend::Memory).then(|| Network::new(faults.clone()));
     let redis = match &options.backend {
         Backend::Memory => None,
@@ -392,14 +409,20 @@ impl Cleanup {
     }
 }
 
-async fn open_store(backend: &Backend, seed: u64) -> anyhow::Result<(Arc<dyn Store>, Cleanup)> {
+/// The cluster's one store. A real one runs under a supervisor of its own,
+/// as a database server would outlive the nodes that crash around it.
+async fn open_store(
+    backend: &Backend,
+    seed: u64,
+    clock: TokioClock,
+) -> anyhow::Result<(Arc<dyn Store>, Cleanup)> {
     Ok(match backend {
         Backend::Memory => (Arc::new(MemoryStore::new()), Cleanup::Nothing),
         Backend::Sqlite { .. } => {
             let dir = tempfile::tempdir()?;
             let mut options = SqliteOptions::new(dir.path().join("simulation.db"));
             options.synchronous_full = false;
-            let store = SqliteStore::open(&options)
+            let store = SqliteStore::open(&options, &Supervisor::new(Arc::new(clock)))
                 .await
                 .context("cannot open SQLite")?;
             (Arc::new(store), Cleanup::Dir(dir))
@@ -475,6 +498,7 @@ impl Cluster {
         if self.node(slot).is_some() {
             return Ok(());
         }
+        let supervisor = Supervisor::new(Arc::new(self.clock));
         let bus: Option<(Arc<dyn Bus>, mpsc::Receiver<_>)> = match (&self.network, &self.redis) {
             (Some(network), _) => {
                 let (bus, signals) = network.attach(slot);
@@ -482,7 +506,7 @@ impl Cluster {
             }
             (None, Some(options)) => {
                 let (sender, signals) = mpsc::channel(4096);
-                let bus = RedisBus::new(options.clone(), sender)?;
+                let bus = RedisBus::new(options.clone(), sender, &supervisor)?;
                 Some((Arc::new(bus), signals))
             }
             (None, None) => None,
@@ -493,6 +517,7 @@ impl Cluster {
                 clock: Arc::new(self.clock),
                 random: Arc::new(self.random.clone()),
                 bus,
+                supervisor,
             },
             self.limits,
         )
@@ -781,7 +806,15 @@ impl Ctx {
     }
 }
 
-/// Draws when each crash and partition happens, and schedules them.
+/// The node's supervised tasks a worker crash hits, each at its fault point.
+const WORKER_FAULTS: &[(&str, &str)] = &[
+    ("router", "signal"),
+    ("publisher", "request"),
+    ("trimmer", "request"),
+];
+
+/// Draws when each crash, worker crash and partition happens, and
+/// schedules them.
 fn schedule_faults(ctx: &Arc<Ctx>, rng: &mut Rng, duration: Duration) {
     let nodes = ctx.cluster.slots.len();
     let window = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
@@ -797,10 +830,13 @@ fn schedule_faults(ctx: &Arc<Ctx>, rng: &mut Rng, duration: Duration) {
             }
         });
     }
-    if ctx.cluster.network.is_none() {
-        return;
-    }
-    for _ in 0..ctx.faults.plan.partitions {
+    // Partitions need the simulated bus; a real Redis cannot be cut.
+    let partitions = if ctx.cluster.network.is_some() {
+        ctx.faults.plan.partitions
+    } else {
+        0
+    };
+    for _ in 0..partitions {
         let at = Duration::from_millis(rng.between(window / 10, window * 8 / 10));
         let cut_for = rng.millis(100, 5_000);
         let slot = rng.index(nodes);
@@ -821,6 +857,27 @@ fn schedule_faults(ctx: &Arc<Ctx>, rng: &mut Rng, duration: Duration) {
             network.partition(slot);
             sleep(cut_for).await;
             network.heal(slot);
+        });
+    }
+    for _ in 0..ctx.faults.plan.worker_crashes {
+        let at = Duration::from_millis(rng.between(window / 10, window * 8 / 10));
+        let slot = rng.index(nodes);
+        let (task, point) = *rng.pick(WORKER_FAULTS).unwrap_or(&WORKER_FAULTS[0]);
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            sleep(at).await;
+            let Some(node) = ctx.cluster.node(slot) else {
+                return;
+            };
+            if !ctx.faults.active() {
+                return;
+            }
+            ctx.record(Record::Fault {
+                kind: format!("worker_crash {task}"),
+                target: slot,
+            });
+            ctx.faults.count(FaultKind::WorkerCrash);
+            node.supervisor().inject_panic(task, point);
         });
     }
 }
@@ -845,6 +902,7 @@ async fn monitor(ctx: Arc<Ctx>) {
                         limits.sessions.buffer_len_max,
                         limits.sessions.buffer_bytes_max,
                     ),
+                    failed_tasks: node.supervisor().failed(),
                 });
             }
         }

@@ -1,5 +1,5 @@
-//! Time as a dependency: production reads the system clock, the simulation
-//! drives its own.
+//! Time as a dependency: production reads the system clock; the simulation
+//! and tests read tokio's, which they pause and move.
 
 use std::fmt::Debug;
 use std::time::{Duration, Instant};
@@ -50,5 +50,43 @@ impl Clock for SystemClock {
 
     fn monotonic(&self) -> Duration {
         self.origin.elapsed()
+    }
+}
+
+/// Time as tokio's timer tells it: paused and jumping from timer to timer
+/// under `start_paused` (the simulation, tests of timeouts), real otherwise.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    /// Where [`Clock::monotonic`] counts from.
+    origin: tokio::time::Instant,
+    /// The wall-clock time at `origin`.
+    epoch: DateTime<Utc>,
+}
+
+impl TokioClock {
+    /// A clock whose wall time is `epoch` now.
+    #[must_use]
+    pub fn new(epoch: DateTime<Utc>) -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+            epoch,
+        }
+    }
+
+    /// Time since the clock started.
+    #[must_use]
+    pub fn elapsed(&self) -> Duration {
+        self.origin.elapsed()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> DateTime<Utc> {
+        let millis = i64::try_from(self.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.epoch + TimeDelta::milliseconds(millis)
+    }
+
+    fn monotonic(&self) -> Duration {
+        self.elapsed()
     }
 }

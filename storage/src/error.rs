@@ -16,6 +16,11 @@ pub enum StoreError {
     /// The backend failed; the caller cannot know more than that.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The call was cut off before its outcome was known (the store's
+    /// writer restarted under it): it may or may not have taken effect, and
+    /// a retry with the same idempotency key is safe.
+    #[error("the write was interrupted before its outcome was known")]
+    Interrupted,
 }
 
 /// Why a conditional write changed nothing.
@@ -30,16 +35,4 @@ pub enum Rejection {
     /// The message was already deleted.
     #[error("message deleted")]
     Deleted,
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::RowNotFound => Self::NotFound,
-            sqlx::Error::Database(db) if db.is_unique_violation() => {
-                Self::Conflict(db.message().to_owned())
-            }
-            _ => Self::Backend(error.to_string()),
-        }
-    }
 }

@@ -2,30 +2,27 @@
 //! conversations, members, messages and events, the [`Bus`] between nodes,
 //! the [`Clock`] and the [`Random`] source.
 //!
-//! The SQLite implementation is the embedded default; [`MemoryStore`] is the
-//! simulation's. Each write is one transaction that re-checks the condition
-//! the calling actor already checked, so a second node or a stale cache can
-//! never slip an unauthorized change through.
+//! The real backends live in crates of their own (`switchboard-storage-sql`
+//! for SQLite and PostgreSQL, `switchboard-storage-redis` for the bus), so
+//! the actors and the simulation compile against these traits without
+//! sqlx or redis. [`MemoryStore`] is the simulation's store; the contract
+//! suite runs against it and every real store alike.
+//!
+//! Architecture invariant: this crate does no I/O of its own beyond the
+//! operating system's clock and random source.
 
 mod bus;
 mod clock;
 mod error;
 mod memory;
-mod postgres;
 mod random;
-mod redis;
-mod rows;
-mod sqlite;
 mod store;
 
 pub use bus::{Bus, BusError, BusSignal, Topic};
-pub use clock::{Clock, SystemClock};
+pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::{Rejection, StoreError};
 pub use memory::MemoryStore;
-pub use postgres::{PostgresOptions, PostgresStore};
 pub use random::{OsRandom, Random};
-pub use redis::{RedisBus, RedisOptions};
-pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store, send_each,

@@ -24,7 +24,7 @@ use crate::store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store,
 };
-use crate::{Rejection, StoreError, rows};
+use crate::{Rejection, StoreError};
 
 /// Conversations, members, messages and the event log, in memory.
 #[derive(Debug, Default)]
@@ -196,7 +196,7 @@ impl Store for MemoryStore {
         &self,
         command: CreateConversation,
     ) -> Result<CreateOutcome, StoreError> {
-        let key = rows::pair_key(&command)?;
+        let key = command.pair_key()?;
         let mut state = self.state();
         if let Some(existing) = key.as_ref().and_then(|k| state.direct.get(k)) {
             let existing = *existing;
@@ -213,7 +213,7 @@ impl Store for MemoryStore {
             last_seq: 0,
             created_at: command.at,
             updated_at: command.at,
-            members: rows::initial_members(&command),
+            members: command.initial_members(),
             messages: BTreeMap::new(),
             events: Vec::new(),
         };
@@ -311,7 +311,7 @@ impl Store for MemoryStore {
                 .get(&(command.conversation_id, command.sender_id, key.clone()))
                 .and_then(|id| state.messages.get(id));
             if let Some(stored) = stored {
-                return rows::replay(stored.clone(), &command);
+                return command.replay(stored.clone());
             }
         }
         let member = state

@@ -42,6 +42,55 @@ pub struct CreateConversation {
     pub at: DateTime<Utc>,
 }
 
+impl CreateConversation {
+    /// The key a direct conversation is unique by (one per pair of
+    /// people), checked to have exactly two members; none for a group.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] for a direct conversation without exactly
+    /// one other member.
+    pub fn pair_key(&self) -> Result<Option<String>, StoreError> {
+        match self.kind {
+            ConversationKind::Direct => {
+                let [other] = self.members.as_slice() else {
+                    return Err(StoreError::Conflict(
+                        "a direct conversation has exactly two members".into(),
+                    ));
+                };
+                let (low, high) = if self.creator < *other {
+                    (self.creator, *other)
+                } else {
+                    (*other, self.creator)
+                };
+                Ok(Some(format!("{low}:{high}")))
+            }
+            ConversationKind::Group => Ok(None),
+        }
+    }
+
+    /// The members it starts with: the creator as owner, the rest as
+    /// members, in the order every later read returns them.
+    #[must_use]
+    pub fn initial_members(&self) -> Vec<Member> {
+        let mut members = Vec::with_capacity(self.members.len() + 1);
+        members.push(Member {
+            user_id: self.creator,
+            role: Role::Owner,
+            last_read_seq: 0,
+            joined_at: self.at,
+        });
+        members.extend(self.members.iter().map(|&user_id| Member {
+            user_id,
+            role: Role::Member,
+            last_read_seq: 0,
+            joined_at: self.at,
+        }));
+        members.sort_by_key(|m| (m.joined_at, m.user_id));
+        members
+    }
+}
+
 /// The result of creating a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
@@ -88,6 +137,30 @@ impl NewMessage {
             edited_at: None,
             deleted_at: None,
         }
+    }
+}
+
+impl NewMessage {
+    /// The answer to this send when its idempotency key already stored
+    /// `stored`: the stored message, unless the key is being reused for a
+    /// different one.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] when the content differs from the stored
+    /// message's (still unedited) content.
+    pub fn replay(&self, stored: Message) -> Result<SendOutcome, StoreError> {
+        let unchanged = stored.edited_at.is_none() && stored.deleted_at.is_none();
+        if unchanged
+            && (stored.encrypted_content != self.encrypted_content
+                || stored.nonce != self.nonce
+                || stored.message_type != self.message_type)
+        {
+            return Err(StoreError::Conflict(
+                "idempotency key already used for a different message".into(),
+            ));
+        }
+        Ok(SendOutcome::Duplicate(stored))
     }
 }
 

@@ -71,7 +71,7 @@ impl BreakerState {
 pub enum Admission {
     /// Make the call and report how it went.
     Call,
-    /// Make one cheap probe (a `PING`) and report how it went.
+    /// Make one cheap probe (a `PING`, say) and report how it went.
     Probe,
     /// Do not touch the dependency; take the fallback.
     Reject,
@@ -118,6 +118,18 @@ impl Breaker {
     #[must_use]
     pub fn state(&self) -> BreakerState {
         self.state
+    }
+
+    /// Whether a caller should take its fallback at `now` without asking:
+    /// open with the cool-down still running, or half-open with its probe
+    /// out. Changes nothing; [`Breaker::admit`] decides for the worker.
+    #[must_use]
+    pub fn refuses(&self, now: Duration) -> bool {
+        match self.state {
+            BreakerState::Closed => false,
+            BreakerState::HalfOpen => true,
+            BreakerState::Open => now < self.open_until,
+        }
     }
 
     /// Whether a call may go ahead at `now`. An open breaker whose cool-down
@@ -216,6 +228,11 @@ mod tests {
             })
         );
         assert_eq!(b.admit(99 * MS).0, Admission::Reject);
+        assert!(b.refuses(99 * MS));
+        assert!(
+            !b.refuses(100 * MS),
+            "the cool-down is over: the worker probes"
+        );
     }
 
     #[test]

@@ -1,6 +1,5 @@
-//! The real SQLite store with injectable faults, and a clock tests move by hand.
+//! The in-memory store with injectable faults, and a clock tests move by hand.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -9,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
 use switchboard_storage::{
-    Clock, Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
-    NewMessage, SendOutcome, SqliteOptions, SqliteStore, Store, StoreError, send_each,
+    Clock, Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MemoryStore,
+    MessageRange, NewMessage, SendOutcome, Store, StoreError, send_each,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -38,10 +37,10 @@ impl Clock for ManualClock {
     }
 }
 
-/// [`SqliteStore`] that can panic on one chosen send and hold sends at a gate.
+/// [`MemoryStore`] that can panic on one chosen send and hold sends at a gate.
 #[derive(Debug)]
 pub(crate) struct FaultyStore {
-    inner: SqliteStore,
+    inner: MemoryStore,
     /// Content whose send panics once.
     panic_on: Mutex<Option<String>>,
     /// Whether sends wait at the gate.
@@ -60,11 +59,9 @@ pub(crate) struct FaultyStore {
 }
 
 impl FaultyStore {
-    pub(crate) async fn open(path: &Path) -> Self {
-        let mut options = SqliteOptions::new(path.to_path_buf());
-        options.synchronous_full = false;
+    pub(crate) fn new() -> Self {
         Self {
-            inner: SqliteStore::open(&options).await.unwrap(),
+            inner: MemoryStore::new(),
             panic_on: Mutex::new(None),
             gated: AtomicBool::new(false),
             gate: Semaphore::new(0),

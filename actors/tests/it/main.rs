@@ -2,7 +2,7 @@
 //! demand, stopped when idle, restarted after a panic within bounds, and
 //! behind a bounded mailbox.
 //!
-//! The store is the real SQLite store wrapped to inject faults (a panic on one
+//! The store is the in-memory store wrapped to inject faults (a panic on one
 //! chosen send, a gate that holds sends back); time is a manual clock.
 
 // Tests drive the system from outside: real time and random ids are fine here.
@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use faults::{FaultyStore, ManualClock, QuietBus};
 use switchboard_actors::{
-    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Transport,
+    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, Supervisor,
+    Transport,
 };
 use switchboard_protocol::{
     AddMember, ConversationKind, CreateConversation, Message, Role, SendMessage, Sync,
@@ -31,7 +32,6 @@ struct Fixture {
     clock: Arc<ManualClock>,
     owner: Uuid,
     conversation: Uuid,
-    _dir: tempfile::TempDir,
 }
 
 async fn fixture(limits: Limits) -> Fixture {
@@ -42,8 +42,7 @@ async fn fixture_with_bus(
     limits: Limits,
     bus: Option<(Arc<dyn Bus>, mpsc::Receiver<BusSignal>)>,
 ) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FaultyStore::open(&dir.path().join("db.sqlite")).await);
+    let store = Arc::new(FaultyStore::new());
     let clock = Arc::new(ManualClock::default());
     let node = Node::start(
         Dependencies {
@@ -51,6 +50,7 @@ async fn fixture_with_bus(
             clock: clock.clone(),
             random: Arc::new(OsRandom),
             bus,
+            supervisor: Supervisor::new(clock.clone()),
         },
         limits,
     )
@@ -74,7 +74,6 @@ async fn fixture_with_bus(
         clock,
         owner,
         conversation: conversation.id,
-        _dir: dir,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Operational endpoints: metrics, liveness and readiness.
 
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -22,23 +24,47 @@ fn health<E: std::fmt::Display>(result: &Result<(), E>) -> serde_json::Value {
     }
 }
 
-/// `GET /health/live`: the process answers.
-pub(super) async fn live() -> impl IntoResponse {
-    axum::Json(json!({ "status": "ok" }))
+/// How long a readiness probe waits on each dependency.
+const DEPENDENCY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /health/live`: the process answers, and no supervised task has
+/// spent its restart budget. A node with such a task cannot heal itself
+/// (its supervisor has given up on it), so the orchestrator should restart
+/// the process, as an Erlang supervisor escalates to its parent.
+pub(super) async fn live(State(state): State<AppState>) -> impl IntoResponse {
+    let failed = state.node.supervisor().failed();
+    if failed.is_empty() {
+        (StatusCode::OK, axum::Json(json!({ "status": "ok" })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "failed", "failed_tasks": failed })),
+        )
+    }
 }
 
 /// `GET /health/ready`: whether this node should get traffic, with each
-/// dependency's state. 503 while draining or when the database fails; Redis
-/// being down is reported but keeps the node ready, since it only slows
-/// delivery to other nodes (the database still has every message).
+/// dependency's and each supervised task's state. 503 while draining, when
+/// the database's writer path does not commit (SQLite's group committer is
+/// asked, not a reader), or when a task has spent its restart budget.
+/// Redis being down is reported but keeps the node ready, since it only
+/// slows delivery to other nodes (the database still has every message).
 pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let database = state.store.ping().await;
+    let database = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, state.store.ping())
+        .await
+        .unwrap_or_else(|_| {
+            Err(switchboard_storage::StoreError::Backend(
+                "the database did not answer in time".into(),
+            ))
+        });
     let draining = state.is_draining();
-    let ready = database.is_ok() && !draining;
+    let supervisor = state.node.supervisor();
+    let failed = supervisor.failed();
+    let ready = database.is_ok() && !draining && failed.is_empty();
     let mut dependencies = serde_json::Map::new();
     dependencies.insert("database".into(), health(&database));
     if let Some(bus) = &state.bus {
-        let ping = tokio::time::timeout(std::time::Duration::from_secs(1), bus.ping())
+        let ping = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, bus.ping())
             .await
             .unwrap_or_else(|_| {
                 Err(switchboard_storage::BusError::Unavailable(
@@ -49,10 +75,22 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         redis["breakers"] = json!(state.node.breakers());
         dependencies.insert("redis".into(), redis);
     }
+    let tasks: serde_json::Map<String, serde_json::Value> = supervisor
+        .tasks()
+        .into_iter()
+        .map(|t| {
+            (
+                t.name.to_owned(),
+                json!({ "state": t.state.as_str(), "restarts": t.restarts }),
+            )
+        })
+        .collect();
     let body = json!({
         "ready": ready,
         "draining": draining,
         "dependencies": dependencies,
+        "tasks": tasks,
+        "failed_tasks": failed,
         "connections": state.node.connection_count(),
     });
     let status = if ready {

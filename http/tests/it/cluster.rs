@@ -5,15 +5,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_actors::{BreakerPolicy, BusLimits, Dependencies, Limits, Node};
-use switchboard_protocol::{ConversationKind, CreateConversation};
-use switchboard_storage::{
-    Bus, OsRandom, RedisBus, RedisOptions, SqliteOptions, SqliteStore, SystemClock,
+use switchboard_actors::{
+    BreakerPolicy, BusLimits, Dependencies, Limits, Node, Supervisor, WorkerPolicy,
 };
+use switchboard_protocol::{ConversationKind, CreateConversation};
+use switchboard_storage::{Bus, OsRandom, SystemClock};
+use switchboard_storage_redis::{RedisBus, RedisOptions};
+use switchboard_storage_sql::{SqliteOptions, SqliteStore};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::support::text;
+use crate::support::{eventually, text};
 
 /// A private `redis-server` that keeps nothing on disk.
 pub(crate) struct RedisServer {
@@ -101,15 +103,18 @@ pub(crate) async fn node(redis_url: &str, bus_limits: BusLimits) -> TestNode {
     let dir = tempfile::tempdir().unwrap();
     let mut options = SqliteOptions::new(dir.path().join("node.db"));
     options.synchronous_full = false;
-    let store = Arc::new(SqliteStore::open(&options).await.unwrap());
+    let clock = Arc::new(SystemClock::new());
+    let supervisor = Supervisor::new(clock.clone());
+    let store = Arc::new(SqliteStore::open(&options, &supervisor).await.unwrap());
     let (signals, receiver) = mpsc::channel(4096);
-    let bus = RedisBus::new(RedisOptions::new(redis_url), signals).unwrap();
+    let bus = RedisBus::new(RedisOptions::new(redis_url), signals, &supervisor).unwrap();
     let node = Node::start(
         Dependencies {
             store,
-            clock: Arc::new(SystemClock::new()),
+            clock,
             random: Arc::new(OsRandom),
             bus: Some((Arc::new(bus.clone()), receiver)),
+            supervisor,
         },
         Limits {
             bus: bus_limits,
@@ -133,16 +138,6 @@ fn metric(node: &Node, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..3000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what} never happened");
-}
-
 async fn group(node: &Node, owner: Uuid) -> Uuid {
     node.create_conversation(
         owner,
@@ -161,13 +156,17 @@ async fn group(node: &Node, owner: Uuid) -> Uuid {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_never_wait_on_redis_and_failures_are_counted() {
     let mut redis = RedisServer::start(&[]);
+    let defaults = BusLimits::default();
     let limits = BusLimits {
-        breaker: BreakerPolicy {
-            failures_max: 3,
-            cool_down_min: Duration::from_millis(100),
-            cool_down_max: Duration::from_millis(400),
+        publisher: WorkerPolicy {
+            breaker: BreakerPolicy {
+                failures_max: 3,
+                cool_down_min: Duration::from_millis(100),
+                cool_down_max: Duration::from_millis(400),
+            },
+            ..defaults.publisher
         },
-        ..BusLimits::default()
+        ..defaults
     };
     let t = node(&redis.url(), limits).await;
     let owner = Uuid::new_v4();
@@ -288,17 +287,21 @@ impl Cluster {
         for _ in 0..size {
             let mut options = SqliteOptions::new(dir.path().join("cluster.db"));
             options.synchronous_full = false;
+            let clock = Arc::new(SystemClock::new());
+            let supervisor = Supervisor::new(clock.clone());
             let store: Arc<dyn switchboard_storage::Store> =
-                Arc::new(SqliteStore::open(&options).await.unwrap());
+                Arc::new(SqliteStore::open(&options, &supervisor).await.unwrap());
             let (signals, receiver) = mpsc::channel(4096);
-            let bus: Arc<dyn Bus> =
-                Arc::new(RedisBus::new(RedisOptions::new(redis_url), signals).unwrap());
+            let bus: Arc<dyn Bus> = Arc::new(
+                RedisBus::new(RedisOptions::new(redis_url), signals, &supervisor).unwrap(),
+            );
             let node = Node::start(
                 Dependencies {
                     store: Arc::clone(&store),
-                    clock: Arc::new(SystemClock::new()),
+                    clock,
                     random: Arc::new(OsRandom),
                     bus: Some((Arc::clone(&bus), receiver)),
+                    supervisor,
                 },
                 limits,
             )
@@ -332,7 +335,7 @@ impl Cluster {
         self.members
             .iter()
             .map(|m| {
-                ["error", "breaker_open", "queue_full", "restarting"]
+                ["error", "breaker_open", "queue_full", "timeout", "stopped"]
                     .iter()
                     .map(|reason| {
                         metric(
@@ -596,4 +599,68 @@ async fn clients_reconnecting_to_other_nodes_lose_nothing() {
         expect: &["resumed", "expired"],
     })
     .await;
+}
+
+/// Each bus task panics once, on a different node, while messages flow:
+/// every one is restarted and counted, every node stays ready, and every
+/// client still gets every acknowledged message once, in order (what a
+/// task had in hand when it died is recovered by catch-ups and sweeps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_tasks_that_panic_are_restarted_and_lose_no_message() {
+    let redis = RedisServer::start(&[]);
+    let mut limits = Limits::default();
+    // Trims often enough that the trimmer has requests to die on.
+    limits.bus.trim_every = 5;
+    let cluster = Cluster::with_limits(3, &redis.url(), limits).await;
+    let (conversation, ids, mut streams) = spread_group(&cluster, 6).await;
+    let faults = [
+        (0, "router", "signal"),
+        (1, "publisher", "request"),
+        (2, switchboard_storage_redis::SUBSCRIBER_TASK, "listen"),
+        (0, "trimmer", "request"),
+    ];
+    for (node, task, point) in faults {
+        cluster.members[node]
+            .node
+            .supervisor()
+            .inject_panic(task, point);
+    }
+    let mut acked = Vec::new();
+    for round in 0..10 {
+        for (i, id) in ids.iter().enumerate() {
+            let sender = cluster.user(*id, i + 1);
+            let sent = sender
+                .client
+                .send(&text(conversation, &format!("{round}:{i}")))
+                .await
+                .unwrap();
+            acked.push(sent.message);
+        }
+    }
+    acked.sort_by_key(|m| m.seq);
+    assert_each_got_all(&mut streams, &acked).await;
+    for (node, task, _) in faults {
+        let member = &cluster.members[node];
+        eventually(&format!("{task} on node {node} restarted"), || {
+            member.node.tasks().iter().any(|t| {
+                t.name == task
+                    && t.restarts == 1
+                    && t.state == switchboard_actors::TaskState::Running
+            })
+        })
+        .await;
+        assert_eq!(
+            metric(
+                &member.node,
+                &format!("worker_restarts_total{{worker=\"{task}\"}}")
+            ),
+            1
+        );
+    }
+    for member in &cluster.members {
+        let ready = reqwest::get(format!("{}/health/ready", member.base))
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+    }
 }

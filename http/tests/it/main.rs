@@ -15,4 +15,5 @@ mod openapi;
 mod race;
 mod sessions;
 mod sse;
+mod supervision;
 mod support;

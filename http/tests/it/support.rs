@@ -5,14 +5,15 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use switchboard_actors::{Dependencies, Limits, Node};
+use switchboard_actors::{Dependencies, Limits, Node, Supervisor};
 use switchboard_client::{Client, EventStream};
 use switchboard_http::{AppState, Auth, HttpLimits};
 use switchboard_protocol::{
     ClientFrame, Control, Conversation, ConversationKind, CreateConversation, Event, SendMessage,
     ServerFrame, Sync,
 };
-use switchboard_storage::{OsRandom, SqliteOptions, SqliteStore, Store, SystemClock};
+use switchboard_storage::{OsRandom, Store, SystemClock};
+use switchboard_storage_sql::{SqliteOptions, SqliteStore};
 use tempfile::TempDir;
 use uuid::Uuid;
 
@@ -25,7 +26,8 @@ pub(crate) struct TestServer {
     auth: Auth,
     /// Begins the server's graceful shutdown.
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: TempDir,
+    /// The node's data folder, removed with the server.
+    dir: TempDir,
 }
 
 impl TestServer {
@@ -51,13 +53,20 @@ impl TestServer {
         let mut options = SqliteOptions::new(dir.path().join("switchboard.db"));
         // Durability settings do not change behaviour; skip the fsyncs.
         options.synchronous_full = false;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options).await.expect("store"));
+        let clock = Arc::new(SystemClock::new());
+        let supervisor = Supervisor::new(clock.clone());
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&options, &supervisor)
+                .await
+                .expect("store"),
+        );
         let node = Node::start(
             Dependencies {
                 store: Arc::clone(&store),
-                clock: Arc::new(SystemClock::new()),
+                clock,
                 random: Arc::new(OsRandom),
                 bus: None,
+                supervisor,
             },
             limits,
         )
@@ -87,7 +96,7 @@ impl TestServer {
             node,
             auth: Auth::new(SECRET),
             shutdown: Some(shutdown),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -119,6 +128,11 @@ impl TestServer {
             id,
             client: Client::new(&self.base, self.token(id)),
         }
+    }
+
+    /// The SQLite file the node stores in.
+    pub(crate) fn database_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("switchboard.db")
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -243,6 +257,18 @@ pub(crate) async fn log(user: &User, conversation: Uuid) -> Vec<Event> {
             return all;
         }
         all.extend(page.events);
+    }
+}
+
+/// Waits until `check` holds; fails after 30 s.
+pub(crate) async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} never happened"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

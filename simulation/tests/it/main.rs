@@ -94,6 +94,7 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (10005521, true, "a sync skipped up to a last seq read after its membership read, hiding a rejoin"),
     (10013931, true, "the same stale-read sync, with two conversations gone"),
     (10041129, true, "the same stale-read sync, after a node crash"),
+    (1138, true, "a sync's not_member kept the session's position, so the user's own leave reached a client that had dropped the conversation"),
 ];
 
 #[test]

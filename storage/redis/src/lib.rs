@@ -23,7 +23,8 @@ use switchboard_protocol::Event;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-use crate::bus::{Bus, BusError, BusSignal, Topic};
+use switchboard_storage::{Bus, BusError, BusSignal, Topic};
+use switchboard_supervisors::{RestartPolicy, Supervisor, Task, TaskContext};
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct RedisOptions {
     pub key_prefix: String,
     /// How long connecting and each command may take.
     pub timeout: Duration,
+    /// How the subscriber is restarted after a panic.
+    pub restart: RestartPolicy,
 }
 
 impl RedisOptions {
@@ -45,6 +48,7 @@ impl RedisOptions {
             url: url.into(),
             key_prefix: String::new(),
             timeout: Duration::from_secs(1),
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -83,12 +87,17 @@ struct Inner {
 
 impl RedisBus {
     /// A bus for `options`; signals go to `signals`, which the caller bounds.
-    /// Nothing connects yet; the subscriber loop starts in the background.
+    /// Nothing connects yet; the subscriber loop starts in the background
+    /// under `supervisor`, as [`SUBSCRIBER_TASK`].
     ///
     /// # Errors
     ///
     /// [`BusError::Protocol`] for a URL that is not a Redis URL.
-    pub fn new(options: RedisOptions, signals: mpsc::Sender<BusSignal>) -> Result<Self, BusError> {
+    pub fn new(
+        options: RedisOptions,
+        signals: mpsc::Sender<BusSignal>,
+        supervisor: &Supervisor,
+    ) -> Result<Self, BusError> {
         let info = options
             .url
             .as_str()
@@ -109,7 +118,14 @@ impl RedisBus {
             changed: Notify::new(),
             overflowed: AtomicBool::new(false),
         });
-        tokio::spawn(subscriber(Arc::downgrade(&inner), signals));
+        supervisor.spawn(
+            SUBSCRIBER_TASK,
+            inner.options.restart,
+            Subscriber {
+                inner: Arc::downgrade(&inner),
+                signals,
+            },
+        );
         Ok(Self { inner })
     }
 
@@ -184,114 +200,131 @@ async fn manager(
     .map_err(|e| unavailable(&e))
 }
 
+/// The subscriber's task name, in metrics and readiness.
+pub const SUBSCRIBER_TASK: &str = "redis_subscriber";
+
 /// Keeps this node's subscriptions equal to `wanted`, reconnecting as
-/// needed, and turns what arrives into [`BusSignal`]s.
-// The reconnect backoff is the adapter's own I/O pacing, not actor logic.
-#[allow(clippy::disallowed_methods)]
-async fn subscriber(inner: std::sync::Weak<Inner>, signals: mpsc::Sender<BusSignal>) {
-    let mut connection: Option<ConnectionManager> = None;
-    let mut subscribed: HashSet<Topic> = HashSet::new();
-    let mut delay = Duration::from_millis(50);
-    // Catch-ups still owed after the link came back: one at once, one a
-    // round later, after the automatic resubscription has surely landed.
-    let mut owed_catch_ups = 0u8;
-    let mut link_down = false;
-    loop {
-        let Some(inner) = inner.upgrade() else { return };
-        if connection.is_none() {
-            let push_signals = signals.clone();
-            let push_inner = Arc::downgrade(&inner);
-            let push = Box::new(move |info: PushInfo| {
-                let signal = match info.kind {
-                    PushKind::Disconnection => Some(BusSignal::Lost),
-                    PushKind::Message => decode(&info.data).map(BusSignal::Event),
-                    _ => None,
-                };
-                if let Some(signal) = signal
-                    && push_signals.try_send(signal).is_err()
-                    && let Some(inner) = push_inner.upgrade()
+/// needed, and turns what arrives into [`BusSignal`]s. A restart after a
+/// panic starts from a new connection, and so with a `Lost`: the node
+/// catches up on whatever the old one was about to say.
+struct Subscriber {
+    /// Weak, so dropping the bus ends the task.
+    inner: std::sync::Weak<Inner>,
+    signals: mpsc::Sender<BusSignal>,
+}
+
+impl Task for Subscriber {
+    // The reconnect backoff is the adapter's own I/O pacing, not actor logic.
+    #[allow(clippy::disallowed_methods)]
+    async fn run(&mut self, context: &TaskContext) {
+        let mut connection: Option<ConnectionManager> = None;
+        let mut subscribed: HashSet<Topic> = HashSet::new();
+        let mut delay = Duration::from_millis(50);
+        // Catch-ups still owed after the link came back: one at once, one a
+        // round later, after the automatic resubscription has surely landed.
+        let mut owed_catch_ups = 0u8;
+        let mut link_down = false;
+        loop {
+            let Some(inner) = self.inner.upgrade() else {
+                return;
+            };
+            context.fault_point("listen");
+            if connection.is_none() {
+                let push_signals = self.signals.clone();
+                let push_inner = Arc::downgrade(&inner);
+                let push = Box::new(move |info: PushInfo| {
+                    let signal = match info.kind {
+                        PushKind::Disconnection => Some(BusSignal::Lost),
+                        PushKind::Message => decode(&info.data).map(BusSignal::Event),
+                        _ => None,
+                    };
+                    if let Some(signal) = signal
+                        && push_signals.try_send(signal).is_err()
+                        && let Some(inner) = push_inner.upgrade()
+                    {
+                        inner.overflowed.store(true, Ordering::Relaxed);
+                    }
+                });
+                match manager(&inner, Some(push)).await {
+                    Ok(made) => {
+                        connection = Some(made);
+                        subscribed.clear();
+                        delay = Duration::from_millis(50);
+                        // Whatever happened while we were not listening is unknown.
+                        let _ = self.signals.try_send(BusSignal::Lost);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "redis subscriber cannot connect yet");
+                        drop(inner);
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                        continue;
+                    }
+                }
+            }
+            let wanted = inner.wanted.lock().expect("wanted lock").clone();
+            let added: Vec<Topic> = wanted.difference(&subscribed).copied().collect();
+            let add: Vec<String> = added
+                .iter()
+                .map(|topic| channel(&inner.options.key_prefix, *topic))
+                .collect();
+            let remove: Vec<String> = subscribed
+                .difference(&wanted)
+                .map(|topic| channel(&inner.options.key_prefix, *topic))
+                .collect();
+            let conn = connection.as_mut().expect("connected above");
+            let mut ok = true;
+            if !add.is_empty() {
+                ok &= conn.subscribe(&add).await.is_ok();
+            }
+            if ok && !remove.is_empty() {
+                ok &= conn.unsubscribe(&remove).await.is_ok();
+            }
+            if ok {
+                subscribed = wanted;
+                let conversations: Vec<Uuid> = added
+                    .iter()
+                    .filter_map(|topic| match topic {
+                        Topic::Conversation(id) => Some(*id),
+                        Topic::User(_) => None,
+                    })
+                    .collect();
+                if !conversations.is_empty()
+                    && self
+                        .signals
+                        .try_send(BusSignal::Subscribed(conversations))
+                        .is_err()
                 {
                     inner.overflowed.store(true, Ordering::Relaxed);
                 }
-            });
-            match manager(&inner, Some(push)).await {
-                Ok(made) => {
-                    connection = Some(made);
-                    subscribed.clear();
-                    delay = Duration::from_millis(50);
-                    // Whatever happened while we were not listening is unknown.
-                    let _ = signals.try_send(BusSignal::Lost);
+            } else {
+                tracing::debug!("redis subscribe failed; retrying");
+                connection = None;
+                continue;
+            }
+            // A subscriber sends no commands of its own, so ping to notice a dead
+            // link (which makes the manager reconnect and resubscribe).
+            let pinged: Result<String, _> = redis::cmd("PING").query_async(conn).await;
+            if pinged.is_err() {
+                link_down = true;
+            } else if link_down {
+                link_down = false;
+                owed_catch_ups = 2;
+            }
+            if inner.overflowed.swap(false, Ordering::Relaxed) {
+                tracing::warn!("the node's bus queue overflowed; asking it to catch up");
+                owed_catch_ups = owed_catch_ups.max(1);
+            }
+            if owed_catch_ups > 0 && !link_down {
+                owed_catch_ups -= 1;
+                if self.signals.try_send(BusSignal::Lost).is_err() {
+                    inner.overflowed.store(true, Ordering::Relaxed);
                 }
-                Err(error) => {
-                    tracing::debug!(%error, "redis subscriber cannot connect yet");
-                    drop(inner);
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                    continue;
-                }
             }
+            // Re-check now and then even without a change, to notice a dead
+            // link, and to stop within a second once the bus is dropped.
+            let _ = tokio::time::timeout(Duration::from_secs(1), inner.changed.notified()).await;
         }
-        let wanted = inner.wanted.lock().expect("wanted lock").clone();
-        let added: Vec<Topic> = wanted.difference(&subscribed).copied().collect();
-        let add: Vec<String> = added
-            .iter()
-            .map(|topic| channel(&inner.options.key_prefix, *topic))
-            .collect();
-        let remove: Vec<String> = subscribed
-            .difference(&wanted)
-            .map(|topic| channel(&inner.options.key_prefix, *topic))
-            .collect();
-        let conn = connection.as_mut().expect("connected above");
-        let mut ok = true;
-        if !add.is_empty() {
-            ok &= conn.subscribe(&add).await.is_ok();
-        }
-        if ok && !remove.is_empty() {
-            ok &= conn.unsubscribe(&remove).await.is_ok();
-        }
-        if ok {
-            subscribed = wanted;
-            let conversations: Vec<Uuid> = added
-                .iter()
-                .filter_map(|topic| match topic {
-                    Topic::Conversation(id) => Some(*id),
-                    Topic::User(_) => None,
-                })
-                .collect();
-            if !conversations.is_empty()
-                && signals
-                    .try_send(BusSignal::Subscribed(conversations))
-                    .is_err()
-            {
-                inner.overflowed.store(true, Ordering::Relaxed);
-            }
-        } else {
-            tracing::debug!("redis subscribe failed; retrying");
-            connection = None;
-            continue;
-        }
-        // A subscriber sends no commands of its own, so ping to notice a dead
-        // link (which makes the manager reconnect and resubscribe).
-        let pinged: Result<String, _> = redis::cmd("PING").query_async(conn).await;
-        if pinged.is_err() {
-            link_down = true;
-        } else if link_down {
-            link_down = false;
-            owed_catch_ups = 2;
-        }
-        if inner.overflowed.swap(false, Ordering::Relaxed) {
-            tracing::warn!("the node's bus queue overflowed; asking it to catch up");
-            owed_catch_ups = owed_catch_ups.max(1);
-        }
-        if owed_catch_ups > 0 && !link_down {
-            owed_catch_ups -= 1;
-            if signals.try_send(BusSignal::Lost).is_err() {
-                inner.overflowed.store(true, Ordering::Relaxed);
-            }
-        }
-        // Re-check now and then even without a change, to notice a dead
-        // link, and to stop within a second once the bus is dropped.
-        let _ = tokio::time::timeout(Duration::from_secs(1), inner.changed.notified()).await;
     }
 }
 

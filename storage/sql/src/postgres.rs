@@ -23,11 +23,14 @@ use switchboard_protocol::{
 };
 use uuid::Uuid;
 
-use crate::store::{
+use switchboard_storage::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store, send_each,
 };
-use crate::{Rejection, StoreError, rows};
+use switchboard_storage::{Rejection, StoreError};
+
+use crate::error::db;
+use crate::rows;
 
 /// How to connect to PostgreSQL.
 #[derive(Debug, Clone)]
@@ -100,12 +103,14 @@ impl PostgresStore {
                 .max_connections(1)
                 .acquire_timeout(options.acquire_timeout)
                 .connect_with(connect.clone())
-                .await?;
+                .await
+                .map_err(db)?;
             sqlx::query(AssertSqlSafe(format!(
                 "CREATE SCHEMA IF NOT EXISTS {schema}"
             )))
             .execute(&admin)
-            .await?;
+            .await
+            .map_err(db)?;
             admin.close().await;
             connect = connect.options([("search_path", schema.as_str())]);
         }
@@ -113,7 +118,8 @@ impl PostgresStore {
             .max_connections(options.connections_max.max(1))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect)
-            .await?;
+            .await
+            .map_err(db)?;
         migrator()
             .run(&pool)
             .await
@@ -131,11 +137,12 @@ impl PostgresStore {
         &self,
         conversation_id: Uuid,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
         sqlx::query("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
             .bind(conversation_id)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(db)?;
         Ok(tx)
     }
 }
@@ -157,9 +164,10 @@ async fn send_in(
         .bind(command.sender_id)
         .bind(key)
         .fetch_optional(&mut **tx)
-        .await?;
+        .await
+        .map_err(db)?;
         if let Some(row) = existing {
-            return rows::replay(rows::message(&row)?, &command);
+            return command.replay(rows::message(&row).map_err(db)?);
         }
     }
     let seq: i64 = sqlx::query_scalar(
@@ -172,7 +180,8 @@ async fn send_in(
     .bind(command.at)
     .bind(command.sender_id)
     .fetch_optional(&mut **tx)
-    .await?
+    .await
+    .map_err(db)?
     .ok_or(StoreError::Rejected(Rejection::NotMember))?;
     sqlx::query(
         "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
@@ -189,7 +198,8 @@ async fn send_in(
     .bind(&command.idempotency_key)
     .bind(command.at)
     .execute(&mut **tx)
-    .await?;
+    .await
+    .map_err(db)?;
     let at = command.at;
     let message = command.into_message(seq);
     let event = Event::MessageNew(message.clone());
@@ -214,7 +224,8 @@ async fn allocate(
     .bind(at)
     .bind(conversation_id)
     .fetch_optional(&mut **tx)
-    .await?
+    .await
+    .map_err(db)?
     .ok_or(StoreError::NotFound)?;
     Ok(last - count + 1)
 }
@@ -234,7 +245,8 @@ async fn append(
     .bind(rows::encode_event(event)?)
     .bind(at)
     .execute(&mut **tx)
-    .await?;
+    .await
+    .map_err(db)?;
     Ok(())
 }
 
@@ -248,7 +260,7 @@ async fn commit_one<T>(
     let seq = allocate(&mut tx, conversation_id, 1, at).await?;
     let event = event(seq);
     append(&mut tx, &event, at).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(db)?;
     Ok(Committed {
         value,
         events: vec![event],
@@ -267,7 +279,8 @@ async fn why_not(
     .bind(conversation_id)
     .bind(user_id)
     .fetch_one(&mut **tx)
-    .await?;
+    .await
+    .map_err(db)?;
     if !member {
         return Ok(StoreError::Rejected(Rejection::NotMember));
     }
@@ -277,7 +290,8 @@ async fn why_not(
     .bind(message_id)
     .bind(conversation_id)
     .fetch_optional(&mut **tx)
-    .await?;
+    .await
+    .map_err(db)?;
     Ok(match deleted {
         None => StoreError::NotFound,
         Some(Some(_)) => StoreError::Rejected(Rejection::Deleted),
@@ -293,15 +307,27 @@ impl PostgresStore {
         )
         .bind(conversation_id)
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         found.iter().map(rows::member).collect()
     }
 }
 
 #[async_trait]
 impl Store for PostgresStore {
+    /// A round trip that also says whether the server takes writes: a
+    /// standby (after a failover left this node pointed at one) answers
+    /// reads but refuses every send, so it is not ready.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        if standby {
+            return Err(StoreError::Backend(
+                "the database is a read-only standby".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -309,8 +335,8 @@ impl Store for PostgresStore {
         &self,
         command: CreateConversation,
     ) -> Result<CreateOutcome, StoreError> {
-        let key = rows::pair_key(&command)?;
-        let mut tx = self.pool.begin().await?;
+        let key = command.pair_key()?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
         // Two nodes may create the same direct pair at once: the unique key
         // lets one insert win and the other find it.
         let inserted: Option<Uuid> = sqlx::query_scalar(
@@ -323,13 +349,14 @@ impl Store for PostgresStore {
         .bind(&key)
         .bind(command.at)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await.map_err(db)?;
         if inserted.is_none() {
             drop(tx);
             let id: Uuid = sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
                 .bind(&key)
                 .fetch_one(&self.pool)
-                .await?;
+                .await
+                .map_err(db)?;
             let conversation = self.conversation(id).await?.ok_or(StoreError::NotFound)?;
             return Ok(CreateOutcome::Existing(conversation));
         }
@@ -341,7 +368,8 @@ impl Store for PostgresStore {
         .bind(command.creator)
         .bind(command.at)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         sqlx::query(
             "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
              SELECT $1, u, 'member', 0, $2 FROM UNNEST($3::uuid[]) AS u",
@@ -350,8 +378,9 @@ impl Store for PostgresStore {
         .bind(command.at)
         .bind(&command.members)
         .execute(&mut *tx)
-        .await?;
-        let members = rows::initial_members(&command);
+        .await
+        .map_err(db)?;
+        let members = command.initial_members();
         let conversation = Conversation {
             id: command.id,
             kind: command.kind,
@@ -380,18 +409,19 @@ impl Store for PostgresStore {
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?
+        .await
+        .map_err(db)?
         else {
             return Ok(None);
         };
         Ok(Some(Conversation {
-            id: row.try_get("id")?,
-            kind: rows::kind(row.try_get("kind")?)?,
-            title: row.try_get("title")?,
+            id: row.try_get("id").map_err(db)?,
+            kind: rows::kind(row.try_get("kind").map_err(db)?)?,
+            title: row.try_get("title").map_err(db)?,
             members: self.read_members(id).await?,
-            last_seq: row.try_get("last_seq")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
+            last_seq: row.try_get("last_seq").map_err(db)?,
+            created_at: row.try_get("created_at").map_err(db)?,
+            updated_at: row.try_get("updated_at").map_err(db)?,
         }))
     }
 
@@ -406,7 +436,8 @@ impl Store for PostgresStore {
         .bind(conversation_id)
         .bind(user_id)
         .fetch_optional(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         role.as_deref().map(rows::role).transpose()
     }
 
@@ -422,7 +453,7 @@ impl Store for PostgresStore {
         .bind(user_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?)
+        .await.map_err(db)?)
     }
 
     async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
@@ -430,7 +461,8 @@ impl Store for PostgresStore {
             sqlx::query_as("SELECT id, last_seq FROM conversations WHERE id = ANY($1)")
                 .bind(conversations)
                 .fetch_all(&self.pool)
-                .await?,
+                .await
+                .map_err(db)?,
         )
     }
 
@@ -448,7 +480,8 @@ impl Store for PostgresStore {
         .bind(user_id)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         found.iter().map(rows::summary).collect()
     }
 
@@ -456,7 +489,7 @@ impl Store for PostgresStore {
         let mut tx = self.begin(command.conversation_id).await?;
         let outcome = send_in(&mut tx, command).await?;
         if matches!(outcome, SendOutcome::Created(_)) {
-            tx.commit().await?;
+            tx.commit().await.map_err(db)?;
         }
         Ok(outcome)
     }
@@ -489,22 +522,22 @@ impl Store for PostgresStore {
                 Ok(mut savepoint) => match send_in(&mut savepoint, command).await {
                     Ok(outcome) => match savepoint.commit().await {
                         Ok(()) => Ok(outcome),
-                        Err(error) => return failed(&error.into()),
+                        Err(error) => return failed(&db(error)),
                     },
                     Err(error) => {
                         if let Err(rollback) = savepoint.rollback().await {
-                            return failed(&rollback.into());
+                            return failed(&db(rollback));
                         }
                         Err(error)
                     }
                 },
-                Err(error) => return failed(&error.into()),
+                Err(error) => return failed(&db(error)),
             };
             outcomes.push(outcome);
         }
         match tx.commit().await {
             Ok(()) => outcomes,
-            Err(error) => failed(&error.into()),
+            Err(error) => failed(&db(error)),
         }
     }
 
@@ -524,7 +557,8 @@ impl Store for PostgresStore {
         .bind(command.conversation_id)
         .bind(command.editor)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some(row) = row else {
             return Err(why_not(
                 &mut tx,
@@ -534,7 +568,7 @@ impl Store for PostgresStore {
             )
             .await?);
         };
-        let message = rows::message(&row)?;
+        let message = rows::message(&row).map_err(db)?;
         let (content, nonce) = (message.encrypted_content.clone(), message.nonce.clone());
         let (message_id, message_seq, sender_id) = (message.id, message.seq, message.sender_id);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
@@ -569,7 +603,8 @@ impl Store for PostgresStore {
         .bind(command.message_id)
         .bind(command.conversation_id)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some(row) = row else {
             return Err(why_not(
                 &mut tx,
@@ -579,7 +614,7 @@ impl Store for PostgresStore {
             )
             .await?);
         };
-        let message = rows::message(&row)?;
+        let message = rows::message(&row).map_err(db)?;
         let (message_id, message_seq) = (message.id, message.seq);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
             Event::MessageDeleted(MessageDeleted {
@@ -611,7 +646,8 @@ impl Store for PostgresStore {
         .bind(conversation_id)
         .bind(user_id)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(db)?
         .rows_affected();
         if advanced == 0 {
             let member: bool = sqlx::query_scalar(
@@ -620,7 +656,8 @@ impl Store for PostgresStore {
             .bind(conversation_id)
             .bind(user_id)
             .fetch_one(&mut *tx)
-            .await?;
+            .await
+            .map_err(db)?;
             return if member {
                 Ok(None)
             } else {
@@ -666,7 +703,7 @@ impl Store for PostgresStore {
         .bind(by)
         .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| match StoreError::from(e) {
+        .map_err(|e| match db(e) {
             StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
             other => other,
         })?;
@@ -709,7 +746,8 @@ impl Store for PostgresStore {
         .bind(user_id)
         .bind(by)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(db)?
         .rows_affected();
         if changed == 0 {
             return Err(StoreError::Rejected(Rejection::NotPermitted));
@@ -747,7 +785,8 @@ impl Store for PostgresStore {
         .bind(user_id)
         .bind(by)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some(removed_role) = removed else {
             return Err(StoreError::Rejected(Rejection::NotPermitted));
         };
@@ -770,7 +809,8 @@ impl Store for PostgresStore {
             )
             .bind(conversation_id)
             .fetch_optional(&mut *tx)
-            .await?;
+            .await
+            .map_err(db)?;
             if let Some(successor) = successor {
                 let seq = allocate(&mut tx, conversation_id, 1, at).await?;
                 events.push(Event::MemberRoleChanged(MemberRoleChanged {
@@ -785,7 +825,7 @@ impl Store for PostgresStore {
         for event in &events {
             append(&mut tx, event, at).await?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(db)?;
         Ok(Committed { value: (), events })
     }
 
@@ -797,8 +837,9 @@ impl Store for PostgresStore {
         ))
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.as_ref().map(rows::message).transpose()?)
+        .await
+        .map_err(db)?;
+        Ok(row.as_ref().map(rows::message).transpose().map_err(db)?)
     }
 
     async fn messages(
@@ -828,8 +869,13 @@ impl Store for PostgresStore {
             .bind(range.before_seq)
             .bind(i64::from(range.limit))
             .fetch_all(&self.pool)
-            .await?;
-        Ok(found.iter().map(rows::message).collect::<Result<_, _>>()?)
+            .await
+            .map_err(db)?;
+        Ok(found
+            .iter()
+            .map(rows::message)
+            .collect::<Result<_, _>>()
+            .map_err(db)?)
     }
 
     async fn events(
@@ -846,7 +892,8 @@ impl Store for PostgresStore {
         .bind(after_seq)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
+        .await
+        .map_err(db)?;
         rows::decode_events(&payloads)
     }
 }

@@ -5,7 +5,9 @@ use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_protocol::{ConversationKind, ConversationSummary, Member, Message, Role};
 use uuid::Uuid;
 
-use crate::StoreError;
+use switchboard_storage::StoreError;
+
+use crate::error::db;
 
 /// The columns [`message`] reads, in a form `concat!` accepts.
 macro_rules! message_columns {
@@ -51,10 +53,10 @@ where
     DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
 {
     Ok(Member {
-        user_id: row.try_get("user_id")?,
-        role: role(row.try_get("role")?)?,
-        last_read_seq: row.try_get("last_read_seq")?,
-        joined_at: row.try_get("joined_at")?,
+        user_id: row.try_get("user_id").map_err(db)?,
+        role: role(row.try_get("role").map_err(db)?)?,
+        last_read_seq: row.try_get("last_read_seq").map_err(db)?,
+        joined_at: row.try_get("joined_at").map_err(db)?,
     })
 }
 
@@ -92,34 +94,34 @@ where
     &'r str: Decode<'r, R::Database> + Type<R::Database>,
     DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
 {
-    let id: Uuid = row.try_get("id")?;
-    let last_message = match row.try_get::<Option<Uuid>, _>("lm_id")? {
+    let id: Uuid = row.try_get("id").map_err(db)?;
+    let last_message = match row.try_get::<Option<Uuid>, _>("lm_id").map_err(db)? {
         None => None,
         Some(message_id) => Some(Message {
             id: message_id,
             conversation_id: id,
-            seq: row.try_get("lm_seq")?,
-            sender_id: row.try_get("lm_sender_id")?,
-            encrypted_content: row.try_get("lm_encrypted_content")?,
-            nonce: row.try_get("lm_nonce")?,
-            message_type: row.try_get("lm_message_type")?,
-            created_at: row.try_get("lm_created_at")?,
-            edited_at: row.try_get("lm_edited_at")?,
-            deleted_at: row.try_get("lm_deleted_at")?,
+            seq: row.try_get("lm_seq").map_err(db)?,
+            sender_id: row.try_get("lm_sender_id").map_err(db)?,
+            encrypted_content: row.try_get("lm_encrypted_content").map_err(db)?,
+            nonce: row.try_get("lm_nonce").map_err(db)?,
+            message_type: row.try_get("lm_message_type").map_err(db)?,
+            created_at: row.try_get("lm_created_at").map_err(db)?,
+            edited_at: row.try_get("lm_edited_at").map_err(db)?,
+            deleted_at: row.try_get("lm_deleted_at").map_err(db)?,
         }),
     };
     Ok(ConversationSummary {
         id,
-        kind: kind(row.try_get("kind")?)?,
-        title: row.try_get("title")?,
-        last_seq: row.try_get("last_seq")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        role: role(row.try_get("role")?)?,
-        last_read_seq: row.try_get("last_read_seq")?,
+        kind: kind(row.try_get("kind").map_err(db)?)?,
+        title: row.try_get("title").map_err(db)?,
+        last_seq: row.try_get("last_seq").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        updated_at: row.try_get("updated_at").map_err(db)?,
+        role: role(row.try_get("role").map_err(db)?)?,
+        last_read_seq: row.try_get("last_read_seq").map_err(db)?,
         last_message,
-        unread_count: row.try_get("unread_count")?,
-        member_count: row.try_get("member_count")?,
+        unread_count: row.try_get("unread_count").map_err(db)?,
+        member_count: row.try_get("member_count").map_err(db)?,
     })
 }
 
@@ -132,28 +134,6 @@ pub(crate) fn kind(name: &str) -> Result<ConversationKind, StoreError> {
         "direct" => Ok(ConversationKind::Direct),
         "group" => Ok(ConversationKind::Group),
         _ => Err(StoreError::Backend(format!("unknown kind {name:?} stored"))),
-    }
-}
-
-/// The key that makes a direct conversation unique per pair.
-pub(crate) fn direct_key(a: Uuid, b: Uuid) -> String {
-    let (low, high) = if a < b { (a, b) } else { (b, a) };
-    format!("{low}:{high}")
-}
-
-/// The pair key a new conversation is unique by: a direct one's, checked
-/// to have exactly two members; none for a group.
-pub(crate) fn pair_key(command: &crate::CreateConversation) -> Result<Option<String>, StoreError> {
-    match command.kind {
-        ConversationKind::Direct => {
-            let [other] = command.members.as_slice() else {
-                return Err(StoreError::Conflict(
-                    "a direct conversation has exactly two members".into(),
-                ));
-            };
-            Ok(Some(direct_key(command.creator, *other)))
-        }
-        ConversationKind::Group => Ok(None),
     }
 }
 
@@ -174,43 +154,4 @@ pub(crate) fn decode_events(
                 .map_err(|e| StoreError::Backend(format!("cannot decode stored event: {e}")))
         })
         .collect()
-}
-
-/// The members a new conversation starts with: the creator as owner, the
-/// rest as members, in the order every later read returns them.
-pub(crate) fn initial_members(command: &crate::CreateConversation) -> Vec<Member> {
-    let mut members = Vec::with_capacity(command.members.len() + 1);
-    members.push(Member {
-        user_id: command.creator,
-        role: Role::Owner,
-        last_read_seq: 0,
-        joined_at: command.at,
-    });
-    members.extend(command.members.iter().map(|&user_id| Member {
-        user_id,
-        role: Role::Member,
-        last_read_seq: 0,
-        joined_at: command.at,
-    }));
-    members.sort_by_key(|m| (m.joined_at, m.user_id));
-    members
-}
-
-/// The answer to a send whose idempotency key already stored `stored`: the
-/// stored message, unless the key is being reused for a different one.
-pub(crate) fn replay(
-    stored: Message,
-    command: &crate::NewMessage,
-) -> Result<crate::SendOutcome, StoreError> {
-    let unchanged = stored.edited_at.is_none() && stored.deleted_at.is_none();
-    if unchanged
-        && (stored.encrypted_content != command.encrypted_content
-            || stored.nonce != command.nonce
-            || stored.message_type != command.message_type)
-    {
-        return Err(StoreError::Conflict(
-            "idempotency key already used for a different message".into(),
-        ));
-    }
-    Ok(crate::SendOutcome::Duplicate(stored))
 }

@@ -33,15 +33,19 @@ use switchboard_protocol::{
     Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
     MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
 };
+use switchboard_supervisors::{RestartPolicy, Supervisor, Task, TaskContext};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
-use crate::store::{
+use switchboard_storage::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store,
 };
-use crate::{Rejection, StoreError, rows};
+use switchboard_storage::{Rejection, StoreError};
+
+use crate::error::db;
+use crate::rows;
 
 /// How to open the SQLite database.
 #[derive(Debug, Clone)]
@@ -59,6 +63,9 @@ pub struct SqliteOptions {
     /// itself so that the WAL starts over (see the module's docs): the WAL
     /// file's bound.
     pub wal_pages_max: u32,
+    /// How the group committer and the checkpointer are restarted after a
+    /// panic.
+    pub restart: RestartPolicy,
 }
 
 impl SqliteOptions {
@@ -71,6 +78,7 @@ impl SqliteOptions {
             synchronous_full: true,
             busy_timeout: Duration::from_secs(5),
             wal_pages_max: 4_096,
+            restart: RestartPolicy::default(),
         }
     }
 }
@@ -84,8 +92,9 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// The checkpointer's connection.
     checkpointer: SqlitePool,
-    /// Sends waiting for the group committer, which commits them in batches.
-    sends: mpsc::Sender<PendingSend>,
+    /// Sends (and readiness probes) waiting for the group committer, which
+    /// commits them in batches.
+    sends: mpsc::Sender<Job>,
     /// Sends per group commit, and how long each held the writer.
     commits: CommitMetrics,
     /// What the checkpointer did.
@@ -127,20 +136,36 @@ const LAST_SEQS_PER_QUERY_MAX: usize = 10_000;
 /// Sends committed in one transaction at most.
 const SENDS_PER_COMMIT_MAX: usize = 128;
 
-/// A send waiting for its batch's commit.
+/// What the group committer takes from its queue.
 #[derive(Debug)]
-struct PendingSend {
-    command: NewMessage,
-    reply: oneshot::Sender<Result<SendOutcome, StoreError>>,
+enum Job {
+    /// A send waiting for its batch's commit.
+    Send {
+        command: NewMessage,
+        reply: oneshot::Sender<Result<SendOutcome, StoreError>>,
+    },
+    /// Readiness asking whether the writer path commits: answered with the
+    /// outcome of the batch it rode in, or of an empty write transaction
+    /// when it rode alone.
+    Probe(oneshot::Sender<Result<(), StoreError>>),
 }
 
+/// The group committer's task name, in metrics, readiness and fault points.
+pub const GROUP_COMMIT_TASK: &str = "sqlite_group_commit";
+/// The checkpointer's task name.
+pub const CHECKPOINT_TASK: &str = "sqlite_checkpoint";
+
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database.
+    /// Opens (creating if needed) and migrates the database, and starts its
+    /// group committer and checkpointer under `supervisor`.
     ///
     /// # Errors
     ///
     /// [`StoreError::Backend`] when the file cannot be opened or migrated.
-    pub async fn open(options: &SqliteOptions) -> Result<Self, StoreError> {
+    pub async fn open(
+        options: &SqliteOptions,
+        supervisor: &Supervisor,
+    ) -> Result<Self, StoreError> {
         if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| {
                 StoreError::Backend(format!("cannot create {}: {e}", parent.display()))
@@ -163,7 +188,8 @@ impl SqliteStore {
                 "wal_autocheckpoint",
                 options.wal_pages_max.max(1).to_string(),
             ))
-            .await?;
+            .await
+            .map_err(db)?;
         migrator()
             .run(&writer)
             .await
@@ -171,11 +197,13 @@ impl SqliteStore {
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(connect.clone())
-            .await?;
+            .await
+            .map_err(db)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.readers_max.max(1))
             .connect_with(connect.read_only(true))
-            .await?;
+            .await
+            .map_err(db)?;
         let (sends, queued) = mpsc::channel(SENDS_QUEUED_MAX);
         let commits = CommitMetrics {
             sends: Histogram::with_opts(
@@ -219,14 +247,26 @@ impl SqliteStore {
             )
             .expect("valid counter"),
         };
-        tokio::spawn(group_commit(writer.clone(), queued, commits.clone()));
+        supervisor.spawn(
+            GROUP_COMMIT_TASK,
+            options.restart,
+            GroupCommitter {
+                writer: writer.clone(),
+                queued,
+                metrics: commits.clone(),
+            },
+        );
         // The send queue's handle tells the checkpointer whether any handle
         // on the store is left, without keeping one alive.
-        tokio::spawn(checkpoint(
-            checkpointer.clone(),
-            checkpoints.clone(),
-            sends.downgrade(),
-        ));
+        supervisor.spawn(
+            CHECKPOINT_TASK,
+            options.restart,
+            Checkpointer {
+                pool: checkpointer.clone(),
+                metrics: checkpoints.clone(),
+                store: sends.downgrade(),
+            },
+        );
         Ok(Self {
             writer,
             reader,
@@ -258,8 +298,14 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+        self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db)
     }
+}
+
+/// A send after the committer has gone (the store closed, or the
+/// committer spent its restart budget): nothing was written.
+fn closed() -> StoreError {
+    StoreError::Backend("the store's writer has stopped".into())
 }
 
 fn migrator() -> Migrator {
@@ -292,31 +338,76 @@ fn migrator() -> Migrator {
 /// failure fails the whole batch; each caller gets its own outcome only
 /// once the batch is durable. Sends to one conversation are queued in the
 /// order its actor took them, so a batch never reorders its messages.
-async fn group_commit(
+///
+/// A panic loses only the batch in hand: its callers are told
+/// [`StoreError::Interrupted`] (their reply channels close), never a
+/// success, whether or not it committed, and retry with their idempotency
+/// keys; what is still queued waits in the queue, which outlives the panic.
+struct GroupCommitter {
     writer: SqlitePool,
-    mut queued: mpsc::Receiver<PendingSend>,
+    queued: mpsc::Receiver<Job>,
     metrics: CommitMetrics,
-) {
-    let mut batch = Vec::with_capacity(SENDS_PER_COMMIT_MAX);
-    while queued.recv_many(&mut batch, SENDS_PER_COMMIT_MAX).await > 0 {
-        metrics.sends.observe(batch.len() as f64);
-        let (commands, replies): (Vec<_>, Vec<_>) =
-            batch.drain(..).map(|p| (p.command, p.reply)).unzip();
-        let timer = metrics.seconds.start_timer();
-        let committed = commit_batch(&writer, commands).await;
-        timer.observe_duration();
-        let outcomes = match committed {
-            Ok(outcomes) => outcomes,
-            Err(error) => replies
-                .iter()
-                .map(|_| Err(StoreError::Backend(error.to_string())))
-                .collect(),
-        };
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
-            // A caller that gave up does not undo the commit.
-            let _ = reply.send(outcome);
+}
+
+impl Task for GroupCommitter {
+    async fn run(&mut self, context: &TaskContext) {
+        let mut jobs = Vec::with_capacity(SENDS_PER_COMMIT_MAX);
+        while self.queued.recv_many(&mut jobs, SENDS_PER_COMMIT_MAX).await > 0 {
+            let mut commands = Vec::with_capacity(jobs.len());
+            let mut replies = Vec::with_capacity(jobs.len());
+            let mut probes = Vec::new();
+            for job in jobs.drain(..) {
+                match job {
+                    Job::Send { command, reply } => {
+                        commands.push(command);
+                        replies.push(reply);
+                    }
+                    Job::Probe(reply) => probes.push(reply),
+                }
+            }
+            context.fault_point("batch");
+            let timer = self.metrics.seconds.start_timer();
+            let committed = if commands.is_empty() {
+                // A probe alone: an empty write transaction takes the write
+                // lock and commits, as a batch would.
+                empty_commit(&self.writer).await.map(|()| Vec::new())
+            } else {
+                self.metrics.sends.observe(commands.len() as f64);
+                commit_batch(&self.writer, commands).await
+            };
+            if replies.is_empty() {
+                timer.stop_and_discard();
+            } else {
+                timer.observe_duration();
+            }
+            context.fault_point("committed");
+            let failure = committed.as_ref().err().map(ToString::to_string);
+            for probe in probes {
+                let _ = probe.send(
+                    failure
+                        .clone()
+                        .map_or(Ok(()), |e| Err(StoreError::Backend(e))),
+                );
+            }
+            let outcomes = committed.unwrap_or_else(|error| {
+                replies
+                    .iter()
+                    .map(|_| Err(StoreError::Backend(error.to_string())))
+                    .collect()
+            });
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A caller that gave up does not undo the commit.
+                let _ = reply.send(outcome);
+            }
         }
     }
+}
+
+/// A write transaction with nothing in it: proof that the writer takes the
+/// write lock and commits.
+async fn empty_commit(writer: &SqlitePool) -> Result<(), StoreError> {
+    let tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+    tx.commit().await.map_err(db)
 }
 
 /// Copies the WAL's committed pages into the database file every
@@ -325,43 +416,48 @@ async fn group_commit(
 /// needs, and the rest next time). The writer still rewinds the WAL (see
 /// the module's docs). Stops once the last handle on the store is dropped
 /// or the store is closed.
-async fn checkpoint(
-    checkpointer: SqlitePool,
+struct Checkpointer {
+    pool: SqlitePool,
     metrics: CheckpointMetrics,
-    store: mpsc::WeakSender<PendingSend>,
-) {
-    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
-    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // (frames in the WAL, frames copied) after the last checkpoint.
-    let mut last = (0, 0);
-    loop {
-        every.tick().await;
-        if store.strong_count() == 0 {
-            return;
-        }
-        let timer = metrics.seconds.start_timer();
-        let done: Result<(i64, i64, i64), sqlx::Error> =
-            sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_one(&checkpointer)
-                .await;
-        match done {
-            Ok((_, frames, copied)) => {
-                // A checkpoint that found nothing new to copy is not timed.
-                if copied > 0 && (frames, copied) != last {
-                    timer.observe_duration();
-                } else {
-                    timer.stop_and_discard();
-                }
-                metrics.frames_behind.set((frames - copied).max(0));
-                last = (frames, copied);
+    store: mpsc::WeakSender<Job>,
+}
+
+impl Task for Checkpointer {
+    async fn run(&mut self, context: &TaskContext) {
+        let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+        every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // (frames in the WAL, frames copied) after the last checkpoint.
+        let mut last = (0, 0);
+        loop {
+            every.tick().await;
+            if self.store.strong_count() == 0 {
+                return;
             }
-            Err(error) => {
-                timer.stop_and_discard();
-                if matches!(error, sqlx::Error::PoolClosed) {
-                    return;
+            context.fault_point("checkpoint");
+            let timer = self.metrics.seconds.start_timer();
+            let done: Result<(i64, i64, i64), sqlx::Error> =
+                sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&self.pool)
+                    .await;
+            match done {
+                Ok((_, frames, copied)) => {
+                    // A checkpoint that found nothing new to copy is not timed.
+                    if copied > 0 && (frames, copied) != last {
+                        timer.observe_duration();
+                    } else {
+                        timer.stop_and_discard();
+                    }
+                    self.metrics.frames_behind.set((frames - copied).max(0));
+                    last = (frames, copied);
                 }
-                metrics.failures.inc();
-                tracing::warn!(%error, "WAL checkpoint failed; the writer still bounds the WAL");
+                Err(error) => {
+                    timer.stop_and_discard();
+                    if matches!(error, sqlx::Error::PoolClosed) {
+                        return;
+                    }
+                    self.metrics.failures.inc();
+                    tracing::warn!(%error, "WAL checkpoint failed; the writer still bounds the WAL");
+                }
             }
         }
     }
@@ -415,7 +511,7 @@ async fn commit_batch(
     writer: &SqlitePool,
     batch: Vec<NewMessage>,
 ) -> Result<Vec<Result<SendOutcome, StoreError>>, StoreError> {
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
 
     // Which senders are members, read under the write lock.
     let pairs: BTreeSet<(Uuid, Uuid)> = batch
@@ -427,8 +523,11 @@ async fn commit_batch(
         query = query.bind(conversation).bind(user);
     }
     let mut members = HashSet::new();
-    for row in query.fetch_all(&mut *tx).await? {
-        members.insert((row.try_get::<Uuid, _>(0)?, row.try_get::<Uuid, _>(1)?));
+    for row in query.fetch_all(&mut *tx).await.map_err(db)? {
+        members.insert((
+            row.try_get::<Uuid, _>(0).map_err(db)?,
+            row.try_get::<Uuid, _>(1).map_err(db)?,
+        ));
     }
 
     // Which keys already stored a message.
@@ -445,9 +544,9 @@ async fn commit_batch(
                 .bind(command.sender_id)
                 .bind(*key);
         }
-        for row in query.fetch_all(&mut *tx).await? {
-            let message = rows::message(&row)?;
-            let key: String = row.try_get("idempotency_key")?;
+        for row in query.fetch_all(&mut *tx).await.map_err(db)? {
+            let message = rows::message(&row).map_err(db)?;
+            let key: String = row.try_get("idempotency_key").map_err(db)?;
             stored.insert((message.conversation_id, message.sender_id, key), message);
         }
     }
@@ -460,7 +559,7 @@ async fn commit_batch(
         let (conversation, sender) = (command.conversation_id, command.sender_id);
         if let Some(key) = command.idempotency_key.as_deref() {
             if let Some(message) = stored.get(&(conversation, sender, key.to_owned())) {
-                decisions.push(Decision::Stored(rows::replay(message.clone(), command)));
+                decisions.push(Decision::Stored(command.replay(message.clone())));
                 continue;
             }
             if let Some(&first) = first_use.get(&(conversation, sender, key)) {
@@ -498,8 +597,8 @@ async fn commit_batch(
         for (conversation, (count, at)) in &new_per_conversation {
             query = query.bind(conversation).bind(i64::from(*count)).bind(*at);
         }
-        for row in query.fetch_all(&mut *tx).await? {
-            last_seqs.insert(row.try_get(0)?, row.try_get(1)?);
+        for row in query.fetch_all(&mut *tx).await.map_err(db)? {
+            last_seqs.insert(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
         }
     }
 
@@ -512,7 +611,7 @@ async fn commit_batch(
         let outcome = match decision {
             Decision::Stored(outcome) => outcome,
             Decision::SameKeyAs(first) => match &outcomes[first] {
-                Ok(SendOutcome::Created(c)) => rows::replay(c.value.clone(), &command),
+                Ok(SendOutcome::Created(c)) => command.replay(c.value.clone()),
                 _ => Err(StoreError::Backend(
                     "a batch lost a send's first use".into(),
                 )),
@@ -557,7 +656,7 @@ async fn commit_batch(
                 .push_bind(key)
                 .push_bind(m.created_at);
         });
-        messages.build().execute(&mut *tx).await?;
+        messages.build().execute(&mut *tx).await.map_err(db)?;
         let mut events = QueryBuilder::<Sqlite>::new(
             "INSERT INTO events (conversation_id, seq, type, payload, created_at) ",
         );
@@ -570,9 +669,9 @@ async fn commit_batch(
                 .push_bind(payload)
                 .push_bind(m.created_at);
         });
-        events.build().execute(&mut *tx).await?;
+        events.build().execute(&mut *tx).await.map_err(db)?;
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(db)?;
     Ok(outcomes)
 }
 
@@ -591,7 +690,8 @@ async fn allocate(
     .bind(at)
     .bind(conversation_id)
     .fetch_optional(&mut **tx)
-    .await?
+    .await
+    .map_err(db)?
     .ok_or(StoreError::NotFound)?;
     Ok(last - count + 1)
 }
@@ -613,7 +713,8 @@ async fn append(
     .bind(payload)
     .bind(at)
     .execute(&mut **tx)
-    .await?;
+    .await
+    .map_err(db)?;
     Ok(())
 }
 
@@ -628,7 +729,7 @@ async fn commit_one<T>(
     let seq = allocate(&mut tx, conversation_id, 1, at).await?;
     let event = event(seq);
     append(&mut tx, &event, at).await?;
-    tx.commit().await?;
+    tx.commit().await.map_err(db)?;
     Ok(Committed {
         value,
         events: vec![event],
@@ -648,7 +749,8 @@ async fn why_not(
     .bind(conversation_id)
     .bind(user_id)
     .fetch_one(&mut **tx)
-    .await?;
+    .await
+    .map_err(db)?;
     if !member {
         return Ok(StoreError::Rejected(Rejection::NotMember));
     }
@@ -658,7 +760,8 @@ async fn why_not(
     .bind(message_id)
     .bind(conversation_id)
     .fetch_optional(&mut **tx)
-    .await?;
+    .await
+    .map_err(db)?;
     Ok(match deleted {
         None => StoreError::NotFound,
         Some(Some(_)) => StoreError::Rejected(Rejection::Deleted),
@@ -673,7 +776,8 @@ async fn read_members(pool: &SqlitePool, conversation_id: Uuid) -> Result<Vec<Me
     )
     .bind(conversation_id)
     .fetch_all(pool)
-    .await?;
+    .await
+    .map_err(db)?;
     rows.iter().map(rows::member).collect()
 }
 
@@ -686,25 +790,37 @@ async fn read_conversation(
     )
     .bind(id)
     .fetch_optional(pool)
-    .await?
+    .await
+    .map_err(db)?
     else {
         return Ok(None);
     };
     Ok(Some(Conversation {
-        id: row.try_get("id")?,
-        kind: rows::kind(row.try_get("kind")?)?,
-        title: row.try_get("title")?,
+        id: row.try_get("id").map_err(db)?,
+        kind: rows::kind(row.try_get("kind").map_err(db)?)?,
+        title: row.try_get("title").map_err(db)?,
         members: read_members(pool, id).await?,
-        last_seq: row.try_get("last_seq")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
+        last_seq: row.try_get("last_seq").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        updated_at: row.try_get("updated_at").map_err(db)?,
     }))
 }
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// Through the group committer: answered once a write transaction has
+    /// committed, so readiness sees the writer path, not a reader.
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        let (reply, answer) = oneshot::channel();
+        self.sends
+            .send(Job::Probe(reply))
+            .await
+            .map_err(|_| StoreError::Backend("the group committer has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Interrupted)??;
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(db)?;
         Ok(())
     }
 
@@ -712,14 +828,15 @@ impl Store for SqliteStore {
         &self,
         command: CreateConversation,
     ) -> Result<CreateOutcome, StoreError> {
-        let key = rows::pair_key(&command)?;
+        let key = command.pair_key()?;
         let mut tx = self.begin().await?;
         if let Some(key) = &key {
             let existing: Option<Uuid> =
                 sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = ?1")
                     .bind(key)
                     .fetch_optional(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(db)?;
             if let Some(id) = existing {
                 drop(tx);
                 let conversation = read_conversation(&self.writer, id)
@@ -738,8 +855,8 @@ impl Store for SqliteStore {
         .bind(&key)
         .bind(command.at)
         .execute(&mut *tx)
-        .await?;
-        let members = rows::initial_members(&command);
+        .await.map_err(db)?;
+        let members = command.initial_members();
         for member in &members {
             sqlx::query(
                 "INSERT INTO members (conversation_id, user_id, role, last_read_seq, joined_at) \
@@ -750,7 +867,8 @@ impl Store for SqliteStore {
             .bind(member.role.as_str())
             .bind(command.at)
             .execute(&mut *tx)
-            .await?;
+            .await
+            .map_err(db)?;
         }
         let seq = allocate(&mut tx, command.id, 1, command.at).await?;
         let conversation = Conversation {
@@ -768,7 +886,7 @@ impl Store for SqliteStore {
             conversation: conversation.clone(),
         });
         append(&mut tx, &event, command.at).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(db)?;
         Ok(CreateOutcome::Created(Committed {
             value: conversation,
             events: vec![event],
@@ -790,7 +908,8 @@ impl Store for SqliteStore {
         .bind(conversation_id)
         .bind(user_id)
         .fetch_optional(&self.reader)
-        .await?;
+        .await
+        .map_err(db)?;
         role.as_deref().map(rows::role).transpose()
     }
 
@@ -806,7 +925,7 @@ impl Store for SqliteStore {
         .bind(user_id)
         .bind(limit)
         .fetch_all(&self.reader)
-        .await?)
+        .await.map_err(db)?)
     }
 
     async fn last_seqs(&self, conversations: &[Uuid]) -> Result<Vec<(Uuid, i64)>, StoreError> {
@@ -821,7 +940,7 @@ impl Store for SqliteStore {
             for id in chunk {
                 query = query.bind(id);
             }
-            found.extend(query.fetch_all(&self.reader).await?);
+            found.extend(query.fetch_all(&self.reader).await.map_err(db)?);
         }
         Ok(found)
     }
@@ -840,7 +959,8 @@ impl Store for SqliteStore {
         .bind(user_id)
         .bind(limit)
         .fetch_all(&self.reader)
-        .await?;
+        .await
+        .map_err(db)?;
         found.iter().map(rows::summary).collect()
     }
 
@@ -850,16 +970,14 @@ impl Store for SqliteStore {
         let mut waiting = Vec::with_capacity(commands.len());
         for command in commands {
             let (reply, outcome) = oneshot::channel();
-            let queued = self.sends.send(PendingSend { command, reply }).await;
+            let queued = self.sends.send(Job::Send { command, reply }).await;
             waiting.push(queued.map(|()| outcome));
         }
         let mut outcomes = Vec::with_capacity(waiting.len());
         for waiting in waiting {
             outcomes.push(match waiting {
-                Ok(outcome) => outcome
-                    .await
-                    .unwrap_or_else(|_| Err(StoreError::Backend("the store is closed".into()))),
-                Err(_) => Err(StoreError::Backend("the store is closed".into())),
+                Ok(outcome) => outcome.await.unwrap_or(Err(StoreError::Interrupted)),
+                Err(_) => Err(closed()),
             });
         }
         outcomes
@@ -868,12 +986,12 @@ impl Store for SqliteStore {
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
         let (reply, outcome) = oneshot::channel();
         self.sends
-            .send(PendingSend { command, reply })
+            .send(Job::Send { command, reply })
             .await
-            .map_err(|_| StoreError::Backend("the store is closed".into()))?;
-        outcome
-            .await
-            .map_err(|_| StoreError::Backend("the store is closed".into()))?
+            .map_err(|_| closed())?;
+        // The committer dropped the reply: it panicked with this send in
+        // hand, committed or not.
+        outcome.await.map_err(|_| StoreError::Interrupted)?
     }
 
     async fn edit(&self, command: EditMessage) -> Result<Committed<Message>, StoreError> {
@@ -893,7 +1011,8 @@ impl Store for SqliteStore {
         .bind(command.conversation_id)
         .bind(command.editor)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some(row) = row else {
             return Err(why_not(
                 &mut tx,
@@ -903,7 +1022,7 @@ impl Store for SqliteStore {
             )
             .await?);
         };
-        let message = rows::message(&row)?;
+        let message = rows::message(&row).map_err(db)?;
         let (content, nonce) = (message.encrypted_content.clone(), message.nonce.clone());
         let (message_id, message_seq, sender_id) = (message.id, message.seq, message.sender_id);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
@@ -939,7 +1058,8 @@ impl Store for SqliteStore {
         .bind(command.message_id)
         .bind(command.conversation_id)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some(row) = row else {
             return Err(why_not(
                 &mut tx,
@@ -949,7 +1069,7 @@ impl Store for SqliteStore {
             )
             .await?);
         };
-        let message = rows::message(&row)?;
+        let message = rows::message(&row).map_err(db)?;
         let (message_id, message_seq) = (message.id, message.seq);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
             Event::MessageDeleted(MessageDeleted {
@@ -981,7 +1101,8 @@ impl Store for SqliteStore {
         .bind(conversation_id)
         .bind(user_id)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(db)?
         .rows_affected();
         if advanced == 0 {
             let role: Option<String> = sqlx::query_scalar(
@@ -990,7 +1111,8 @@ impl Store for SqliteStore {
             .bind(conversation_id)
             .bind(user_id)
             .fetch_optional(&mut *tx)
-            .await?;
+            .await
+            .map_err(db)?;
             return match role {
                 None => Err(StoreError::Rejected(Rejection::NotMember)),
                 Some(_) => Ok(None),
@@ -1004,7 +1126,7 @@ impl Store for SqliteStore {
             read_seq: seq,
         });
         append(&mut tx, &event, at).await?;
-        tx.commit().await?;
+        tx.commit().await.map_err(db)?;
         Ok(Some(event))
     }
 
@@ -1034,7 +1156,7 @@ impl Store for SqliteStore {
         .bind(by)
         .execute(&mut *tx)
         .await
-        .map_err(|e| match StoreError::from(e) {
+        .map_err(|e| match db(e) {
             StoreError::Conflict(_) => StoreError::Conflict("already a member".into()),
             other => other,
         })?
@@ -1049,7 +1171,8 @@ impl Store for SqliteStore {
         .bind(conversation_id)
         .bind(user_id)
         .fetch_one(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let member = rows::member(&row)?;
         commit_one(tx, conversation_id, at, member, |seq| {
             Event::MemberJoined(MemberJoined {
@@ -1086,7 +1209,8 @@ impl Store for SqliteStore {
         .bind(user_id)
         .bind(by)
         .execute(&mut *tx)
-        .await?
+        .await
+        .map_err(db)?
         .rows_affected();
         if changed == 0 {
             return Err(StoreError::Rejected(Rejection::NotPermitted));
@@ -1124,7 +1248,8 @@ impl Store for SqliteStore {
         .bind(user_id)
         .bind(by)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(db)?;
         let Some(removed_role) = removed else {
             return Err(StoreError::Rejected(Rejection::NotPermitted));
         };
@@ -1147,7 +1272,8 @@ impl Store for SqliteStore {
             )
             .bind(conversation_id)
             .fetch_optional(&mut *tx)
-            .await?;
+            .await
+            .map_err(db)?;
             if let Some(successor) = successor {
                 let seq = allocate(&mut tx, conversation_id, 1, at).await?;
                 events.push(Event::MemberRoleChanged(MemberRoleChanged {
@@ -1162,7 +1288,7 @@ impl Store for SqliteStore {
         for event in &events {
             append(&mut tx, event, at).await?;
         }
-        tx.commit().await?;
+        tx.commit().await.map_err(db)?;
         Ok(Committed { value: (), events })
     }
 
@@ -1174,8 +1300,9 @@ impl Store for SqliteStore {
         ))
         .bind(id)
         .fetch_optional(&self.reader)
-        .await?;
-        Ok(row.as_ref().map(rows::message).transpose()?)
+        .await
+        .map_err(db)?;
+        Ok(row.as_ref().map(rows::message).transpose().map_err(db)?)
     }
 
     async fn messages(
@@ -1205,8 +1332,13 @@ impl Store for SqliteStore {
             .bind(range.before_seq)
             .bind(range.limit)
             .fetch_all(&self.reader)
-            .await?;
-        Ok(rows.iter().map(rows::message).collect::<Result<_, _>>()?)
+            .await
+            .map_err(db)?;
+        Ok(rows
+            .iter()
+            .map(rows::message)
+            .collect::<Result<_, _>>()
+            .map_err(db)?)
     }
 
     async fn events(
@@ -1223,7 +1355,8 @@ impl Store for SqliteStore {
         .bind(after_seq)
         .bind(limit)
         .fetch_all(&self.reader)
-        .await?;
+        .await
+        .map_err(db)?;
         rows::decode_events(&payloads)
     }
 }
@@ -1235,9 +1368,14 @@ mod tests {
     /// A store in a folder of its own, deleted with the folder.
     async fn scratch() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("store.db")))
-            .await
-            .unwrap();
+        let supervisor =
+            Supervisor::new(std::sync::Arc::new(switchboard_storage::SystemClock::new()));
+        let store = SqliteStore::open(
+            &SqliteOptions::new(dir.path().join("store.db")),
+            &supervisor,
+        )
+        .await
+        .unwrap();
         (dir, store)
     }
 

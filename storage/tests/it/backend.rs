@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use switchboard_storage::{
-    MemoryStore, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store,
-};
+use switchboard_storage::{MemoryStore, Store};
+use switchboard_storage_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
+
+use crate::supervisor;
 
 pub(crate) struct Backend {
     pub(crate) store: Arc<dyn Store>,
@@ -90,7 +91,7 @@ impl Backend {
 async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     let mut options = SqliteOptions::new(dir.path().join("contract.db"));
     options.synchronous_full = false;
-    Arc::new(SqliteStore::open(&options).await.unwrap())
+    Arc::new(SqliteStore::open(&options, &supervisor()).await.unwrap())
 }
 
 async fn open_postgres(url: &str, schema: &str) -> Arc<dyn Store> {

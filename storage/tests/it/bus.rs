@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use switchboard_protocol::{Event, MessageRead};
-use switchboard_storage::{Bus, BusError, BusSignal, RedisBus, RedisOptions, Topic};
+use switchboard_storage::{Bus, BusError, BusSignal, Topic};
+use switchboard_storage_redis::{RedisBus, RedisOptions};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
@@ -24,7 +25,10 @@ fn options(url: &str, prefix: &str) -> RedisOptions {
 
 fn bus(url: &str, prefix: &str) -> (RedisBus, mpsc::Receiver<BusSignal>) {
     let (tx, rx) = mpsc::channel(1024);
-    (RedisBus::new(options(url, prefix), tx).unwrap(), rx)
+    (
+        RedisBus::new(options(url, prefix), tx, &crate::supervisor()).unwrap(),
+        rx,
+    )
 }
 
 fn event(conversation_id: Uuid, seq: i64) -> Event {

@@ -14,7 +14,15 @@ mod backend;
 mod bus;
 mod contract;
 mod sqlite_metrics;
+mod sqlite_supervision;
 mod sqlite_wal;
+
+/// A supervisor for a store or bus under test, on the real clock.
+pub(crate) fn supervisor() -> switchboard_supervisors::Supervisor {
+    switchboard_supervisors::Supervisor::new(std::sync::Arc::new(
+        switchboard_storage::SystemClock::new(),
+    ))
+}
 
 macro_rules! contract {
     ($($test:ident),* $(,)?) => {

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use prometheus::{Encoder, Registry, TextEncoder};
-use switchboard_storage::{SendOutcome, SqliteOptions, SqliteStore, Store};
+use switchboard_storage::{SendOutcome, Store};
+use switchboard_storage_sql::{SqliteOptions, SqliteStore};
 use uuid::Uuid;
 
 use crate::contract::{group, message};
@@ -88,9 +89,12 @@ struct Metered {
 
 async fn metered() -> Metered {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&SqliteOptions::new(dir.path().join("metrics.db")))
-        .await
-        .unwrap();
+    let store = SqliteStore::open(
+        &SqliteOptions::new(dir.path().join("metrics.db")),
+        &crate::supervisor(),
+    )
+    .await
+    .unwrap();
     let registry = Registry::new();
     for collector in store.collectors() {
         registry.register(collector).unwrap();

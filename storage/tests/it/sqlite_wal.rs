@@ -6,7 +6,8 @@
 //! finishes a checkpoint itself in the commit that takes the WAL past
 //! `wal_pages_max`, and its next transaction starts the log over.
 
-use switchboard_storage::{MessageRange, SendOutcome, SqliteOptions, SqliteStore, Store};
+use switchboard_storage::{MessageRange, SendOutcome, Store};
+use switchboard_storage_sql::{SqliteOptions, SqliteStore};
 use uuid::Uuid;
 
 use crate::contract::{group, message};
@@ -27,7 +28,9 @@ async fn the_wal_starts_over_under_continuous_commits() {
     let mut options = SqliteOptions::new(dir.path().join("wal.db"));
     options.synchronous_full = false;
     options.wal_pages_max = WAL_PAGES_MAX;
-    let store = SqliteStore::open(&options).await.unwrap();
+    let store = SqliteStore::open(&options, &crate::supervisor())
+        .await
+        .unwrap();
     let owner = Uuid::now_v7();
     let conversation = group(&store, owner, &[]).await;
     let wal = dir.path().join("wal.db-wal");
@@ -54,7 +57,9 @@ async fn the_wal_starts_over_under_continuous_commits() {
     let messages = store.messages(conversation, range).await.unwrap();
     assert_eq!(messages.len(), SENDS);
     store.close().await;
-    let store = SqliteStore::open(&options).await.unwrap();
+    let store = SqliteStore::open(&options, &crate::supervisor())
+        .await
+        .unwrap();
     let messages = store.messages(conversation, range).await.unwrap();
     assert_eq!(messages.len(), SENDS);
     assert!(messages.iter().all(|m| m.encrypted_content.len() == 1000));
