@@ -510,22 +510,26 @@ impl SessionState {
             .await?
             .into_iter()
             .collect();
-        // Conversations this session knew that the user has left, and the
-        // client does not list: the client never heard of them (it synced
-        // late), so their remaining events are not its business.
+        // Conversations this session sent from that the user has left, and
+        // the client does not list: it may never have heard of them (it
+        // synced late), or hold them and have asked about others only (a
+        // sync of the incomplete ones). Either way they are reported gone,
+        // as the listed ones are, so a client that holds one drops it, and
+        // a join later opens it afresh rather than continuing past a gap.
         let forgotten: Vec<Uuid> = self
             .sent
             .keys()
             .filter(|c| !mine.contains_key(c) && !positions.contains_key(c))
             .copied()
             .collect();
+        let mut not_member = Vec::new();
         for conversation in forgotten {
             self.sent.remove(&conversation);
             self.incomplete.remove(&conversation);
             self.departed.insert(conversation, until(&conversation));
+            not_member.push(conversation);
         }
         let mut budget = self.limits.sync_events_max;
-        let mut not_member = Vec::new();
         for (&conversation, &position) in &positions {
             if !mine.contains_key(&conversation) {
                 // The client drops it: from here only the user's join opens
@@ -577,10 +581,16 @@ impl SessionState {
             .map(|(&conversation, &last_seq)| {
                 // A member again (the client hears so in `positions`).
                 self.departed.remove(&conversation);
-                (
-                    conversation,
-                    *self.sent.entry(conversation).or_insert(last_seq),
-                )
+                let at = *self.sent.entry(conversation).or_insert_with(|| {
+                    // Neither listed nor sent from here: the client may not
+                    // know it, or hold it further back (it asked about
+                    // others only, and this session forgot it while the user
+                    // was away). Its live events wait for the client's sync,
+                    // from wherever the client holds it, or from here.
+                    self.incomplete.insert(conversation);
+                    last_seq
+                });
+                (conversation, at)
             })
             .collect();
         // Every conversation still waiting for a sync, listed this time or

@@ -95,6 +95,7 @@ const REGRESSIONS: &[(u64, bool, &str)] = &[
     (10013931, true, "the same stale-read sync, with two conversations gone"),
     (10041129, true, "the same stale-read sync, after a node crash"),
     (1138, true, "a sync's not_member kept the session's position, so the user's own leave reached a client that had dropped the conversation"),
+    (20010649, true, "a failed sync forgot a conversation the client held; after a rejoin its live events went past the client's gap"),
 ];
 
 #[test]
