@@ -205,16 +205,32 @@ pub(crate) async fn history(
     Ok(())
 }
 
-/// `#seq time sender: text`, the content shown as text when it decodes.
+/// `#seq time sender: text`, the content shown as text when it decodes,
+/// an attachment by its kind, size and name.
 fn line(message: &Message) -> String {
-    let body = if message.deleted_at.is_some() {
-        "(deleted)".to_owned()
-    } else {
-        STANDARD
-            .decode(&message.encrypted_content)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .unwrap_or_else(|| format!("({} bytes of ciphertext)", message.encrypted_content.len()))
+    let text = STANDARD
+        .decode(&message.encrypted_content)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_else(|| format!("({} bytes of ciphertext)", message.encrypted_content.len()));
+    let body = match &message.attachment {
+        _ if message.deleted_at.is_some() => "(deleted)".to_owned(),
+        None => text,
+        Some(attachment) => {
+            let mut shown = format!("[{} {} bytes", message.message_type, attachment.size_bytes);
+            if let Some(ms) = attachment.duration_ms {
+                shown.push_str(&format!(", {:.1} s", ms as f64 / 1000.0));
+            }
+            if let Some(name) = &attachment.file_name {
+                shown.push_str(&format!(", {name}"));
+            }
+            shown.push(']');
+            if !text.is_empty() {
+                shown.push(' ');
+                shown.push_str(&text);
+            }
+            shown
+        }
     };
     format!(
         "#{} {} {}: {}",
@@ -264,4 +280,69 @@ fn describe(failure: Failure) -> String {
         Failure::Timeout => "no answer in time".into(),
         Failure::Status { code, .. } => format!("HTTP {code}"),
     }
+}
+
+/// A file's MIME type from its extension, for what the server accepts.
+fn content_type_of(path: &std::path::Path, audio: bool) -> Option<&'static str> {
+    let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+    let known = match extension.as_str() {
+        "m4a" | "mp4" if audio => "audio/mp4",
+        "aac" => "audio/aac",
+        "mp3" => "audio/mpeg",
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "webm" if audio => "audio/webm",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "heic" => "image/heic",
+        "mp4" => "video/mp4",
+        "mov" => "video/quicktime",
+        "webm" => "video/webm",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "json" => "application/json",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        _ => return None,
+    };
+    Some(known)
+}
+
+/// Runs `send-audio` and `send-file`: presign, upload, send, each retried
+/// by the client's policy with one idempotency key. Prints the stored
+/// message as a JSON line.
+pub(crate) async fn send_file(
+    server: &ServerArgs,
+    conversation: Uuid,
+    path: &std::path::Path,
+    content_type: Option<String>,
+    duration_ms: Option<u64>,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let content_type = match content_type {
+        Some(given) => given,
+        None => content_type_of(path, duration_ms.is_some())
+            .with_context(|| {
+                format!(
+                    "cannot tell the type of {}: pass --content-type",
+                    path.display()
+                )
+            })?
+            .to_owned(),
+    };
+    let upload = switchboard_client::Upload {
+        bytes: bytes.into(),
+        content_type,
+        file_name: path.file_name().and_then(|n| n.to_str()).map(str::to_owned),
+    };
+    let sent = server
+        .client()
+        .send_file(conversation, &upload, duration_ms, RetryPolicy::default())
+        .await
+        .with_context(|| format!("cannot send {}", path.display()))?;
+    println!("{}", serde_json::to_string(&sent.message)?);
+    Ok(())
 }

@@ -64,6 +64,29 @@ pub(crate) struct ConfigArgs {
     /// `x-forwarded-for` (its last entry counts) [default: the peer address].
     #[arg(long, env = "SWITCHBOARD_CLIENT_IP_HEADER")]
     client_ip_header: Option<String>,
+    /// The URL clients reach this node at; the embedded blob store's upload
+    /// and download URLs start with it [default: http://LISTEN].
+    #[arg(long, env = "SWITCHBOARD_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Folder for voice notes and attachments when no S3 bucket is set
+    /// [default: blobs in the data folder].
+    #[arg(long, env = "SWITCHBOARD_BLOB_DIR")]
+    blob_dir: Option<PathBuf>,
+    /// S3 bucket for voice notes and attachments [default: none, the blob folder].
+    #[arg(long, env = "S3_BUCKET")]
+    s3_bucket: Option<String>,
+    /// The bucket's region [default: us-east-1].
+    #[arg(long, env = "AWS_REGION")]
+    aws_region: Option<String>,
+    /// An S3-compatible endpoint, addressed path-style, e.g. `http://minio:9000`.
+    #[arg(long, env = "S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// The largest voice message, in bytes [default: 10485760].
+    #[arg(long, env = "SWITCHBOARD_AUDIO_SIZE_MAX_BYTES")]
+    audio_size_max_bytes: Option<u64>,
+    /// The largest other attachment, in bytes [default: 26214400].
+    #[arg(long, env = "SWITCHBOARD_ATTACHMENT_SIZE_MAX_BYTES")]
+    attachment_size_max_bytes: Option<u64>,
 }
 
 /// The config file: the same settings, all optional.
@@ -85,6 +108,27 @@ struct FileConfig {
     connections_per_user_max: Option<usize>,
     connections_per_ip_max: Option<usize>,
     client_ip_header: Option<String>,
+    public_url: Option<String>,
+    blob_dir: Option<PathBuf>,
+    s3_bucket: Option<String>,
+    aws_region: Option<String>,
+    s3_endpoint: Option<String>,
+    audio_size_max_bytes: Option<u64>,
+    attachment_size_max_bytes: Option<u64>,
+}
+
+/// Where voice notes and attachments live.
+#[derive(Debug)]
+pub(crate) enum BlobStore {
+    /// A folder the node serves itself.
+    Local {
+        /// The folder.
+        root: PathBuf,
+        /// What its URLs start with.
+        public_url: String,
+    },
+    /// An S3 bucket.
+    S3(switchboard_storage_blobs::S3Options),
 }
 
 /// The database the node stores everything in.
@@ -114,6 +158,13 @@ pub(crate) struct Settings {
     pub(crate) connections_per_user_max: usize,
     pub(crate) connections_per_ip_max: usize,
     pub(crate) client_ip_header: Option<String>,
+    public_url: Option<String>,
+    blob_dir: Option<PathBuf>,
+    s3_bucket: Option<String>,
+    aws_region: Option<String>,
+    s3_endpoint: Option<String>,
+    pub(crate) audio_size_max: u64,
+    pub(crate) attachment_size_max: u64,
 }
 
 impl Settings {
@@ -188,6 +239,50 @@ impl Settings {
                 256,
             )?,
             client_ip_header: args.client_ip_header.clone().or(file.client_ip_header),
+            public_url: args.public_url.clone().or(file.public_url),
+            blob_dir: args.blob_dir.clone().or(file.blob_dir),
+            s3_bucket: args.s3_bucket.clone().or(file.s3_bucket),
+            aws_region: args.aws_region.clone().or(file.aws_region),
+            s3_endpoint: args.s3_endpoint.clone().or(file.s3_endpoint),
+            audio_size_max: positive(
+                "audio_size_max_bytes",
+                args.audio_size_max_bytes.or(file.audio_size_max_bytes),
+                10 * 1024 * 1024,
+            )?,
+            attachment_size_max: positive(
+                "attachment_size_max_bytes",
+                args.attachment_size_max_bytes
+                    .or(file.attachment_size_max_bytes),
+                25 * 1024 * 1024,
+            )?,
+        })
+    }
+
+    /// Where voice notes and attachments live: the S3 bucket when one is
+    /// set, else the blob folder.
+    pub(crate) fn blob_store(&self) -> anyhow::Result<BlobStore> {
+        if let Some(bucket) = &self.s3_bucket {
+            let region = self
+                .aws_region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into());
+            let mut options = switchboard_storage_blobs::S3Options::new(bucket.clone(), region);
+            options.endpoint = self.s3_endpoint.clone();
+            return Ok(BlobStore::S3(options));
+        }
+        let public_url = self
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen));
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            bail!("the public url must start with http:// or https://, not {public_url:?}");
+        }
+        Ok(BlobStore::Local {
+            root: self
+                .blob_dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("blobs")),
+            public_url,
         })
     }
 

@@ -15,14 +15,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_actors::{Dependencies, Limits, Node, Supervisor};
 use switchboard_http::{AppState, Auth, HttpLimits};
-use switchboard_storage::{Bus, Clock, OsRandom, Store, SystemClock};
+use switchboard_storage::{BlobServer, Blobs, Bus, Clock, OsRandom, Store, SystemClock};
+use switchboard_storage_blobs::{LocalBlobs, S3Blobs};
 use switchboard_storage_redis::{RedisBus, RedisOptions};
 use switchboard_storage_sql::{PostgresStore, SqliteStore};
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 use crate::cli::{Conversations, ServerArgs};
-use crate::config::{ConfigArgs, Database, Settings};
+use crate::config::{BlobStore, ConfigArgs, Database, Settings};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -72,6 +73,35 @@ enum Command {
         /// Makes a repeated `send` store the message once.
         #[arg(long)]
         idempotency_key: Option<String>,
+    },
+    /// Send a voice message: presign, upload, send, each retried (at most 5
+    /// attempts) with one idempotency key; prints the stored message.
+    SendAudio {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The conversation's id.
+        conversation: Uuid,
+        /// The recording.
+        file: std::path::PathBuf,
+        /// How long it plays, in milliseconds.
+        #[arg(long)]
+        duration_ms: u64,
+        /// Its MIME type [default: from the file's extension].
+        #[arg(long)]
+        content_type: Option<String>,
+    },
+    /// Send a file (an image, a document) as an attachment message, as
+    /// `send-audio` does.
+    SendFile {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The conversation's id.
+        conversation: Uuid,
+        /// The file.
+        file: std::path::PathBuf,
+        /// Its MIME type [default: from the file's extension].
+        #[arg(long)]
+        content_type: Option<String>,
     },
     /// Print a conversation's latest messages, oldest first.
     History {
@@ -143,6 +173,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             text,
             idempotency_key,
         } => client_runtime()?.block_on(cli::send(&server, conversation, &text, idempotency_key)),
+        Command::SendAudio {
+            server,
+            conversation,
+            file,
+            duration_ms,
+            content_type,
+        } => client_runtime()?.block_on(cli::send_file(
+            &server,
+            conversation,
+            &file,
+            content_type,
+            Some(duration_ms),
+        )),
+        Command::SendFile {
+            server,
+            conversation,
+            file,
+            content_type,
+        } => client_runtime()?.block_on(cli::send_file(
+            &server,
+            conversation,
+            &file,
+            content_type,
+            None,
+        )),
         Command::History {
             server,
             conversation,
@@ -189,12 +244,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         None => None,
     };
     let bus = link.as_ref().map(|(bus, _)| Arc::clone(bus));
+    let blobs = open_blobs(settings.blob_store()?, &secret, &clock).await?;
     let node = Node::start(
         Dependencies {
             store: store.shared(),
             clock,
             random: Arc::new(OsRandom),
             bus: link,
+            blobs: Some(Arc::clone(&blobs.store)),
             supervisor,
         },
         limits(&settings),
@@ -218,6 +275,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         },
     )
     .with_bus(bus)
+    .with_blobs(Some((blobs.store, blobs.kind)), blobs.server)
     .with_client_ip_header(settings.client_ip_header()?);
     let listener = tokio::net::TcpListener::bind(&settings.listen)
         .await
@@ -247,7 +305,46 @@ fn limits(settings: &Settings) -> Limits {
     limits.sessions.grace = settings.session_grace;
     limits.sessions.buffer_len_max = settings.session_buffer_events;
     limits.sessions.buffer_bytes_max = settings.session_buffer_bytes;
+    limits.media.audio_size_max = settings.audio_size_max;
+    limits.media.attachment_size_max = settings.attachment_size_max;
     limits
+}
+
+/// An open blob store: what the node calls, what readiness names it, and
+/// the side of it the node serves, if it serves one.
+struct OpenBlobs {
+    store: Arc<dyn Blobs>,
+    kind: &'static str,
+    server: Option<Arc<dyn BlobServer>>,
+}
+
+async fn open_blobs(
+    store: BlobStore,
+    secret: &[u8],
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<OpenBlobs> {
+    Ok(match store {
+        BlobStore::Local { root, public_url } => {
+            let local = Arc::new(
+                LocalBlobs::open(root.clone(), &public_url, secret, Arc::clone(clock))
+                    .with_context(|| format!("cannot open the blob folder {}", root.display()))?,
+            );
+            tracing::info!(folder = %root.display(), %public_url, "voice notes and attachments in a local folder");
+            OpenBlobs {
+                store: local.clone(),
+                kind: "local",
+                server: Some(local),
+            }
+        }
+        BlobStore::S3(options) => {
+            tracing::info!(bucket = %options.bucket, endpoint = ?options.endpoint, "voice notes and attachments in S3");
+            OpenBlobs {
+                store: Arc::new(S3Blobs::connect(&options).await),
+                kind: "s3",
+                server: None,
+            }
+        }
+    })
 }
 
 /// An open database, whichever kind.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use ractor::concurrency::JoinHandle;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use switchboard_protocol::{
-    ConversationKind, EditMessage, Event, Member, Message, Role, SendMessage,
+    Attachment, ConversationKind, EditMessage, Event, Member, Message, Role, SendMessage,
 };
 use switchboard_storage::{
     Committed, DeleteMessage, EditMessage as StoreEdit, NewMessage, Rejection, SendOutcome,
@@ -51,6 +51,8 @@ pub(crate) enum Command {
     Send {
         user: Uuid,
         input: SendMessage,
+        /// Checked against the blob store already; the store claims it.
+        attachment: Option<Box<Attachment>>,
         reply: Reply<(Message, bool)>,
     },
     Edit {
@@ -414,6 +416,7 @@ struct Waiting {
 struct PendingSend {
     user: Uuid,
     input: SendMessage,
+    attachment: Option<Box<Attachment>>,
     waiting: Waiting,
 }
 
@@ -668,7 +671,12 @@ impl ConversationState {
         myself: &ActorRef<ConversationMsg>,
     ) {
         match command {
-            Command::Send { user, input, reply } => {
+            Command::Send {
+                user,
+                input,
+                attachment,
+                reply,
+            } => {
                 // A stranger is refused at once; a member's send waits for
                 // the flush, with the others taken before it runs.
                 if let Err(error) = self.role(user) {
@@ -678,6 +686,7 @@ impl ConversationState {
                 self.sends.push(PendingSend {
                     user,
                     input,
+                    attachment,
                     waiting: Waiting {
                         reply,
                         started: self.shared.clock.monotonic(),
@@ -764,6 +773,7 @@ impl ConversationState {
                 nonce: send.input.nonce,
                 message_type: send.input.message_type,
                 idempotency_key: send.input.idempotency_key,
+                attachment: send.attachment,
                 at,
             });
             waiting.push(send.waiting);

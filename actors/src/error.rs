@@ -18,6 +18,12 @@ pub enum ActorError {
     /// The request is well-formed but breaks a rule.
     #[error("{0}")]
     Invalid(String),
+    /// A content type the call does not take.
+    #[error("{0}")]
+    UnsupportedType(String),
+    /// Larger than the call allows.
+    #[error("{0}")]
+    TooLarge(String),
     /// The caller holds too much of a per-user allowance.
     #[error("{0}")]
     TooMany(&'static str),

@@ -11,17 +11,21 @@
 //! connection through a [`ConnectionLink`], and keeps no process-global state:
 //! several nodes can live in one process.
 
+mod blob_worker;
 mod connection;
 mod conversation;
+mod deleter;
 mod error;
 mod hub;
 mod mailbox;
+mod media;
 mod metrics;
 mod node;
 mod publisher;
 mod router;
 mod session;
 mod subscriptions;
+mod sweeper;
 mod trimmer;
 
 pub use connection::{
@@ -29,6 +33,7 @@ pub use connection::{
 };
 pub use error::ActorError;
 pub use hub::EncodedEvent;
+pub use media::{ATTACHMENT_TYPES, AUDIO_TYPES, MediaLimits};
 pub use metrics::Metrics;
 pub use node::{BusLimits, ConnectRequest, Dependencies, Limits, Node, ResumeAt};
 pub use session::SessionLimits;

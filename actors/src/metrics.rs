@@ -77,6 +77,20 @@ pub struct Metrics {
     /// Events delivered to fill a gap in what the bus brought, by source
     /// (`stream` or `store`).
     pub(crate) gap_filled_events_total: IntCounterVec,
+    /// Calls to the blob store, by operation and outcome (`ok`, `error`,
+    /// `refused`).
+    pub(crate) s3_requests_total: IntCounterVec,
+    /// How long each blob store call took, by operation.
+    pub(crate) s3_request_duration_seconds: HistogramVec,
+    /// Objects the deleter removed (`deleted`) or put off after a failure
+    /// (`deferred`).
+    pub(crate) attachment_deletes_total: IntCounterVec,
+    /// What the sweeper removed, by kind (`unattached`, `never_uploaded`,
+    /// `orphan`, `late_upload`).
+    pub(crate) attachment_orphans_removed_total: IntCounterVec,
+    /// Deletions the blob store is still owed, as of the deleter's last
+    /// look.
+    pub(crate) blob_deletions_owed: IntGauge,
 }
 
 impl Metrics {
@@ -243,6 +257,43 @@ impl Metrics {
                 "gap_filled_events_total",
                 "Events delivered to fill a gap, by source",
                 &["source"],
+            ),
+            s3_requests_total: counters(
+                r,
+                "s3_requests_total",
+                "Calls to the blob store, by operation and outcome",
+                &["op", "outcome"],
+            ),
+            s3_request_duration_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "s3_request_duration_seconds",
+                        "How long each blob store call took",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0,
+                    ]),
+                    &["op"],
+                ),
+            ),
+            attachment_deletes_total: counters(
+                r,
+                "attachment_deletes_total",
+                "Objects the deleter removed or put off",
+                &["outcome"],
+            ),
+            attachment_orphans_removed_total: counters(
+                r,
+                "attachment_orphans_removed_total",
+                "Attachments and objects the sweeper removed, by kind",
+                &["kind"],
+            ),
+            blob_deletions_owed: gauge(
+                r,
+                "blob_deletions_owed",
+                "Deletions the blob store is still owed",
             ),
             registry,
         }

@@ -16,8 +16,8 @@ use switchboard_protocol::{
     Synced,
 };
 use switchboard_storage::{
-    Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange, Random,
-    Store,
+    Blobs, Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange,
+    Random, Store,
 };
 use switchboard_supervisors::{BreakerPolicy, RestartPolicy, Supervisor, TaskReport, WorkerPolicy};
 use tokio::sync::{mpsc, oneshot};
@@ -30,6 +30,7 @@ use crate::connection::{
 use crate::conversation::{Command, ConversationSupervisor, Conversations};
 use crate::hub::{EncodedEvent, Hub, NewSession};
 use crate::mailbox::Mailbox;
+use crate::media::{Media, MediaLimits};
 use crate::publisher::Publishing;
 use crate::router::{ROUTER, Router};
 use crate::session::{
@@ -64,6 +65,8 @@ pub struct Limits {
     pub restart: RestartPolicy,
     /// Bounds of the bus workers, when there is a bus.
     pub bus: BusLimits,
+    /// Bounds of voice messages and attachments, when there is a blob store.
+    pub media: MediaLimits,
 }
 
 /// Bounds and pacing of the node's use of the bus.
@@ -130,6 +133,7 @@ impl Default for Limits {
             sessions: SessionLimits::default(),
             restart: RestartPolicy::default(),
             bus: BusLimits::default(),
+            media: MediaLimits::default(),
         }
     }
 }
@@ -146,6 +150,9 @@ pub struct Dependencies {
     /// The bus to other nodes and what it hears from them; `None` for a
     /// single node.
     pub bus: Option<(Arc<dyn Bus>, mpsc::Receiver<BusSignal>)>,
+    /// Where voice messages and attachments live; `None` leaves the node
+    /// without media (text messaging only).
+    pub blobs: Option<Arc<dyn Blobs>>,
     /// The supervisor of the node's tasks and workers, the store's and the
     /// bus's included (they were started under it): its metrics join the
     /// node's, and readiness reads it.
@@ -174,6 +181,8 @@ pub(crate) struct Shared {
     pub(crate) publishing: Option<Publishing>,
     /// What this node listens to on the bus, and what it delivered.
     pub(crate) subscriptions: Option<Subscriptions>,
+    /// Voice messages and attachments, when there is a blob store.
+    pub(crate) media: Option<Media>,
     /// The bus itself, for its replay tail.
     pub(crate) bus: Option<Arc<dyn Bus>>,
 }
@@ -288,8 +297,10 @@ impl Node {
             clock,
             random,
             bus,
+            blobs,
             supervisor,
         } = dependencies;
+        limits.media.check().map_err(ActorError::Invalid)?;
         let metrics = Metrics::new();
         for collector in supervisor.collectors() {
             metrics
@@ -304,12 +315,16 @@ impl Node {
         let subscriptions = bus
             .clone()
             .map(|bus| Subscriptions::new(bus, limits.bus.conversations_per_user_max));
+        let media = blobs
+            .as_ref()
+            .map(|blobs| Media::start(&supervisor, blobs, &store, &clock, limits.media, &metrics));
         let shared = Arc::new(Shared {
             store,
             clock,
             random,
             publishing,
             subscriptions,
+            media,
             bus,
             hub: Hub::new(
                 limits.sessions.sessions_max,
@@ -383,6 +398,18 @@ impl Node {
     #[must_use]
     pub fn tasks(&self) -> Vec<TaskReport> {
         self.supervisor.tasks()
+    }
+
+    /// What every actor of the node shares.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Whether the blob store answers, as far as its breaker knows; `None`
+    /// without one.
+    #[must_use]
+    pub fn media_healthy(&self) -> Option<bool> {
+        self.shared.media.as_ref().map(Media::is_healthy)
     }
 
     /// The node's supervisor, for fault injection in tests and the
@@ -580,6 +607,7 @@ impl Node {
             .call(&self.shared, id, |reply| Command::Send {
                 user,
                 input: request.clone(),
+                attachment: None,
                 reply,
             })
             .await
@@ -636,7 +664,12 @@ impl Node {
                 reply,
             })
             .await
-            .map_err(hide_message)
+            .map_err(hide_message)?;
+        // An attachment it carried is owed a deletion now.
+        if let Some(media) = &self.shared.media {
+            media.wake_deleter();
+        }
+        Ok(())
     }
 
     /// Marks everything up to `seq` read for `user`.

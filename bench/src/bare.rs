@@ -141,6 +141,7 @@ async fn send(
         created_at: Utc::now(),
         edited_at: None,
         deleted_at: None,
+        attachment: None,
     };
     // Encoded once; every recipient gets the same bytes.
     let frame = Utf8Bytes::from(

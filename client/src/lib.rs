@@ -14,6 +14,7 @@ mod entropy;
 mod error;
 mod events;
 mod live;
+mod media;
 mod outbox;
 mod place;
 mod retry;
@@ -30,6 +31,7 @@ use uuid::Uuid;
 pub use error::ClientError;
 pub use events::{Closed, EventStream};
 pub use live::{Live, LiveEvent, LiveOptions};
+pub use media::Upload;
 pub use outbox::{GiveUp, Outbox, OutboxError, Settled};
 pub use place::{Place, Step};
 pub use retry::{Class, Failure, RetryPolicy, classify};
@@ -176,12 +178,13 @@ impl Client {
     ///
     /// [`ClientError`] for transport failures and error answers.
     pub async fn send(&self, body: &SendMessage) -> Result<Sent, ClientError> {
-        let response = self
-            .request(Method::POST, "/messages")
-            .json(body)
-            .send()
+        self.call_sent(self.request(Method::POST, "/messages").json(body))
             .await
-            .map_err(ClientError::transport)?;
+    }
+
+    /// A send's answer: 201 a new message, 200 the one its key stored.
+    async fn call_sent(&self, request: RequestBuilder) -> Result<Sent, ClientError> {
+        let response = request.send().await.map_err(ClientError::transport)?;
         let created = match response.status() {
             StatusCode::CREATED => true,
             StatusCode::OK => false,

@@ -277,6 +277,7 @@ mod tests {
             created_at: chrono::DateTime::UNIX_EPOCH,
             edited_at: None,
             deleted_at: None,
+            attachment: None,
         }
     }
 

@@ -30,6 +30,12 @@ impl ApiError {
         Self::new(ErrorCode::Unauthorized, message)
     }
 
+    /// A bug or a failure the caller cannot act on: logged, answered 500.
+    pub(crate) fn internal(detail: &str) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
     pub(crate) fn unprocessable(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unprocessable, message)
     }
@@ -56,6 +62,8 @@ impl From<ActorError> for ApiError {
             ActorError::Forbidden(m) => Self::new(ErrorCode::Forbidden, m),
             ActorError::Conflict(m) => Self::new(ErrorCode::Conflict, m),
             ActorError::Invalid(m) => Self::new(ErrorCode::Unprocessable, m),
+            ActorError::UnsupportedType(m) => Self::new(ErrorCode::UnsupportedMediaType, m),
+            ActorError::TooLarge(m) => Self::new(ErrorCode::PayloadTooLarge, m),
             ActorError::TooMany(m) => Self {
                 retry_after: Some(5),
                 ..Self::new(ErrorCode::RateLimited, m)

@@ -25,7 +25,7 @@ pub use error::ApiError;
 pub use routes::router;
 pub use serve::{PeerAddr, serve};
 use switchboard_actors::Node;
-use switchboard_storage::{Bus, Store};
+use switchboard_storage::{BlobServer, Blobs, Bus, Store};
 
 /// Bounds on what clients may send and ask for.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +104,12 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The bus, for readiness checks only; `None` on a single node.
     pub bus: Option<Arc<dyn Bus>>,
+    /// The blob store and what kind it is (`s3`, `local`), for readiness
+    /// checks only.
+    pub blobs: Option<(Arc<dyn Blobs>, &'static str)>,
+    /// The embedded blob store's side of its URLs, when the node serves
+    /// them itself.
+    pub blob_server: Option<Arc<dyn BlobServer>>,
     /// Verifies bearer tokens.
     pub auth: Arc<Auth>,
     /// Request bounds.
@@ -131,6 +137,8 @@ impl AppState {
             node,
             store,
             bus: None,
+            blobs: None,
+            blob_server: None,
             auth: Arc::new(auth),
             limits,
             draining: Arc::new(AtomicBool::new(false)),
@@ -151,6 +159,19 @@ impl AppState {
     #[must_use]
     pub fn with_bus(mut self, bus: Option<Arc<dyn Bus>>) -> Self {
         self.bus = bus;
+        self
+    }
+
+    /// Reports `blobs` (of `kind`) in readiness, and serves `server`'s URLs
+    /// when the node keeps its blobs itself.
+    #[must_use]
+    pub fn with_blobs(
+        mut self,
+        blobs: Option<(Arc<dyn Blobs>, &'static str)>,
+        server: Option<Arc<dyn BlobServer>>,
+    ) -> Self {
+        self.blobs = blobs;
+        self.blob_server = server;
         self
     }
 

@@ -22,8 +22,9 @@ pub use frame::{
 };
 pub use request::{
     AddMember, ChangeRole, CreateConversation, EditMessage, EventPage, MarkRead, MessagePage,
-    SendMessage,
+    PresignedUpload, SendAttachment, SendAudio, SendMessage, UploadRequest,
 };
 pub use resource::{
-    Conversation, ConversationKind, ConversationList, ConversationSummary, Member, Message, Role,
+    Attachment, AttachmentKind, Conversation, ConversationKind, ConversationList,
+    ConversationSummary, Member, Message, Role,
 };

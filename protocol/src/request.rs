@@ -79,3 +79,78 @@ pub struct EventPage {
     /// Ascending by `seq`, without gaps.
     pub events: Vec<Event>,
 }
+
+/// `POST /conversations/{id}/messages/audio/presigned-url` and
+/// `POST /conversations/{id}/attachments`: what the client will upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRequest {
+    /// The MIME type the upload will carry; the signature binds it.
+    pub content_type: String,
+    /// The exact size the upload will have; the signature binds it.
+    pub size_bytes: u64,
+    /// The file's name, for attachments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+/// Where and how to upload: `PUT` the bytes to `presigned_url` with the
+/// listed `headers`, exactly, before `expiration` seconds have passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresignedUpload {
+    /// The URL to `PUT` the bytes to.
+    pub presigned_url: String,
+    /// Seconds the URL stays valid.
+    pub expiration: u64,
+    /// The object's key, which the audio message names.
+    pub s3_key: String,
+    /// The attachment the upload becomes, which an attachment message names.
+    pub attachment_id: Uuid,
+    /// Always `PUT`.
+    pub method: String,
+    /// Headers the upload must carry as they are (`content-type`,
+    /// `content-length`): the signature covers them.
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /conversations/{id}/messages/audio`: a voice message whose upload
+/// has finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAudio {
+    /// The key the presigned URL was issued for.
+    pub s3_key: String,
+    /// The type it was presigned with.
+    pub content_type: String,
+    /// The size it was presigned with.
+    pub size_bytes: u64,
+    /// How long it plays.
+    pub duration_ms: u64,
+    /// Optional base64 ciphertext (a caption, a transcript).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_content: Option<String>,
+    /// Base64 nonce of `encrypted_content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Makes retries safe, as for `POST /messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `POST /conversations/{id}/messages/attachment`: a message carrying an
+/// uploaded attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendAttachment {
+    /// The attachment, from `POST /conversations/{id}/attachments`.
+    pub attachment_id: Uuid,
+    /// How long it plays, for audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Optional base64 ciphertext (a caption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_content: Option<String>,
+    /// Base64 nonce of `encrypted_content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Makes retries safe, as for `POST /messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}

@@ -151,4 +151,70 @@ pub struct Message {
     pub edited_at: Option<DateTime<Utc>>,
     /// Set once deleted; the row stays as a tombstone.
     pub deleted_at: Option<DateTime<Utc>>,
+    /// The voice note, image or file the message carries; gone once the
+    /// message is deleted. Boxed: most messages carry none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Box<Attachment>>,
+}
+
+/// A file a message carries. Its bytes live in the blob store under
+/// `s3_key`; a member downloads them through `GET /attachments/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Attachment id.
+    pub id: Uuid,
+    /// Where the object is: `conversations/{conversation_id}/{uuid}`.
+    pub s3_key: String,
+    /// The MIME type it was uploaded with.
+    pub content_type: String,
+    /// Its exact size.
+    pub size_bytes: u64,
+    /// How long a voice note plays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The file's name, as its uploader gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_name: Option<String>,
+}
+
+/// What an attachment is for, which decides its allowed types, its size cap
+/// and its message's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentKind {
+    /// A voice message: `audio/*` only, message type `audio`.
+    Audio,
+    /// An image: message type `image`.
+    Image,
+    /// Any other file: message type `file`.
+    File,
+}
+
+impl AttachmentKind {
+    /// The lowercase name, also the type of the message that carries it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Audio => "audio",
+            Self::Image => "image",
+            Self::File => "file",
+        }
+    }
+
+    /// Parses the lowercase name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "audio" => Some(Self::Audio),
+            "image" => Some(Self::Image),
+            "file" => Some(Self::File),
+            _ => None,
+        }
+    }
+
+    /// Whether `message_type` is one only an attachment message may have.
+    #[must_use]
+    pub fn reserves(message_type: &str) -> bool {
+        Self::parse(message_type).is_some()
+    }
 }

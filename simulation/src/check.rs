@@ -24,6 +24,19 @@ pub struct Outcome {
     /// How long the system took to go quiet after the faults stopped, or
     /// `None` if it did not within the bound.
     pub quiet_after: Option<Duration>,
+    /// Every object left in the blob store.
+    pub objects: BTreeSet<String>,
+    /// Every attachment row an upload URL was issued for, at the end.
+    pub attachments: Vec<AttachmentEnd>,
+}
+
+/// An attachment row at the end of a run.
+#[derive(Debug, Clone)]
+pub struct AttachmentEnd {
+    /// Its object's key.
+    pub key: String,
+    /// Where it stands.
+    pub state: switchboard_storage::AttachmentState,
 }
 
 /// A client at the end of a run.
@@ -110,6 +123,30 @@ pub enum Violation {
         /// Which task.
         task: &'static str,
     },
+    /// An object the blob store holds that no live attachment row claims:
+    /// an orphan the sweeper should have removed.
+    #[error("object {key} has no live attachment row")]
+    ObjectWithoutRow {
+        /// The object's key.
+        key: String,
+    },
+    /// A live attachment row (sent, or still pending) with no object, or a
+    /// pending one the sweeper should have settled.
+    #[error("attachment {key} is {state:?} at the end")]
+    RowUnsettled {
+        /// The object's key.
+        key: String,
+        /// The row's state.
+        state: switchboard_storage::AttachmentState,
+    },
+    /// A message that carries an attachment whose object is gone.
+    #[error("message {message} carries {key}, which is not in the blob store")]
+    MessageWithoutObject {
+        /// The message.
+        message: Uuid,
+        /// The object's key.
+        key: String,
+    },
     /// A client received a frame it could not read.
     #[error("client {client} received an undecodable frame")]
     Undecodable {
@@ -129,6 +166,7 @@ pub fn check(history: &[Entry], outcome: &Outcome, quiet_bound: Duration) -> Vec
     sends(history, outcome, &mut found);
     deliveries(history, &mut found);
     bounds(history, &mut found);
+    media(outcome, &mut found);
     if outcome.quiet_after.is_none() {
         found.push(Violation::NotQuiet(quiet_bound));
     }
@@ -221,6 +259,59 @@ fn deliveries(history: &[Entry], found: &mut Vec<Violation>) {
                 found.push(Violation::Undecodable { client: *client });
             }
             _ => {}
+        }
+    }
+}
+
+/// Once settled, the blob store and the attachment rows agree: every
+/// object is claimed by a sent attachment, every sent attachment has its
+/// object (no pending one is left), and every message still carrying an
+/// attachment has its object.
+fn media(outcome: &Outcome, found: &mut Vec<Violation>) {
+    use switchboard_storage::AttachmentState;
+    let live: BTreeSet<&str> = outcome
+        .attachments
+        .iter()
+        .filter(|a| a.state == AttachmentState::Attached)
+        .map(|a| a.key.as_str())
+        .collect();
+    for key in &outcome.objects {
+        if !live.contains(key.as_str()) {
+            found.push(Violation::ObjectWithoutRow { key: key.clone() });
+        }
+    }
+    for attachment in &outcome.attachments {
+        let settled = match attachment.state {
+            AttachmentState::Attached => outcome.objects.contains(&attachment.key),
+            AttachmentState::Pending => false,
+            AttachmentState::Deleted => true,
+        };
+        if !settled {
+            found.push(Violation::RowUnsettled {
+                key: attachment.key.clone(),
+                state: attachment.state,
+            });
+        }
+    }
+    for log in outcome.logs.values() {
+        let deleted: BTreeSet<Uuid> = log
+            .iter()
+            .filter_map(|e| match e {
+                Event::MessageDeleted(d) => Some(d.message_id),
+                _ => None,
+            })
+            .collect();
+        for event in log {
+            if let Event::MessageNew(m) = event
+                && let Some(attachment) = &m.attachment
+                && !deleted.contains(&m.id)
+                && !outcome.objects.contains(&attachment.s3_key)
+            {
+                found.push(Violation::MessageWithoutObject {
+                    message: m.id,
+                    key: attachment.s3_key.clone(),
+                });
+            }
         }
     }
 }

@@ -37,6 +37,10 @@ pub struct FaultPlan {
     /// router, the publisher, the trimmer), each restarted by its
     /// supervisor. Fewer than a restart budget, so none stays down.
     pub worker_crashes: u32,
+    /// Chance that a blob store call fails before it runs.
+    pub blob_fail: f64,
+    /// Chance that a blob store call is slow (up to `store_slow_max`).
+    pub blob_slow: f64,
 }
 
 impl FaultPlan {
@@ -68,8 +72,10 @@ impl FaultPlan {
             partitions: u32::try_from(rng.below(3)).unwrap_or(0),
             disconnect,
             duplicate_send,
-            // Drawn last, so the draws before it stay what they were.
+            // Drawn last, so the draws before them stay what they were.
             worker_crashes: u32::try_from(rng.below(4)).unwrap_or(0),
+            blob_fail: maybe(rng, 0.1),
+            blob_slow: maybe(rng, 0.2),
         }
     }
 
@@ -88,6 +94,8 @@ impl FaultPlan {
             disconnect: 0.0,
             duplicate_send: 0.0,
             worker_crashes: 0,
+            blob_fail: 0.0,
+            blob_slow: 0.0,
         }
     }
 }
@@ -120,6 +128,10 @@ pub enum FaultKind {
     Retry,
     /// A panic in a node's supervised task or worker.
     WorkerCrash,
+    /// A blob store call failed before running.
+    BlobFail,
+    /// A blob store call made slow.
+    BlobSlow,
 }
 
 impl FaultKind {
@@ -139,6 +151,8 @@ impl FaultKind {
             Self::DuplicateSend => "duplicate_send",
             Self::Retry => "client_retry",
             Self::WorkerCrash => "worker_crash",
+            Self::BlobFail => "blob_fail",
+            Self::BlobSlow => "blob_slow",
         }
     }
 }

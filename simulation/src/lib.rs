@@ -9,6 +9,7 @@
 //! the history, the final logs and the clients' final places. The same seed
 //! gives the same history, whose hash is [`Report::trace_hash`].
 
+pub mod blobs;
 pub mod bus;
 pub mod check;
 pub mod faults;

@@ -19,23 +19,26 @@ use anyhow::Context as _;
 use base64::Engine;
 use chrono::{TimeZone, Utc};
 use switchboard_actors::{
-    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, Node, ResumeAt,
-    SessionLimits, Supervisor, Transport,
+    ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, MediaLimits, Node,
+    ResumeAt, SessionLimits, Supervisor, Transport,
 };
 use switchboard_client::{Class, Failure, Place, RetryPolicy, Step, classify};
 use switchboard_protocol::{
-    AddMember, ConversationKind, CreateConversation, EditMessage, Event, Role, SendMessage,
-    ServerFrame,
+    AddMember, ConversationKind, CreateConversation, EditMessage, Event, Message, Role, SendAudio,
+    SendMessage, ServerFrame, UploadRequest,
 };
-use switchboard_storage::{Bus, MemoryStore, Store, TokioClock};
+use switchboard_storage::{
+    AttachmentState, Blobs, Bus, Clock, MemoryBlobs, MemoryStore, Store, TokioClock,
+};
 use switchboard_storage_redis::{RedisBus, RedisOptions};
 use switchboard_storage_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::blobs::FaultyBlobs;
 use crate::bus::Network;
-use crate::check::{self, ClientEnd, Outcome, Violation};
+use crate::check::{self, AttachmentEnd, ClientEnd, Outcome, Violation};
 use crate::faults::{FaultKind, FaultPlan, Faults};
 use crate::history::{History, Record};
 use crate::rng::{Rng, SharedRng};
@@ -190,8 +193,33 @@ fn limits(rng: &mut Rng) -> Limits {
             trim_every: 8,
             ..BusLimits::default()
         },
+        media: media_limits(),
         ..Limits::default()
     }
+}
+
+/// Short enough that a run sees URLs expire and the sweeper settle
+/// everything within its quiet bound.
+fn media_limits() -> MediaLimits {
+    let mut media = MediaLimits {
+        upload_url_ttl: Duration::from_secs(2),
+        orphan_grace: Duration::from_millis(500),
+        unattached_ttl: Duration::from_secs(4),
+        sweep_every: Duration::from_millis(500),
+        sweep_batch_len: 16,
+        delete_poll_every: Duration::from_millis(500),
+        // A crashed node's claims come free this soon.
+        delete_lease: Duration::from_secs(2),
+        delete_retry_min: Duration::from_millis(100),
+        delete_retry_max: Duration::from_secs(2),
+        ..MediaLimits::default()
+    };
+    for worker in [&mut media.worker, &mut media.cleanup_worker] {
+        worker.call_timeout = Duration::from_secs(1);
+        worker.breaker.cool_down_min = Duration::from_millis(200);
+        worker.breaker.cool_down_max = Duration::from_secs(2);
+    }
+    media
 }
 
 async fn simulate(options: Options) -> anyhow::Result<Report> {
@@ -215,6 +243,8 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
     };
     let nodes = usize::try_from(rng.between(2, 3)).unwrap_or(2);
     let limits = limits(&mut rng);
+    // One blob store for the cluster, as one bucket would be.
+    let blobs = Arc::new(MemoryBlobs::new(Arc::new(clock), seed));
     let cluster = Cluster {
         slots: (0..nodes)
             .map(|_| Slot {
@@ -230,6 +260,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
         random: SharedRng::new(seed, "ids"),
         network: network.clone(),
         redis,
+        blobs: Arc::new(FaultyBlobs::new(Arc::clone(&blobs), faults.clone())),
     };
     for slot in 0..nodes {
         cluster.start(slot).await?;
@@ -282,6 +313,8 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
         calls: AtomicU64::new(0),
         link_len: usize::try_from(rng.between(8, 128)).unwrap_or(32),
         grace: limits.sessions.grace,
+        blobs,
+        uploads: Mutex::new(Vec::new()),
     });
     let mut background = JoinSet::new();
     for client in &ctx.clients {
@@ -317,7 +350,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
     }
     let quiet_after = loop {
         while ops.try_join_next().is_some() {}
-        if ops.is_empty() && ctx.quiet().await {
+        if ops.is_empty() && ctx.quiet().await && ctx.media_settled().await {
             break Some(ctx.clock.elapsed() - calm_from);
         }
         if ctx.clock.elapsed() - calm_from > options.quiet_within {
@@ -489,6 +522,8 @@ struct Cluster {
     random: SharedRng,
     network: Option<Arc<Network>>,
     redis: Option<RedisOptions>,
+    /// The cluster's blob store, with faults.
+    blobs: Arc<dyn Blobs>,
 }
 
 impl Cluster {
@@ -517,6 +552,7 @@ impl Cluster {
                 clock: Arc::new(self.clock),
                 random: Arc::new(self.random.clone()),
                 bus,
+                blobs: Some(Arc::clone(&self.blobs)),
                 supervisor,
             },
             self.limits,
@@ -611,6 +647,11 @@ struct Ctx {
     calls: AtomicU64,
     link_len: usize,
     grace: Duration,
+    /// The blob store without faults: where clients upload to, and what
+    /// the checkers look in.
+    blobs: Arc<MemoryBlobs>,
+    /// Every attachment an upload URL was issued for.
+    uploads: Mutex<Vec<Uuid>>,
 }
 
 /// Why a call got no answer from a node.
@@ -646,6 +687,8 @@ impl CallError {
                 ActorError::Forbidden(_) => 403,
                 ActorError::Conflict(_) => 409,
                 ActorError::Invalid(_) => 422,
+                ActorError::UnsupportedType(_) => 415,
+                ActorError::TooLarge(_) => 413,
                 ActorError::TooMany(_) => 429,
                 ActorError::Overloaded(_) | ActorError::Unavailable(_) => 503,
                 ActorError::Internal(_) => 500,
@@ -771,6 +814,31 @@ impl Ctx {
         })
     }
 
+    /// Media settled: no deletion owed, no attachment pending, and every
+    /// object claimed by a sent attachment (the sweeper took the rest).
+    async fn media_settled(&self) -> bool {
+        if self.store.deletions_owed().await.ok() != Some(0) {
+            return false;
+        }
+        let far = self.clock.now() + chrono::TimeDelta::days(365);
+        if self
+            .store
+            .pending_attachments(far, None, 1)
+            .await
+            .map_or(true, |p| !p.is_empty())
+        {
+            return false;
+        }
+        let keys = self.blobs.keys();
+        self.store
+            .attachments_by_keys(&keys)
+            .await
+            .is_ok_and(|rows| {
+                rows.len() == keys.len()
+                    && rows.iter().all(|r| r.state == AttachmentState::Attached)
+            })
+    }
+
     /// The end state the checkers judge.
     async fn outcome(&self, quiet_after: Option<Duration>) -> anyhow::Result<Outcome> {
         let mut outcome = Outcome {
@@ -802,6 +870,16 @@ impl Ctx {
                 positions: lock(&c.place).positions().clone(),
             })
             .collect();
+        outcome.objects = self.blobs.keys().into_iter().collect();
+        let uploads = lock(&self.uploads).clone();
+        for id in uploads {
+            if let Some(row) = self.store.attachment(id).await? {
+                outcome.attachments.push(AttachmentEnd {
+                    key: row.attachment.s3_key,
+                    state: row.state,
+                });
+            }
+        }
         Ok(outcome)
     }
 }
@@ -811,6 +889,10 @@ const WORKER_FAULTS: &[(&str, &str)] = &[
     ("router", "signal"),
     ("publisher", "request"),
     ("trimmer", "request"),
+    ("media", "request"),
+    ("blob_cleanup", "request"),
+    ("blob_deleter", "delete"),
+    ("attachment_sweeper", "object"),
 ];
 
 /// Draws when each crash, worker crash and partition happens, and
@@ -990,7 +1072,10 @@ fn step(ctx: &Arc<Ctx>, ops: &mut JoinSet<()>) {
     let choice = ctx.rng.with(|r| r.below(100));
     let ctx = ctx.clone();
     match choice {
-        0..50 => {
+        0..6 => {
+            ops.spawn(media(ctx, conversation));
+        }
+        6..50 => {
             ops.spawn(async move {
                 let members = ctx.members(conversation).await;
                 let user = ctx.rng.with(|r| {
@@ -1087,28 +1172,51 @@ fn content(text: &str) -> String {
 /// Sends with the client library's retry policy and one idempotency key
 /// across attempts, each attempt on whichever node is up.
 async fn send(ctx: Arc<Ctx>, user: usize, conversation: Uuid, key: String) {
+    let text = content(&key);
+    retried_send(
+        &ctx,
+        user,
+        conversation,
+        key,
+        "send",
+        move |node, id, key| {
+            let request = SendMessage {
+                conversation_id: conversation,
+                encrypted_content: text.clone(),
+                nonce: content("nonce"),
+                message_type: "text".into(),
+                idempotency_key: Some(key),
+            };
+            async move { node.send(id, request).await }
+        },
+    )
+    .await;
+}
+
+/// One send through `call`, retried as a client would: the same key on
+/// every attempt, on whichever node is up; an acknowledgement is recorded.
+async fn retried_send<F, Fut>(
+    ctx: &Ctx,
+    user: usize,
+    conversation: Uuid,
+    key: String,
+    what: &str,
+    call: F,
+) where
+    F: Fn(Node, Uuid, String) -> Fut,
+    Fut: Future<Output = Result<(Message, bool), ActorError>>,
+{
     let policy = RetryPolicy::default();
     let mut failures = 0;
     loop {
-        let request = SendMessage {
-            conversation_id: conversation,
-            encrypted_content: content(&key),
-            nonce: content("nonce"),
-            message_type: "text".into(),
-            idempotency_key: Some(key.clone()),
-        };
         let slot = ctx.slot();
         let id = ctx.users[user];
         let answer = ctx
-            .call(
-                slot,
-                "send",
-                |node| async move { node.send(id, request).await },
-            )
+            .call(slot, what, |node| call(node, id, key.clone()))
             .await;
         ctx.record(Record::Op {
             user,
-            op: format!("send {key} via {slot}"),
+            op: format!("{what} {key} via {slot}"),
             outcome: answer
                 .as_ref()
                 .map_or_else(CallError::label, |_| "ok".into()),
@@ -1137,6 +1245,90 @@ async fn send(ctx: Arc<Ctx>, user: usize, conversation: Uuid, key: String) {
         ctx.faults.count(FaultKind::Retry);
         sleep(delay).await;
     }
+}
+
+/// A voice message's life: presigned by a member (mostly), then as the
+/// draw says uploaded or not, with the right size or not, sent or left
+/// unsent, or deleted before its upload lands (which it may still do).
+async fn media(ctx: Arc<Ctx>, conversation: Uuid) {
+    let members = ctx.members(conversation).await;
+    let user = ctx.rng.with(|r| match r.pick(&members) {
+        Some((user, _)) if r.chance(0.9) => ctx.user_index(*user),
+        _ => r.index(ctx.users.len()),
+    });
+    let key = format!("u{user}k{}", ctx.keys.fetch_add(1, Ordering::Relaxed));
+    let (size, fate, wrong_size) = ctx
+        .rng
+        .with(|r| (r.between(1, 4096), r.below(100), r.chance(0.05)));
+    let id = ctx.users[user];
+    let slot = ctx.slot();
+    let request = UploadRequest {
+        content_type: "audio/ogg".into(),
+        size_bytes: size,
+        file_name: None,
+    };
+    let presigned = ctx
+        .call(slot, "presign", |node| async move {
+            node.presign_audio(id, conversation, request).await
+        })
+        .await;
+    answered(&ctx, user, format!("presign {key} via {slot}"), &presigned);
+    let Ok(upload) = presigned else {
+        return;
+    };
+    lock(&ctx.uploads).push(upload.attachment_id);
+    if fate < 10 {
+        // Deleted while its upload is on the way.
+        let attachment = upload.attachment_id;
+        let slot = ctx.slot();
+        let deleted = ctx
+            .call(slot, "delete attachment", |node| async move {
+                node.delete_attachment(id, attachment).await
+            })
+            .await;
+        answered(&ctx, user, format!("delete attachment {key}"), &deleted);
+    }
+    if (10..20).contains(&fate) {
+        return; // Never uploaded.
+    }
+    // The upload takes a while: a deletion meanwhile may be done before it
+    // lands, or its URL may expire first.
+    let upload_time = ctx.rng.with(|r| r.millis(0, 2_500));
+    sleep(upload_time).await;
+    let uploaded = ctx.blobs.upload(
+        &upload.presigned_url,
+        "audio/ogg",
+        if wrong_size { size + 1 } else { size },
+    );
+    ctx.record(Record::Op {
+        user,
+        op: format!("upload {key}"),
+        outcome: uploaded.map_or_else(|e| e.to_string(), |()| "ok".into()),
+    });
+    if uploaded.is_err() || fate < 30 {
+        return; // Refused, deleted, or uploaded and never sent.
+    }
+    let s3_key = upload.s3_key;
+    retried_send(
+        &ctx,
+        user,
+        conversation,
+        key,
+        "send audio",
+        move |node, id, key| {
+            let request = SendAudio {
+                s3_key: s3_key.clone(),
+                content_type: "audio/ogg".into(),
+                size_bytes: size,
+                duration_ms: 1_000,
+                encrypted_content: Some(content(&key)),
+                nonce: Some(content("nonce")),
+                idempotency_key: Some(key),
+            };
+            async move { node.send_audio(id, conversation, request).await }
+        },
+    )
+    .await;
 }
 
 /// Records a one-shot operation's answer.

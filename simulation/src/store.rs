@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
 use switchboard_storage::{
-    Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
-    NewMessage, SendOutcome, Store, StoreError,
+    AuditEntry, BlobDeletion, Committed, CreateConversation, CreateOutcome, DeleteAttachment,
+    DeleteMessage, EditMessage, MessageRange, NewAttachment, NewMessage, SendOutcome, Store,
+    StoreError, StoredAttachment,
 };
 use uuid::Uuid;
 
@@ -192,5 +193,68 @@ impl Store for FaultyStore {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         read!(self, events(conversation_id, after_seq, limit))
+    }
+
+    async fn create_attachment(
+        &self,
+        attachment: NewAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        write!(self, create_attachment(attachment))
+    }
+
+    async fn attachment(&self, id: Uuid) -> Result<Option<StoredAttachment>, StoreError> {
+        read!(self, attachment(id))
+    }
+
+    async fn attachments_by_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        read!(self, attachments_by_keys(keys))
+    }
+
+    async fn pending_attachments(
+        &self,
+        expired_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        read!(self, pending_attachments(expired_before, after, limit))
+    }
+
+    async fn delete_attachment(
+        &self,
+        command: DeleteAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        write!(self, delete_attachment(command))
+    }
+
+    async fn record_removal(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        write!(self, record_removal(entry))
+    }
+
+    async fn audit(&self, s3_key: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        read!(self, audit(s3_key))
+    }
+
+    async fn claim_deletions(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BlobDeletion>, StoreError> {
+        write!(self, claim_deletions(now, lease_until, limit))
+    }
+
+    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError> {
+        write!(self, finish_deletion(id))
+    }
+
+    async fn defer_deletion(&self, id: Uuid, retry_at: DateTime<Utc>) -> Result<(), StoreError> {
+        write!(self, defer_deletion(id, retry_at))
+    }
+
+    async fn deletions_owed(&self) -> Result<u64, StoreError> {
+        read!(self, deletions_owed())
     }
 }

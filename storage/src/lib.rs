@@ -1,6 +1,7 @@
 //! Every dependency of the actors sits behind a trait here: the [`Store`] of
-//! conversations, members, messages and events, the [`Bus`] between nodes,
-//! the [`Clock`] and the [`Random`] source.
+//! conversations, members, messages, events and attachments, the [`Bus`]
+//! between nodes, the [`Blobs`] store of uploads, the [`Clock`] and the
+//! [`Random`] source.
 //!
 //! The real backends live in crates of their own (`switchboard-storage-sql`
 //! for SQLite and PostgreSQL, `switchboard-storage-redis` for the bus), so
@@ -11,17 +12,29 @@
 //! Architecture invariant: this crate does no I/O of its own beyond the
 //! operating system's clock and random source.
 
+mod attachment;
+mod blobs;
 mod bus;
 mod clock;
 mod error;
 mod memory;
+mod memory_blobs;
 mod random;
 mod store;
 
+pub use attachment::{
+    AttachmentState, AuditEntry, BlobDeletion, DeleteAttachment, DeletionReason, NewAttachment,
+    StoredAttachment,
+};
+pub use blobs::{
+    BlobError, BlobHead, BlobListing, BlobRead, BlobServer, BlobUpload, Blobs, PresignedRequest,
+    UploadRefusal,
+};
 pub use bus::{Bus, BusError, BusSignal, Topic};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::{Rejection, StoreError};
 pub use memory::MemoryStore;
+pub use memory_blobs::MemoryBlobs;
 pub use random::{OsRandom, Random};
 pub use store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,

@@ -20,6 +20,10 @@ use switchboard_protocol::{
 };
 use uuid::Uuid;
 
+use crate::attachment::{
+    AttachmentState, AuditEntry, BlobDeletion, DeleteAttachment, DeletionReason, NewAttachment,
+    StoredAttachment,
+};
 use crate::store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store,
@@ -41,6 +45,23 @@ struct State {
     messages: HashMap<Uuid, Message>,
     /// Messages by `(conversation, sender, idempotency key)`.
     keys: HashMap<(Uuid, Uuid, String), Uuid>,
+    /// Attachments by id, and their ids by object key.
+    attachments: BTreeMap<Uuid, StoredAttachment>,
+    attachment_keys: HashMap<String, Uuid>,
+    /// Deletions owed, by attachment id.
+    deletions: BTreeMap<Uuid, Deletion>,
+    /// The audit log, oldest first.
+    audit: Vec<AuditEntry>,
+}
+
+/// A deletion owed to the blob store.
+#[derive(Debug)]
+struct Deletion {
+    s3_key: String,
+    attempts: u32,
+    due: DateTime<Utc>,
+    /// Held by a node until then.
+    leased_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -110,6 +131,39 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Tombstones an attachment, owes its object a deletion and audits it:
+    /// one step, as one transaction is in the SQL stores.
+    fn tombstone(
+        &mut self,
+        id: Uuid,
+        actor: Option<Uuid>,
+        reason: DeletionReason,
+        at: DateTime<Utc>,
+    ) -> Option<StoredAttachment> {
+        let stored = self.attachments.get_mut(&id)?;
+        stored.state = AttachmentState::Deleted;
+        stored.deleted_at = Some(at);
+        let s3_key = stored.attachment.s3_key.clone();
+        let tombstone = stored.clone();
+        self.deletions.insert(
+            id,
+            Deletion {
+                s3_key: s3_key.clone(),
+                attempts: 0,
+                due: at,
+                leased_until: None,
+            },
+        );
+        self.audit.push(AuditEntry {
+            attachment_id: Some(id),
+            s3_key,
+            actor,
+            reason,
+            at,
+        });
+        Some(tombstone)
+    }
+
     fn row(&self, id: Uuid) -> Result<&Row, StoreError> {
         self.conversations.get(&id).ok_or(StoreError::NotFound)
     }
@@ -324,6 +378,16 @@ impl Store for MemoryStore {
         if state.messages.contains_key(&command.id) {
             return Err(StoreError::Conflict("message id already used".into()));
         }
+        if let Some(attachment) = &command.attachment {
+            let stored = state
+                .attachments
+                .get_mut(&attachment.id)
+                .ok_or(StoreError::NotFound)?;
+            stored.claimable_by(command.conversation_id, command.sender_id)?;
+            stored.state = AttachmentState::Attached;
+            stored.message_id = Some(command.id);
+            stored.attachment.duration_ms = attachment.duration_ms;
+        }
         let row = state
             .conversations
             .get_mut(&command.conversation_id)
@@ -401,6 +465,7 @@ impl Store for MemoryStore {
         message.encrypted_content.clear();
         message.nonce.clear();
         message.deleted_at = Some(command.at);
+        let attachment = message.attachment.take();
         let event = row.append(command.at, |seq| {
             Event::MessageDeleted(MessageDeleted {
                 conversation_id: command.conversation_id,
@@ -411,8 +476,17 @@ impl Store for MemoryStore {
                 deleted_at: command.at,
             })
         });
+        let value = message.clone();
+        if let Some(attachment) = attachment {
+            state.tombstone(
+                attachment.id,
+                Some(command.by),
+                DeletionReason::MessageDeleted,
+                command.at,
+            );
+        }
         Ok(Committed {
-            value: message.clone(),
+            value,
             events: vec![event],
         })
     }
@@ -649,5 +723,150 @@ impl Store for MemoryStore {
             .take(self::limit(limit))
             .cloned()
             .collect())
+    }
+
+    async fn create_attachment(
+        &self,
+        attachment: NewAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        let mut state = self.state();
+        let member = state
+            .conversations
+            .get(&attachment.conversation_id)
+            .is_some_and(|r| r.member(attachment.uploader_id).is_some());
+        if !member {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        if state.attachments.contains_key(&attachment.id)
+            || state.attachment_keys.contains_key(&attachment.s3_key)
+        {
+            return Err(StoreError::Conflict("attachment already exists".into()));
+        }
+        let stored = attachment.into_stored();
+        state
+            .attachment_keys
+            .insert(stored.attachment.s3_key.clone(), stored.attachment.id);
+        state
+            .attachments
+            .insert(stored.attachment.id, stored.clone());
+        Ok(stored)
+    }
+
+    async fn attachment(&self, id: Uuid) -> Result<Option<StoredAttachment>, StoreError> {
+        Ok(self.state().attachments.get(&id).cloned())
+    }
+
+    async fn attachments_by_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        let state = self.state();
+        Ok(keys
+            .iter()
+            .filter_map(|key| state.attachment_keys.get(key))
+            .filter_map(|id| state.attachments.get(id).cloned())
+            .collect())
+    }
+
+    async fn pending_attachments(
+        &self,
+        expired_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        let state = self.state();
+        let from = after.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        Ok(state
+            .attachments
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(_, a)| a)
+            .filter(|a| a.state == AttachmentState::Pending && a.upload_expires_at < expired_before)
+            .take(self::limit(limit))
+            .cloned()
+            .collect())
+    }
+
+    async fn delete_attachment(
+        &self,
+        command: DeleteAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        let mut state = self.state();
+        let stored = state
+            .attachments
+            .get(&command.id)
+            .ok_or(StoreError::NotFound)?;
+        let role = command.by.and_then(|by| {
+            state
+                .conversations
+                .get(&stored.conversation_id)
+                .and_then(|r| r.member(by))
+                .map(|m| m.role)
+        });
+        stored.deletable_by(command.by, role)?;
+        state
+            .tombstone(command.id, command.by, command.reason, command.at)
+            .ok_or(StoreError::NotFound)
+    }
+
+    async fn record_removal(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.state().audit.push(entry);
+        Ok(())
+    }
+
+    async fn audit(&self, s3_key: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        Ok(self
+            .state()
+            .audit
+            .iter()
+            .filter(|e| e.s3_key == s3_key)
+            .cloned()
+            .collect())
+    }
+
+    async fn claim_deletions(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BlobDeletion>, StoreError> {
+        let mut state = self.state();
+        let mut due: Vec<(DateTime<Utc>, Uuid)> = state
+            .deletions
+            .iter()
+            .filter(|(_, d)| d.due <= now && d.leased_until.is_none_or(|l| l < now))
+            .map(|(id, d)| (d.due, *id))
+            .collect();
+        due.sort_unstable();
+        due.truncate(self::limit(limit));
+        Ok(due
+            .into_iter()
+            .filter_map(|(_, id)| {
+                let deletion = state.deletions.get_mut(&id)?;
+                deletion.attempts += 1;
+                deletion.leased_until = Some(lease_until);
+                Some(BlobDeletion {
+                    id,
+                    s3_key: deletion.s3_key.clone(),
+                    attempts: deletion.attempts,
+                })
+            })
+            .collect())
+    }
+
+    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError> {
+        self.state().deletions.remove(&id);
+        Ok(())
+    }
+
+    async fn defer_deletion(&self, id: Uuid, retry_at: DateTime<Utc>) -> Result<(), StoreError> {
+        if let Some(deletion) = self.state().deletions.get_mut(&id) {
+            deletion.due = retry_at;
+            deletion.leased_until = None;
+        }
+        Ok(())
+    }
+
+    async fn deletions_owed(&self) -> Result<u64, StoreError> {
+        Ok(self.state().deletions.len() as u64)
     }
 }

@@ -10,11 +10,14 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use switchboard_protocol::{
-    Conversation, ConversationKind, ConversationSummary, Event, Member, Message, Role,
+    Attachment, Conversation, ConversationKind, ConversationSummary, Event, Member, Message, Role,
 };
 use uuid::Uuid;
 
 use crate::StoreError;
+use crate::attachment::{
+    AuditEntry, BlobDeletion, DeleteAttachment, NewAttachment, StoredAttachment,
+};
 
 /// A committed write: its result and the events it appended, in `seq` order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +120,9 @@ pub struct NewMessage {
     pub message_type: String,
     /// Unique per sender and conversation; a repeat returns the stored message.
     pub idempotency_key: Option<String>,
+    /// The attachment it carries, already checked against the blob store:
+    /// the send claims its pending row in the same transaction, or fails.
+    pub attachment: Option<Box<Attachment>>,
     /// The send time.
     pub at: DateTime<Utc>,
 }
@@ -136,6 +142,7 @@ impl NewMessage {
             created_at: self.at,
             edited_at: None,
             deleted_at: None,
+            attachment: self.attachment,
         }
     }
 }
@@ -334,6 +341,65 @@ pub trait Store: Send + Sync + Debug + 'static {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<Event>, StoreError>;
+
+    /// Writes the row of an upload URL about to be issued. The uploader
+    /// must be a member of the conversation (`Rejected(NotMember)`).
+    async fn create_attachment(
+        &self,
+        attachment: NewAttachment,
+    ) -> Result<StoredAttachment, StoreError>;
+
+    /// One attachment by id, tombstone or not.
+    async fn attachment(&self, id: Uuid) -> Result<Option<StoredAttachment>, StoreError>;
+
+    /// The attachments of these object keys, in one query.
+    async fn attachments_by_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<StoredAttachment>, StoreError>;
+
+    /// Pending attachments whose upload URL expired before `expired_before`,
+    /// by id after `after`, at most `limit`: the sweeper's round.
+    async fn pending_attachments(
+        &self,
+        expired_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredAttachment>, StoreError>;
+
+    /// Tombstones a pending attachment and, in the same transaction, owes
+    /// its object a deletion and writes the audit entry. `NotFound` when it
+    /// is missing or already deleted, `Conflict` once it was sent (its
+    /// message is what to delete), `Rejected` unless `by` uploaded it or
+    /// moderates its conversation.
+    async fn delete_attachment(
+        &self,
+        command: DeleteAttachment,
+    ) -> Result<StoredAttachment, StoreError>;
+
+    /// Records an object removed that no live row claimed.
+    async fn record_removal(&self, entry: AuditEntry) -> Result<(), StoreError>;
+
+    /// Every audit entry of one object, oldest first.
+    async fn audit(&self, s3_key: &str) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Takes up to `limit` deletions due at `now` that no other node holds,
+    /// and holds them until `lease_until`.
+    async fn claim_deletions(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BlobDeletion>, StoreError>;
+
+    /// A deletion is done.
+    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError>;
+
+    /// A deletion failed; it is due again at `retry_at`.
+    async fn defer_deletion(&self, id: Uuid, retry_at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Deletions still owed.
+    async fn deletions_owed(&self) -> Result<u64, StoreError>;
 }
 
 /// Sends `commands` one after the other through `store.send`: the default

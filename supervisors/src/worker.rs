@@ -161,11 +161,17 @@ struct Job<W: Worker> {
     arrived: Duration,
 }
 
+/// One dependency's breaker, which every worker calling that dependency
+/// shares: a failure seen by one turns the others' callers away too.
+struct DependencyBreaker {
+    dependency: &'static str,
+    breaker: Mutex<Breaker>,
+}
+
 /// What a worker's handles and its loop share.
 struct Shared {
     worker: &'static str,
-    dependency: &'static str,
-    breaker: Mutex<Breaker>,
+    breaker: Arc<DependencyBreaker>,
     call_timeout: Duration,
     /// The worker's loop, for whether it runs.
     cell: Arc<Cell>,
@@ -197,26 +203,30 @@ impl Shared {
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
+    fn dependency(&self) -> &'static str {
+        self.breaker.dependency
+    }
+
     fn record(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
         tracing::warn!(
-            dependency = self.dependency,
+            dependency = self.dependency(),
             worker = self.worker,
             from = t.from.as_str(),
             to = t.to.as_str(),
             "breaker"
         );
-        self.supervisor.show_breaker(self.dependency, t.to);
+        self.supervisor.show_breaker(self.dependency(), t.to);
         self.inner()
             .metrics
             .breaker_transitions_total
-            .with_label_values(&[self.dependency, t.to.as_str()])
+            .with_label_values(&[self.dependency(), t.to.as_str()])
             .inc();
     }
 
     fn admit(&self) -> Admission {
         let now = self.now();
-        let (admission, transition) = lock(&self.breaker).admit(now);
+        let (admission, transition) = lock(&self.breaker.breaker).admit(now);
         self.record(transition);
         admission
     }
@@ -224,7 +234,7 @@ impl Shared {
     fn report(&self, succeeded: bool) {
         let now = self.now();
         let transition = {
-            let mut breaker = lock(&self.breaker);
+            let mut breaker = lock(&self.breaker.breaker);
             if succeeded {
                 breaker.on_success()
             } else {
@@ -254,7 +264,7 @@ impl<W: Worker> fmt::Debug for WorkerHandle<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerHandle")
             .field("worker", &self.shared.worker)
-            .field("dependency", &self.shared.dependency)
+            .field("dependency", &self.shared.dependency())
             .field("breaker", &self.breaker())
             .finish_non_exhaustive()
     }
@@ -274,16 +284,45 @@ impl Supervisor {
         policy: WorkerPolicy,
         worker: W,
     ) -> WorkerHandle<W> {
+        let breaker = Arc::new(DependencyBreaker {
+            dependency,
+            breaker: Mutex::new(Breaker::new(policy.breaker)),
+        });
+        self.show_breaker(dependency, BreakerState::Closed);
+        self.start_with(name, breaker, policy, worker)
+    }
+
+    /// Starts `worker` as `name` beside `other`, calling the same dependency
+    /// through the same breaker (the `breaker` of `policy` is `other`'s).
+    ///
+    /// # Panics
+    ///
+    /// As [`Supervisor::spawn`].
+    pub fn start_worker_beside<W: Worker, O: Worker>(
+        &self,
+        name: &'static str,
+        other: &WorkerHandle<O>,
+        policy: WorkerPolicy,
+        worker: W,
+    ) -> WorkerHandle<W> {
+        self.start_with(name, Arc::clone(&other.shared.breaker), policy, worker)
+    }
+
+    fn start_with<W: Worker>(
+        &self,
+        name: &'static str,
+        breaker: Arc<DependencyBreaker>,
+        policy: WorkerPolicy,
+        worker: W,
+    ) -> WorkerHandle<W> {
         let (queue, queued) = mpsc::channel(policy.queue_len_max.max(1));
         let shared = Arc::new(Shared {
             worker: name,
-            dependency,
-            breaker: Mutex::new(Breaker::new(policy.breaker)),
+            breaker,
             call_timeout: policy.call_timeout,
             cell: self.register(name),
             supervisor: self.clone(),
         });
-        self.show_breaker(dependency, BreakerState::Closed);
         shared.set_depth(0);
         let task = WorkerTask {
             worker,
@@ -299,7 +338,7 @@ impl<W: Worker> WorkerHandle<W> {
     /// The worker's breaker, as of now.
     #[must_use]
     pub fn breaker(&self) -> BreakerState {
-        lock(&self.shared.breaker).state()
+        lock(&self.shared.breaker.breaker).state()
     }
 
     /// Why a request must be refused before it is queued, if it must.
@@ -307,7 +346,7 @@ impl<W: Worker> WorkerHandle<W> {
         let shared = &self.shared;
         // A call waits for nobody; a cast waits out a restart in the queue.
         let running = shared.cell.state() == TaskState::Running;
-        if (call && !running) || lock(&shared.breaker).refuses(shared.now()) {
+        if (call && !running) || lock(&shared.breaker.breaker).refuses(shared.now()) {
             return Some(Refusal::Unavailable);
         }
         None

@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
 use switchboard_storage::{
-    Clock, Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MemoryStore,
-    MessageRange, NewMessage, SendOutcome, Store, StoreError, send_each,
+    AuditEntry, BlobDeletion, Clock, Committed, CreateConversation, CreateOutcome,
+    DeleteAttachment, DeleteMessage, EditMessage, MemoryStore, MessageRange, NewAttachment,
+    NewMessage, SendOutcome, Store, StoreError, StoredAttachment, send_each,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -258,6 +259,71 @@ impl Store for FaultyStore {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError> {
         self.inner.events(conversation_id, after_seq, limit).await
+    }
+
+    async fn create_attachment(
+        &self,
+        attachment: NewAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        self.inner.create_attachment(attachment).await
+    }
+
+    async fn attachment(&self, id: Uuid) -> Result<Option<StoredAttachment>, StoreError> {
+        self.inner.attachment(id).await
+    }
+
+    async fn attachments_by_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        self.inner.attachments_by_keys(keys).await
+    }
+
+    async fn pending_attachments(
+        &self,
+        expired_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        self.inner
+            .pending_attachments(expired_before, after, limit)
+            .await
+    }
+
+    async fn delete_attachment(
+        &self,
+        command: DeleteAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        self.inner.delete_attachment(command).await
+    }
+
+    async fn record_removal(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.inner.record_removal(entry).await
+    }
+
+    async fn audit(&self, s3_key: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.inner.audit(s3_key).await
+    }
+
+    async fn claim_deletions(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BlobDeletion>, StoreError> {
+        self.inner.claim_deletions(now, lease_until, limit).await
+    }
+
+    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError> {
+        self.inner.finish_deletion(id).await
+    }
+
+    async fn defer_deletion(&self, id: Uuid, retry_at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.inner.defer_deletion(id, retry_at).await
+    }
+
+    async fn deletions_owed(&self) -> Result<u64, StoreError> {
+        self.inner.deletions_owed().await
     }
 }
 

@@ -50,6 +50,7 @@ async fn fixture_with_bus(
             clock: clock.clone(),
             random: Arc::new(OsRandom),
             bus,
+            blobs: None,
             supervisor: Supervisor::new(clock.clone()),
         },
         limits,

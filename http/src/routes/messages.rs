@@ -27,6 +27,13 @@ pub(super) async fn send(
     )?;
     validate::ciphertext("nonce", &body.nonce, limits.nonce_len_max)?;
     validate::message_type(&body.message_type)?;
+    if switchboard_protocol::AttachmentKind::reserves(&body.message_type) {
+        return Err(ApiError::unprocessable(format!(
+            "a {} message carries an attachment: send it through \
+             /conversations/{{id}}/messages/audio or /conversations/{{id}}/messages/attachment",
+            body.message_type
+        )));
+    }
     if let Some(key) = &body.idempotency_key {
         validate::idempotency_key(key, limits)?;
     }

@@ -1,7 +1,9 @@
 //! The router: every path the node serves.
 
+mod blobs;
 mod conversations;
 mod live;
+mod media;
 mod messages;
 mod ops;
 mod sse;
@@ -9,7 +11,7 @@ mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, patch, post};
+use axum::routing::{get, patch, post, put};
 use tower_http::trace::TraceLayer;
 
 use crate::{ApiError, AppState};
@@ -31,6 +33,33 @@ pub fn router(state: AppState) -> Router {
             patch(conversations::change_role).delete(conversations::remove_member),
         )
         .route("/conversations/{id}/messages", get(messages::list))
+        .route(
+            "/conversations/{id}/messages/audio/presigned-url",
+            post(media::presign_audio),
+        )
+        .route(
+            "/conversations/{id}/messages/audio",
+            post(media::send_audio),
+        )
+        .route(
+            "/conversations/{id}/messages/attachment",
+            post(media::send_attachment),
+        )
+        .route(
+            "/conversations/{id}/attachments",
+            post(media::create_attachment),
+        )
+        .route(
+            "/attachments/{id}",
+            get(media::download).delete(media::delete),
+        )
+        // Bounded by the signed size, not the JSON body limit.
+        .route(
+            "/blobs/{*key}",
+            put(blobs::put)
+                .get(blobs::get)
+                .layer(DefaultBodyLimit::disable()),
+        )
         .route("/conversations/{id}/events", get(messages::events))
         .route("/conversations/{id}/read", post(messages::mark_read))
         .route("/messages", post(messages::send))

@@ -48,7 +48,8 @@ pub(super) async fn live(State(state): State<AppState>) -> impl IntoResponse {
 /// the database's writer path does not commit (SQLite's group committer is
 /// asked, not a reader), or when a task has spent its restart budget.
 /// Redis being down is reported but keeps the node ready, since it only
-/// slows delivery to other nodes (the database still has every message).
+/// slows delivery to other nodes (the database still has every message);
+/// so is the blob store, which only media needs.
 pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, state.store.ping())
         .await
@@ -74,6 +75,21 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         let mut redis = health(&ping);
         redis["breakers"] = json!(state.node.breakers());
         dependencies.insert("redis".into(), redis);
+    }
+    if let Some((blobs, kind)) = &state.blobs {
+        let ping = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, blobs.ping())
+            .await
+            .unwrap_or_else(|_| {
+                Err(switchboard_storage::BlobError::Unavailable(
+                    "ping timed out".into(),
+                ))
+            });
+        // Reported, never a reason to leave the load balancer: only media
+        // depends on it.
+        let mut entry = health(&ping);
+        entry["store"] = json!(kind);
+        entry["breaker"] = json!(state.node.breakers().get("blobs"));
+        dependencies.insert("blobs".into(), entry);
     }
     let tasks: serde_json::Map<String, serde_json::Value> = supervisor
         .tasks()

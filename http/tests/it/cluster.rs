@@ -45,23 +45,14 @@ impl RedisServer {
     }
 
     pub(crate) fn restart(&mut self) {
-        let mut child = Command::new("redis-server")
+        let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(&self.args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server did not start on {}", self.port);
+        self.child = Some(crate::support::listening(child, self.port, "redis-server"));
     }
 
     pub(crate) fn stop(&mut self) {
@@ -114,6 +105,7 @@ pub(crate) async fn node(redis_url: &str, bus_limits: BusLimits) -> TestNode {
             clock,
             random: Arc::new(OsRandom),
             bus: Some((Arc::new(bus.clone()), receiver)),
+            blobs: None,
             supervisor,
         },
         Limits {
@@ -301,6 +293,7 @@ impl Cluster {
                     clock,
                     random: Arc::new(OsRandom),
                     bus: Some((Arc::clone(&bus), receiver)),
+                    blobs: None,
                     supervisor,
                 },
                 limits,

@@ -10,9 +10,12 @@ mod cluster;
 mod errors;
 mod idempotency;
 mod live;
+mod media;
 mod membership;
 mod openapi;
 mod race;
+#[cfg(feature = "s3-tests")]
+mod s3;
 mod sessions;
 mod sse;
 mod supervision;

@@ -17,7 +17,7 @@ enum Item {
     /// A heartbeat (comment line).
     Comment,
     /// An event: its `id:` and its `data:`, decoded.
-    Event(Option<String>, ServerFrame),
+    Event(Option<String>, Box<ServerFrame>),
 }
 
 /// A Server-Sent Events response being read.
@@ -100,7 +100,9 @@ impl SseStream {
                     }
                 }
                 return Some(match data {
-                    Some(data) => Item::Event(id, serde_json::from_str(&data).expect("json")),
+                    Some(data) => {
+                        Item::Event(id, Box::new(serde_json::from_str(&data).expect("json")))
+                    }
                     None if comment => Item::Comment,
                     None => panic!("an empty block: {block:?}"),
                 });
@@ -122,7 +124,7 @@ impl SseStream {
         loop {
             match self.next().await? {
                 Item::Comment => {}
-                Item::Event(id, frame) => return Some((id, frame)),
+                Item::Event(id, frame) => return Some((id, *frame)),
             }
         }
     }
@@ -303,7 +305,7 @@ async fn heartbeats_keep_the_stream_warm_and_shutdown_ends_it_with_a_reason() {
     let mut stream = SseStream::open(&server, &bob, "", None).await.unwrap();
     assert!(matches!(
         stream.next().await,
-        Some(Item::Event(None, ServerFrame::Control(Control::Hello(_))))
+        Some(Item::Event(None, frame)) if matches!(*frame, ServerFrame::Control(Control::Hello(_)))
     ));
     assert_eq!(stream.next().await, Some(Item::Comment), "a heartbeat");
     let mut ws = connect(&bob).await;
@@ -352,7 +354,9 @@ async fn a_client_that_stops_reading_is_reaped_and_resumes_with_last_event_id() 
     let mut got = Vec::new();
     let mut last_id = None;
     while let Some(item) = stream.next().await {
-        if let Item::Event(Some(id), ServerFrame::Event(frame)) = item {
+        if let Item::Event(Some(id), frame) = item
+            && let ServerFrame::Event(frame) = *frame
+        {
             if let Event::MessageNew(message) = frame.event {
                 got.push(message);
             }

@@ -13,16 +13,28 @@ use switchboard_protocol::{
     ServerFrame, Sync,
 };
 use switchboard_storage::{OsRandom, Store, SystemClock};
+use switchboard_storage_blobs::LocalBlobs;
 use switchboard_storage_sql::{SqliteOptions, SqliteStore};
 use tempfile::TempDir;
 use uuid::Uuid;
 
 const SECRET: &[u8] = b"test secret that is long enough for hs256 use";
 
+/// Where a test server keeps its blobs.
+enum Blobs {
+    /// A folder it serves itself.
+    Local,
+    /// An S3 bucket.
+    #[cfg(feature = "s3-tests")]
+    S3(Arc<switchboard_storage_blobs::S3Blobs>),
+}
+
 /// A node with its HTTP server on 127.0.0.1 and a fresh database.
 pub(crate) struct TestServer {
     pub(crate) base: String,
     pub(crate) node: Node,
+    /// The node's store, for what a test checks behind the API.
+    pub(crate) store: Arc<dyn Store>,
     auth: Auth,
     /// Begins the server's graceful shutdown.
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -43,11 +55,31 @@ impl TestServer {
         Self::with_state(limits, http_limits, |state| state).await
     }
 
-    /// A server whose `AppState` `setup` adjusts before it serves.
+    /// A server whose `AppState` `setup` adjusts before it serves, with its
+    /// blobs in a folder it serves itself.
     pub(crate) async fn with_state(
         limits: Limits,
         http_limits: HttpLimits,
         setup: impl FnOnce(AppState) -> AppState,
+    ) -> Self {
+        Self::build(limits, http_limits, setup, Blobs::Local).await
+    }
+
+    /// A server whose blobs are in this S3 bucket.
+    #[cfg(feature = "s3-tests")]
+    pub(crate) async fn with_s3(
+        limits: Limits,
+        options: switchboard_storage_blobs::S3Options,
+    ) -> Self {
+        let s3 = Arc::new(switchboard_storage_blobs::S3Blobs::connect(&options).await);
+        Self::build(limits, HttpLimits::default(), |state| state, Blobs::S3(s3)).await
+    }
+
+    async fn build(
+        limits: Limits,
+        http_limits: HttpLimits,
+        setup: impl FnOnce(AppState) -> AppState,
+        blobs: Blobs,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut options = SqliteOptions::new(dir.path().join("switchboard.db"));
@@ -60,28 +92,45 @@ impl TestServer {
                 .await
                 .expect("store"),
         );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let base = format!("http://{addr}");
+        let (blobs, kind, server): (Arc<dyn switchboard_storage::Blobs>, _, _) = match blobs {
+            Blobs::Local => {
+                let local = Arc::new(
+                    LocalBlobs::open(dir.path().join("blobs"), &base, SECRET, clock.clone())
+                        .expect("blob folder"),
+                );
+                let server: Arc<dyn switchboard_storage::BlobServer> = local.clone();
+                (local, "local", Some(server))
+            }
+            #[cfg(feature = "s3-tests")]
+            Blobs::S3(s3) => (s3, "s3", None),
+        };
         let node = Node::start(
             Dependencies {
                 store: Arc::clone(&store),
                 clock,
                 random: Arc::new(OsRandom),
                 bus: None,
+                blobs: Some(Arc::clone(&blobs)),
                 supervisor,
             },
             limits,
         )
         .await
         .expect("node");
-        let state = setup(AppState::new(
-            node.clone(),
-            store,
-            Auth::new(SECRET),
-            http_limits,
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let state = setup(
+            AppState::new(
+                node.clone(),
+                Arc::clone(&store),
+                Auth::new(SECRET),
+                http_limits,
+            )
+            .with_blobs(Some((blobs, kind)), server),
+        );
         let (shutdown, signal) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let signal = async move {
@@ -92,8 +141,9 @@ impl TestServer {
                 .expect("serve");
         });
         Self {
-            base: format!("http://{addr}"),
+            base,
             node,
+            store,
             auth: Auth::new(SECRET),
             shutdown: Some(shutdown),
             dir,
@@ -128,6 +178,11 @@ impl TestServer {
             id,
             client: Client::new(&self.base, self.token(id)),
         }
+    }
+
+    /// Where the embedded blob store keeps an object's bytes.
+    pub(crate) fn blob_path(&self, key: &str) -> std::path::PathBuf {
+        self.dir.path().join("blobs").join("objects").join(key)
     }
 
     /// The SQLite file the node stores in.
@@ -258,6 +313,28 @@ pub(crate) async fn log(user: &User, conversation: Uuid) -> Vec<Event> {
         }
         all.extend(page.events);
     }
+}
+
+/// `child` once it listens on `port`; killed, and the test failed, when it
+/// does not within 5 s.
+#[cfg_attr(
+    not(any(feature = "redis-tests", feature = "s3-tests")),
+    allow(dead_code)
+)]
+pub(crate) fn listening(
+    mut child: std::process::Child,
+    port: u16,
+    what: &str,
+) -> std::process::Child {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} did not start on {port}");
 }
 
 /// Waits until `check` holds; fails after 30 s.

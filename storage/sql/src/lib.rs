@@ -9,6 +9,7 @@
 //! and to the in-memory store.
 
 mod error;
+mod migrations;
 mod postgres;
 mod rows;
 mod sqlite;

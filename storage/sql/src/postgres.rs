@@ -8,26 +8,28 @@
 //! write. `seq` comes from `UPDATE conversations SET last_seq = last_seq + 1
 //! … RETURNING` in the same transaction as the rows it numbers.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Acquire, AssertSqlSafe, Postgres, Row, SqlSafeStr, Transaction};
+use sqlx::{Acquire, AssertSqlSafe, Postgres, Row, Transaction};
 use switchboard_protocol::{
-    Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
-    MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
+    Attachment, Conversation, ConversationCreated, ConversationSummary, Event, Member,
+    MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
+    MessageRead, Role,
 };
 use uuid::Uuid;
 
 use switchboard_storage::{
+    AuditEntry, BlobDeletion, DeleteAttachment, DeletionReason, NewAttachment, Rejection,
+    StoreError, StoredAttachment,
+};
+use switchboard_storage::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store, send_each,
 };
-use switchboard_storage::{Rejection, StoreError};
 
 use crate::error::db;
 use crate::rows;
@@ -63,20 +65,6 @@ impl PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
-}
-
-fn migrator() -> Migrator {
-    let init = Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/postgres/0001_init.sql").into_sql_str(),
-        false,
-    );
-    Migrator {
-        migrations: Cow::Owned(vec![init]),
-        ..Migrator::DEFAULT
-    }
 }
 
 impl PostgresStore {
@@ -120,7 +108,7 @@ impl PostgresStore {
             .connect_with(connect)
             .await
             .map_err(db)?;
-        migrator()
+        crate::migrations::postgres()
             .run(&pool)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
@@ -167,7 +155,7 @@ async fn send_in(
         .await
         .map_err(db)?;
         if let Some(row) = existing {
-            return command.replay(rows::message(&row).map_err(db)?);
+            return command.replay(rows::message(&row)?);
         }
     }
     let seq: i64 = sqlx::query_scalar(
@@ -183,10 +171,13 @@ async fn send_in(
     .await
     .map_err(db)?
     .ok_or(StoreError::Rejected(Rejection::NotMember))?;
+    if let Some(attachment) = &command.attachment {
+        claim(tx, &command, attachment).await?;
+    }
     sqlx::query(
         "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
-             encrypted_content, nonce, idempotency_key, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             encrypted_content, nonce, idempotency_key, created_at, attachment) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(command.id)
     .bind(command.conversation_id)
@@ -197,6 +188,7 @@ async fn send_in(
     .bind(&command.nonce)
     .bind(&command.idempotency_key)
     .bind(command.at)
+    .bind(rows::encode_attachment(command.attachment.as_deref())?)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -208,6 +200,113 @@ async fn send_in(
         value: message,
         events: vec![event],
     }))
+}
+
+/// Marks the pending attachment `command` carries as sent in it, inside
+/// the send's transaction; refuses as [`StoredAttachment::claimable_by`]
+/// says when it is not claimable.
+async fn claim(
+    tx: &mut Transaction<'_, Postgres>,
+    command: &NewMessage,
+    attachment: &Attachment,
+) -> Result<(), StoreError> {
+    let claimed = sqlx::query(
+        "UPDATE attachments SET state = 'attached', message_id = $1, duration_ms = $2 \
+         WHERE id = $3 AND conversation_id = $4 AND uploader_id = $5 AND state = 'pending'",
+    )
+    .bind(command.id)
+    .bind(attachment.duration_ms.map(rows::signed).transpose()?)
+    .bind(attachment.id)
+    .bind(command.conversation_id)
+    .bind(command.sender_id)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?
+    .rows_affected();
+    if claimed == 1 {
+        return Ok(());
+    }
+    let stored = read_attachment(&mut **tx, attachment.id)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+    stored.claimable_by(command.conversation_id, command.sender_id)?;
+    Err(StoreError::Backend(
+        "an attachment claim matched no row".into(),
+    ))
+}
+
+async fn read_attachment<'e, E>(
+    executor: E,
+    id: Uuid,
+) -> Result<Option<StoredAttachment>, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        rows::attachment_columns!(),
+        " FROM attachments WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(rows::attachment).transpose()
+}
+
+/// Tombstones attachment `id` (already checked deletable) inside `tx`,
+/// owes its object a deletion and audits it.
+async fn tombstone(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    s3_key: &str,
+    actor: Option<Uuid>,
+    reason: DeletionReason,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE attachments SET state = 'deleted', deleted_at = $1 WHERE id = $2")
+        .bind(at)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO blob_deletions (attachment_id, s3_key, due_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (attachment_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(s3_key)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    audit_in(&mut **tx, Some(id), s3_key, actor, reason, at).await
+}
+
+async fn audit_in<'e, E>(
+    executor: E,
+    attachment_id: Option<Uuid>,
+    s3_key: &str,
+    actor: Option<Uuid>,
+    reason: DeletionReason,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    sqlx::query(
+        "INSERT INTO attachment_audit (attachment_id, s3_key, actor, reason, at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(attachment_id)
+    .bind(s3_key)
+    .bind(actor)
+    .bind(reason.as_str())
+    .bind(at)
+    .execute(executor)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 async fn allocate(
@@ -568,7 +667,7 @@ impl Store for PostgresStore {
             )
             .await?);
         };
-        let message = rows::message(&row).map_err(db)?;
+        let message = rows::message(&row)?;
         let (content, nonce) = (message.encrypted_content.clone(), message.nonce.clone());
         let (message_id, message_seq, sender_id) = (message.id, message.seq, message.sender_id);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
@@ -590,7 +689,7 @@ impl Store for PostgresStore {
         let mut tx = self.begin(command.conversation_id).await?;
         let row = sqlx::query(concat!(
             "UPDATE messages SET encrypted_content = '', nonce = '', deleted_at = $1, \
-                 deleted_by = $2 \
+                 deleted_by = $2, attachment = NULL \
              WHERE id = $3 AND conversation_id = $4 AND deleted_at IS NULL \
                AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = $4 \
                    AND m.user_id = $2 \
@@ -614,8 +713,20 @@ impl Store for PostgresStore {
             )
             .await?);
         };
-        let message = rows::message(&row).map_err(db)?;
+        let message = rows::message(&row)?;
         let (message_id, message_seq) = (message.id, message.seq);
+        // Its attachment goes with it, in the same transaction.
+        let sent: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, s3_key FROM attachments WHERE message_id = $1 AND state = 'attached'",
+        )
+        .bind(message_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for (id, s3_key) in sent {
+            let reason = DeletionReason::MessageDeleted;
+            tombstone(&mut tx, id, &s3_key, Some(command.by), reason, command.at).await?;
+        }
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
             Event::MessageDeleted(MessageDeleted {
                 conversation_id: command.conversation_id,
@@ -839,7 +950,7 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        Ok(row.as_ref().map(rows::message).transpose().map_err(db)?)
+        row.as_ref().map(rows::message).transpose()
     }
 
     async fn messages(
@@ -871,11 +982,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        Ok(found
-            .iter()
-            .map(rows::message)
-            .collect::<Result<_, _>>()
-            .map_err(db)?)
+        Ok(found.iter().map(rows::message).collect::<Result<_, _>>()?)
     }
 
     async fn events(
@@ -895,5 +1002,206 @@ impl Store for PostgresStore {
         .await
         .map_err(db)?;
         rows::decode_events(&payloads)
+    }
+
+    async fn create_attachment(
+        &self,
+        attachment: NewAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        let written = sqlx::query(
+            "INSERT INTO attachments (id, conversation_id, uploader_id, kind, s3_key, \
+                 content_type, size_bytes, file_name, state, created_at, upload_expires_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10 \
+             WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = $2 AND user_id = $3)",
+        )
+        .bind(attachment.id)
+        .bind(attachment.conversation_id)
+        .bind(attachment.uploader_id)
+        .bind(attachment.kind.as_str())
+        .bind(&attachment.s3_key)
+        .bind(&attachment.content_type)
+        .bind(rows::signed(attachment.size_bytes)?)
+        .bind(&attachment.file_name)
+        .bind(attachment.at)
+        .bind(attachment.upload_expires_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if written == 0 {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        Ok(attachment.into_stored())
+    }
+
+    async fn attachment(&self, id: Uuid) -> Result<Option<StoredAttachment>, StoreError> {
+        read_attachment(&self.pool, id).await
+    }
+
+    async fn attachments_by_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::attachment_columns!(),
+            " FROM attachments WHERE s3_key = ANY($1)"
+        ))
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        found.iter().map(rows::attachment).collect()
+    }
+
+    async fn pending_attachments(
+        &self,
+        expired_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::attachment_columns!(),
+            " FROM attachments WHERE state = 'pending' AND id > $1 AND upload_expires_at < $2 \
+              ORDER BY id LIMIT $3"
+        ))
+        .bind(after.unwrap_or_else(Uuid::nil))
+        .bind(expired_before)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        found.iter().map(rows::attachment).collect()
+    }
+
+    async fn delete_attachment(
+        &self,
+        command: DeleteAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Locked, so two deletes (or a delete and a send's claim) of one
+        // attachment serialize and exactly one wins.
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            rows::attachment_columns!(),
+            " FROM attachments WHERE id = $1 FOR UPDATE"
+        ))
+        .bind(command.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::NotFound)?;
+        let stored = rows::attachment(&row)?;
+        let role = match command.by {
+            Some(by) => {
+                let role: Option<String> = sqlx::query_scalar(
+                    "SELECT role FROM members WHERE conversation_id = $1 AND user_id = $2",
+                )
+                .bind(stored.conversation_id)
+                .bind(by)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                role.as_deref().map(rows::role).transpose()?
+            }
+            None => None,
+        };
+        stored.deletable_by(command.by, role)?;
+        let key = stored.attachment.s3_key.clone();
+        tombstone(
+            &mut tx,
+            command.id,
+            &key,
+            command.by,
+            command.reason,
+            command.at,
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(stored.tombstoned(command.at))
+    }
+
+    async fn record_removal(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        audit_in(
+            &self.pool,
+            entry.attachment_id,
+            &entry.s3_key,
+            entry.actor,
+            entry.reason,
+            entry.at,
+        )
+        .await
+    }
+
+    async fn audit(&self, s3_key: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let found: Vec<(Option<Uuid>, String, Option<Uuid>, String, DateTime<Utc>)> =
+            sqlx::query_as(
+                "SELECT attachment_id, s3_key, actor, reason, at FROM attachment_audit \
+                 WHERE s3_key = $1 ORDER BY at, reason",
+            )
+            .bind(s3_key)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        found.into_iter().map(rows::audit_entry).collect()
+    }
+
+    async fn claim_deletions(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BlobDeletion>, StoreError> {
+        let claimed: Vec<(Uuid, String, i32)> = sqlx::query_as(
+            "UPDATE blob_deletions SET leased_until = $2, attempts = attempts + 1 \
+             WHERE attachment_id IN (SELECT attachment_id FROM blob_deletions \
+                 WHERE due_at <= $1 AND (leased_until IS NULL OR leased_until < $1) \
+                 ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING attachment_id, s3_key, attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(claimed
+            .into_iter()
+            .map(|(id, s3_key, attempts)| BlobDeletion {
+                id,
+                s3_key,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM blob_deletions WHERE attachment_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn defer_deletion(&self, id: Uuid, retry_at: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE blob_deletions SET due_at = $1, leased_until = NULL WHERE attachment_id = $2",
+        )
+        .bind(retry_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn deletions_owed(&self) -> Result<u64, StoreError> {
+        let owed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_deletions")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(u64::try_from(owed).unwrap_or(0))
     }
 }

@@ -2,10 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
-use switchboard_protocol::{ConversationKind, ConversationSummary, Member, Message, Role};
+use switchboard_protocol::{
+    Attachment, AttachmentKind, ConversationKind, ConversationSummary, Member, Message, Role,
+};
 use uuid::Uuid;
 
-use switchboard_storage::StoreError;
+use switchboard_storage::{AttachmentState, StoreError, StoredAttachment};
 
 use crate::error::db;
 
@@ -13,13 +15,13 @@ use crate::error::db;
 macro_rules! message_columns {
     () => {
         "id, conversation_id, seq, sender_id, encrypted_content, nonce, message_type, \
-         created_at, edited_at, deleted_at"
+         created_at, edited_at, deleted_at, attachment"
     };
 }
 pub(crate) use message_columns;
 
 /// A message from a row with the [`message_columns`].
-pub(crate) fn message<'r, R>(row: &'r R) -> Result<Message, sqlx::Error>
+pub(crate) fn message<'r, R>(row: &'r R) -> Result<Message, StoreError>
 where
     R: Row,
     &'static str: ColumnIndex<R>,
@@ -29,17 +31,112 @@ where
     DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
 {
     Ok(Message {
-        id: row.try_get("id")?,
-        conversation_id: row.try_get("conversation_id")?,
-        seq: row.try_get("seq")?,
-        sender_id: row.try_get("sender_id")?,
-        encrypted_content: row.try_get("encrypted_content")?,
-        nonce: row.try_get("nonce")?,
-        message_type: row.try_get("message_type")?,
-        created_at: row.try_get("created_at")?,
-        edited_at: row.try_get("edited_at")?,
-        deleted_at: row.try_get("deleted_at")?,
+        id: row.try_get("id").map_err(db)?,
+        conversation_id: row.try_get("conversation_id").map_err(db)?,
+        seq: row.try_get("seq").map_err(db)?,
+        sender_id: row.try_get("sender_id").map_err(db)?,
+        encrypted_content: row.try_get("encrypted_content").map_err(db)?,
+        nonce: row.try_get("nonce").map_err(db)?,
+        message_type: row.try_get("message_type").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        edited_at: row.try_get("edited_at").map_err(db)?,
+        deleted_at: row.try_get("deleted_at").map_err(db)?,
+        attachment: decode_attachment(row.try_get("attachment").map_err(db)?)?,
     })
+}
+
+/// A message's attachment as the `attachment` column stores it.
+pub(crate) fn encode_attachment(
+    attachment: Option<&Attachment>,
+) -> Result<Option<String>, StoreError> {
+    attachment
+        .map(|a| {
+            serde_json::to_string(a)
+                .map_err(|e| StoreError::Backend(format!("cannot encode attachment: {e}")))
+        })
+        .transpose()
+}
+
+fn decode_attachment(stored: Option<String>) -> Result<Option<Box<Attachment>>, StoreError> {
+    stored
+        .map(|json| {
+            serde_json::from_str(&json)
+                .map_err(|e| StoreError::Backend(format!("cannot decode stored attachment: {e}")))
+        })
+        .transpose()
+}
+
+/// The columns [`attachment`] reads.
+macro_rules! attachment_columns {
+    () => {
+        "id, conversation_id, uploader_id, kind, s3_key, content_type, size_bytes, duration_ms, \
+         file_name, state, message_id, created_at, upload_expires_at, deleted_at"
+    };
+}
+pub(crate) use attachment_columns;
+
+/// An attachment from a row with the [`attachment_columns`].
+pub(crate) fn attachment<'r, R>(row: &'r R) -> Result<StoredAttachment, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let unsigned = |column: &'static str, value: i64| {
+        u64::try_from(value).map_err(|_| StoreError::Backend(format!("negative {column} stored")))
+    };
+    let kind: &str = row.try_get("kind").map_err(db)?;
+    let state: &str = row.try_get("state").map_err(db)?;
+    let duration: Option<i64> = row.try_get("duration_ms").map_err(db)?;
+    Ok(StoredAttachment {
+        attachment: Attachment {
+            id: row.try_get("id").map_err(db)?,
+            s3_key: row.try_get("s3_key").map_err(db)?,
+            content_type: row.try_get("content_type").map_err(db)?,
+            size_bytes: unsigned("size_bytes", row.try_get("size_bytes").map_err(db)?)?,
+            duration_ms: duration.map(|d| unsigned("duration_ms", d)).transpose()?,
+            file_name: row.try_get("file_name").map_err(db)?,
+        },
+        kind: AttachmentKind::parse(kind)
+            .ok_or_else(|| StoreError::Backend(format!("unknown attachment kind {kind:?}")))?,
+        conversation_id: row.try_get("conversation_id").map_err(db)?,
+        uploader_id: row.try_get("uploader_id").map_err(db)?,
+        state: AttachmentState::parse(state)
+            .ok_or_else(|| StoreError::Backend(format!("unknown attachment state {state:?}")))?,
+        message_id: row.try_get("message_id").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        upload_expires_at: row.try_get("upload_expires_at").map_err(db)?,
+        deleted_at: row.try_get("deleted_at").map_err(db)?,
+    })
+}
+
+/// An audit entry from `attachment_id, s3_key, actor, reason, at`.
+pub(crate) fn audit_entry(
+    (attachment_id, s3_key, actor, reason, at): (
+        Option<Uuid>,
+        String,
+        Option<Uuid>,
+        String,
+        DateTime<Utc>,
+    ),
+) -> Result<switchboard_storage::AuditEntry, StoreError> {
+    Ok(switchboard_storage::AuditEntry {
+        attachment_id,
+        s3_key,
+        actor,
+        reason: switchboard_storage::DeletionReason::parse(&reason)
+            .ok_or_else(|| StoreError::Backend(format!("unknown deletion reason {reason:?}")))?,
+        at,
+    })
+}
+
+/// A size or duration as the SQL stores keep it.
+pub(crate) fn signed(value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::Backend("a size past i64".into()))
 }
 
 /// A member from a row with `user_id, role, last_read_seq, joined_at`.
@@ -74,7 +171,8 @@ macro_rules! summary_columns {
          lm.id AS lm_id, lm.seq AS lm_seq, lm.sender_id AS lm_sender_id, \
          lm.encrypted_content AS lm_encrypted_content, lm.nonce AS lm_nonce, \
          lm.message_type AS lm_message_type, lm.created_at AS lm_created_at, \
-         lm.edited_at AS lm_edited_at, lm.deleted_at AS lm_deleted_at \
+         lm.edited_at AS lm_edited_at, lm.deleted_at AS lm_deleted_at, \
+         lm.attachment AS lm_attachment \
          FROM members m \
          JOIN conversations c ON c.id = m.conversation_id \
          LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.seq = \
@@ -108,6 +206,7 @@ where
             created_at: row.try_get("lm_created_at").map_err(db)?,
             edited_at: row.try_get("lm_edited_at").map_err(db)?,
             deleted_at: row.try_get("lm_deleted_at").map_err(db)?,
+            attachment: decode_attachment(row.try_get("lm_attachment").map_err(db)?)?,
         }),
     };
     Ok(ConversationSummary {

@@ -17,7 +17,6 @@
 //! second's frames are left to copy, and its next transaction rewinds the
 //! WAL.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,9 +25,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, QueryBuilder, Row, SqlSafeStr, Sqlite, SqlitePool, Transaction};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use switchboard_protocol::{
     Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
     MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
@@ -39,10 +37,13 @@ use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
 use switchboard_storage::{
+    AuditEntry, BlobDeletion, DeleteAttachment, DeletionReason, NewAttachment, Rejection,
+    StoreError, StoredAttachment,
+};
+use switchboard_storage::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store,
 };
-use switchboard_storage::{Rejection, StoreError};
 
 use crate::error::db;
 use crate::rows;
@@ -190,7 +191,7 @@ impl SqliteStore {
             ))
             .await
             .map_err(db)?;
-        migrator()
+        crate::migrations::sqlite()
             .run(&writer)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
@@ -300,28 +301,190 @@ impl SqliteStore {
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.writer.begin_with("BEGIN IMMEDIATE").await.map_err(db)
     }
+
+    /// A send carrying an attachment, in a transaction of its own on the
+    /// writer (as an edit is): claims the attachment, takes the seq and
+    /// writes the message together. Attachment sends are rare beside text,
+    /// so they keep the group commit's statements simple.
+    async fn send_attached(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
+        let Some(attachment) = command.attachment.clone() else {
+            return Err(StoreError::Backend("no attachment to send".into()));
+        };
+        let mut tx = self.begin().await?;
+        if let Some(key) = &command.idempotency_key {
+            let existing = sqlx::query(concat!(
+                "SELECT ",
+                rows::message_columns!(),
+                " FROM messages WHERE conversation_id = ?1 AND sender_id = ?2 \
+                  AND idempotency_key = ?3"
+            ))
+            .bind(command.conversation_id)
+            .bind(command.sender_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            if let Some(row) = existing {
+                return command.replay(rows::message(&row)?);
+            }
+        }
+        let member: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2)",
+        )
+        .bind(command.conversation_id)
+        .bind(command.sender_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !member {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        let claimed = sqlx::query(
+            "UPDATE attachments SET state = 'attached', message_id = ?1, duration_ms = ?2 \
+             WHERE id = ?3 AND conversation_id = ?4 AND uploader_id = ?5 AND state = 'pending'",
+        )
+        .bind(command.id)
+        .bind(attachment.duration_ms.map(rows::signed).transpose()?)
+        .bind(attachment.id)
+        .bind(command.conversation_id)
+        .bind(command.sender_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if claimed == 0 {
+            let stored = read_attachment(&mut *tx, attachment.id)
+                .await?
+                .ok_or(StoreError::NotFound)?;
+            stored.claimable_by(command.conversation_id, command.sender_id)?;
+            return Err(StoreError::Backend(
+                "an attachment claim matched no row".into(),
+            ));
+        }
+        let seq = allocate(&mut tx, command.conversation_id, 1, command.at).await?;
+        sqlx::query(
+            "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
+                 encrypted_content, nonce, idempotency_key, created_at, attachment) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .bind(command.id)
+        .bind(command.conversation_id)
+        .bind(seq)
+        .bind(command.sender_id)
+        .bind(&command.message_type)
+        .bind(&command.encrypted_content)
+        .bind(&command.nonce)
+        .bind(&command.idempotency_key)
+        .bind(command.at)
+        .bind(rows::encode_attachment(Some(attachment.as_ref()))?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let at = command.at;
+        let message = command.into_message(seq);
+        let event = Event::MessageNew(message.clone());
+        append(&mut tx, &event, at).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(SendOutcome::Created(Committed {
+            value: message,
+            events: vec![event],
+        }))
+    }
+}
+
+async fn read_attachment<'e, E>(
+    executor: E,
+    id: Uuid,
+) -> Result<Option<StoredAttachment>, StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        rows::attachment_columns!(),
+        " FROM attachments WHERE id = ?1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(rows::attachment).transpose()
+}
+
+/// Tombstones attachment `id` (already checked deletable) inside `tx`,
+/// owes its object a deletion and audits it.
+async fn tombstone(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: Uuid,
+    s3_key: &str,
+    actor: Option<Uuid>,
+    reason: DeletionReason,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE attachments SET state = 'deleted', deleted_at = ?1 WHERE id = ?2")
+        .bind(at)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO blob_deletions (attachment_id, s3_key, due_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (attachment_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(s3_key)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    audit_in(&mut **tx, Some(id), s3_key, actor, reason, at).await
+}
+
+async fn audit_in<'e, E>(
+    executor: E,
+    attachment_id: Option<Uuid>,
+    s3_key: &str,
+    actor: Option<Uuid>,
+    reason: DeletionReason,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    sqlx::query(
+        "INSERT INTO attachment_audit (attachment_id, s3_key, actor, reason, at) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(attachment_id)
+    .bind(s3_key)
+    .bind(actor)
+    .bind(reason.as_str())
+    .bind(at)
+    .execute(executor)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// A send handed to the committer: its outcome to come, or the send back
+/// when the committer has gone.
+type Queued =
+    Result<oneshot::Receiver<Result<SendOutcome, StoreError>>, mpsc::error::SendError<Job>>;
+
+/// Waits for the queued sends' outcomes, in order.
+async fn settle(waiting: &mut Vec<Queued>, outcomes: &mut Vec<Result<SendOutcome, StoreError>>) {
+    for waiting in waiting.drain(..) {
+        outcomes.push(match waiting {
+            Ok(outcome) => outcome.await.unwrap_or(Err(StoreError::Interrupted)),
+            Err(_) => Err(closed()),
+        });
+    }
 }
 
 /// A send after the committer has gone (the store closed, or the
 /// committer spent its restart budget): nothing was written.
 fn closed() -> StoreError {
     StoreError::Backend("the store's writer has stopped".into())
-}
-
-fn migrator() -> Migrator {
-    let init = Migration::new(
-        1,
-        Cow::Borrowed("init"),
-        MigrationType::Simple,
-        include_str!("../migrations/sqlite/0001_init.sql").into_sql_str(),
-        false,
-    );
-    // The migrations are embedded with `include_str!` rather than `migrate!`,
-    // which would build the SQLite C library a second time for the host.
-    Migrator {
-        migrations: Cow::Owned(vec![init]),
-        ..Migrator::DEFAULT
-    }
 }
 
 /// Commits queued sends in batches: one `BEGIN IMMEDIATE`, one `COMMIT`,
@@ -545,7 +708,7 @@ async fn commit_batch(
                 .bind(*key);
         }
         for row in query.fetch_all(&mut *tx).await.map_err(db)? {
-            let message = rows::message(&row).map_err(db)?;
+            let message = rows::message(&row)?;
             let key: String = row.try_get("idempotency_key").map_err(db)?;
             stored.insert((message.conversation_id, message.sender_id, key), message);
         }
@@ -965,25 +1128,30 @@ impl Store for SqliteStore {
     }
 
     /// Queues them back to back, so the committer takes them in order and,
-    /// as far as its batch bound allows, in one commit.
+    /// as far as its batch bound allows, in one commit. A send carrying an
+    /// attachment commits on its own (see [`SqliteStore::send_attached`]),
+    /// after everything queued before it, so the batch keeps its order.
     async fn send_batch(&self, commands: Vec<NewMessage>) -> Vec<Result<SendOutcome, StoreError>> {
+        let mut outcomes = Vec::with_capacity(commands.len());
         let mut waiting = Vec::with_capacity(commands.len());
         for command in commands {
+            if command.attachment.is_some() {
+                settle(&mut waiting, &mut outcomes).await;
+                outcomes.push(self.send_attached(command).await);
+                continue;
+            }
             let (reply, outcome) = oneshot::channel();
             let queued = self.sends.send(Job::Send { command, reply }).await;
             waiting.push(queued.map(|()| outcome));
         }
-        let mut outcomes = Vec::with_capacity(waiting.len());
-        for waiting in waiting {
-            outcomes.push(match waiting {
-                Ok(outcome) => outcome.await.unwrap_or(Err(StoreError::Interrupted)),
-                Err(_) => Err(closed()),
-            });
-        }
+        settle(&mut waiting, &mut outcomes).await;
         outcomes
     }
 
     async fn send(&self, command: NewMessage) -> Result<SendOutcome, StoreError> {
+        if command.attachment.is_some() {
+            return self.send_attached(command).await;
+        }
         let (reply, outcome) = oneshot::channel();
         self.sends
             .send(Job::Send { command, reply })
@@ -1022,7 +1190,7 @@ impl Store for SqliteStore {
             )
             .await?);
         };
-        let message = rows::message(&row).map_err(db)?;
+        let message = rows::message(&row)?;
         let (content, nonce) = (message.encrypted_content.clone(), message.nonce.clone());
         let (message_id, message_seq, sender_id) = (message.id, message.seq, message.sender_id);
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
@@ -1045,7 +1213,7 @@ impl Store for SqliteStore {
         // The sender or a moderator, either still a member, and not yet deleted.
         let row = sqlx::query(concat!(
             "UPDATE messages SET encrypted_content = '', nonce = '', deleted_at = ?1, \
-                 deleted_by = ?2 \
+                 deleted_by = ?2, attachment = NULL \
              WHERE id = ?3 AND conversation_id = ?4 AND deleted_at IS NULL \
                AND EXISTS (SELECT 1 FROM members m WHERE m.conversation_id = ?4 \
                    AND m.user_id = ?2 \
@@ -1069,8 +1237,20 @@ impl Store for SqliteStore {
             )
             .await?);
         };
-        let message = rows::message(&row).map_err(db)?;
+        let message = rows::message(&row)?;
         let (message_id, message_seq) = (message.id, message.seq);
+        // Its attachment goes with it, in the same transaction.
+        let sent: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, s3_key FROM attachments WHERE message_id = ?1 AND state = 'attached'",
+        )
+        .bind(message_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for (id, s3_key) in sent {
+            let reason = DeletionReason::MessageDeleted;
+            tombstone(&mut tx, id, &s3_key, Some(command.by), reason, command.at).await?;
+        }
         commit_one(tx, command.conversation_id, command.at, message, |seq| {
             Event::MessageDeleted(MessageDeleted {
                 conversation_id: command.conversation_id,
@@ -1302,7 +1482,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.reader)
         .await
         .map_err(db)?;
-        Ok(row.as_ref().map(rows::message).transpose().map_err(db)?)
+        row.as_ref().map(rows::message).transpose()
     }
 
     async fn messages(
@@ -1334,11 +1514,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(db)?;
-        Ok(rows
-            .iter()
-            .map(rows::message)
-            .collect::<Result<_, _>>()
-            .map_err(db)?)
+        Ok(rows.iter().map(rows::message).collect::<Result<_, _>>()?)
     }
 
     async fn events(
@@ -1358,6 +1534,216 @@ impl Store for SqliteStore {
         .await
         .map_err(db)?;
         rows::decode_events(&payloads)
+    }
+
+    async fn create_attachment(
+        &self,
+        attachment: NewAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        let mut tx = self.begin().await?;
+        let written = sqlx::query(
+            "INSERT INTO attachments (id, conversation_id, uploader_id, kind, s3_key, \
+                 content_type, size_bytes, file_name, state, created_at, upload_expires_at) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9, ?10 \
+             WHERE EXISTS (SELECT 1 FROM members WHERE conversation_id = ?2 AND user_id = ?3)",
+        )
+        .bind(attachment.id)
+        .bind(attachment.conversation_id)
+        .bind(attachment.uploader_id)
+        .bind(attachment.kind.as_str())
+        .bind(&attachment.s3_key)
+        .bind(&attachment.content_type)
+        .bind(rows::signed(attachment.size_bytes)?)
+        .bind(&attachment.file_name)
+        .bind(attachment.at)
+        .bind(attachment.upload_expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if written == 0 {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(attachment.into_stored())
+    }
+
+    async fn attachment(&self, id: Uuid) -> Result<Option<StoredAttachment>, StoreError> {
+        read_attachment(&self.reader, id).await
+    }
+
+    async fn attachments_by_keys(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(LAST_SEQS_PER_QUERY_MAX) {
+            let sql = format!(
+                concat!(
+                    "SELECT ",
+                    rows::attachment_columns!(),
+                    " FROM attachments WHERE s3_key IN ({})"
+                ),
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for key in chunk {
+                query = query.bind(key);
+            }
+            for row in query.fetch_all(&self.reader).await.map_err(db)? {
+                found.push(rows::attachment(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn pending_attachments(
+        &self,
+        expired_before: DateTime<Utc>,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredAttachment>, StoreError> {
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::attachment_columns!(),
+            " FROM attachments WHERE state = 'pending' AND id > ?1 AND upload_expires_at < ?2 \
+              ORDER BY id LIMIT ?3"
+        ))
+        .bind(after.unwrap_or_else(Uuid::nil))
+        .bind(expired_before)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        found.iter().map(rows::attachment).collect()
+    }
+
+    async fn delete_attachment(
+        &self,
+        command: DeleteAttachment,
+    ) -> Result<StoredAttachment, StoreError> {
+        // Under the write lock, so two deletes (or a delete and a send's
+        // claim) of one attachment serialize and exactly one wins.
+        let mut tx = self.begin().await?;
+        let stored = read_attachment(&mut *tx, command.id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let role = match command.by {
+            Some(by) => {
+                let role: Option<String> = sqlx::query_scalar(
+                    "SELECT role FROM members WHERE conversation_id = ?1 AND user_id = ?2",
+                )
+                .bind(stored.conversation_id)
+                .bind(by)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                role.as_deref().map(rows::role).transpose()?
+            }
+            None => None,
+        };
+        stored.deletable_by(command.by, role)?;
+        let key = stored.attachment.s3_key.clone();
+        tombstone(
+            &mut tx,
+            command.id,
+            &key,
+            command.by,
+            command.reason,
+            command.at,
+        )
+        .await?;
+        tx.commit().await.map_err(db)?;
+        Ok(stored.tombstoned(command.at))
+    }
+
+    async fn record_removal(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        audit_in(
+            &mut *tx,
+            entry.attachment_id,
+            &entry.s3_key,
+            entry.actor,
+            entry.reason,
+            entry.at,
+        )
+        .await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn audit(&self, s3_key: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let found: Vec<(Option<Uuid>, String, Option<Uuid>, String, DateTime<Utc>)> =
+            sqlx::query_as(
+                "SELECT attachment_id, s3_key, actor, reason, at FROM attachment_audit \
+                 WHERE s3_key = ?1 ORDER BY at, reason",
+            )
+            .bind(s3_key)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db)?;
+        found.into_iter().map(rows::audit_entry).collect()
+    }
+
+    async fn claim_deletions(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<BlobDeletion>, StoreError> {
+        let mut tx = self.begin().await?;
+        let claimed: Vec<(Uuid, String, i64)> = sqlx::query_as(
+            "UPDATE blob_deletions SET leased_until = ?2, attempts = attempts + 1 \
+             WHERE attachment_id IN (SELECT attachment_id FROM blob_deletions \
+                 WHERE due_at <= ?1 AND (leased_until IS NULL OR leased_until < ?1) \
+                 ORDER BY due_at LIMIT ?3) \
+             RETURNING attachment_id, s3_key, attempts",
+        )
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(claimed
+            .into_iter()
+            .map(|(id, s3_key, attempts)| BlobDeletion {
+                id,
+                s3_key,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn finish_deletion(&self, id: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM blob_deletions WHERE attachment_id = ?1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn defer_deletion(&self, id: Uuid, retry_at: DateTime<Utc>) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE blob_deletions SET due_at = ?1, leased_until = NULL WHERE attachment_id = ?2",
+        )
+        .bind(retry_at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn deletions_owed(&self) -> Result<u64, StoreError> {
+        let owed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_deletions")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)?;
+        Ok(u64::try_from(owed).unwrap_or(0))
     }
 }
 

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use switchboard_protocol::{ConversationKind, Event, Role};
+use switchboard_protocol::{Attachment, AttachmentKind, ConversationKind, Event, Role};
 use switchboard_storage::{
-    Clock, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange, NewMessage,
-    Rejection, SendOutcome, Store, StoreError, SystemClock,
+    AttachmentState, Clock, CreateConversation, CreateOutcome, DeleteAttachment, DeleteMessage,
+    DeletionReason, EditMessage, MessageRange, NewAttachment, NewMessage, Rejection, SendOutcome,
+    Store, StoreError, StoredAttachment, SystemClock,
 };
 use uuid::Uuid;
 
@@ -42,6 +43,7 @@ pub(crate) fn message(conversation_id: Uuid, sender_id: Uuid, content: &str) -> 
         nonce: "bm9uY2U=".into(),
         message_type: "text".into(),
         idempotency_key: None,
+        attachment: None,
         at: now(),
     }
 }
@@ -643,4 +645,326 @@ pub(crate) async fn two_nodes_cannot_let_a_removed_member_edit(b: Arc<Backend>) 
         "no edit after the removal"
     );
     assert!(accepted > 0, "the race was real");
+}
+
+fn upload(conversation_id: Uuid, uploader_id: Uuid) -> NewAttachment {
+    let id = Uuid::now_v7();
+    NewAttachment {
+        id,
+        conversation_id,
+        uploader_id,
+        kind: AttachmentKind::Audio,
+        s3_key: format!("conversations/{conversation_id}/{id}"),
+        content_type: "audio/mp4".into(),
+        size_bytes: 1234,
+        file_name: None,
+        at: now(),
+        upload_expires_at: now() + chrono::TimeDelta::seconds(3600),
+    }
+}
+
+fn with_attachment(message: NewMessage, stored: &StoredAttachment) -> NewMessage {
+    NewMessage {
+        message_type: "audio".into(),
+        attachment: Some(Box::new(Attachment {
+            duration_ms: Some(4_200),
+            ..stored.attachment.clone()
+        })),
+        ..message
+    }
+}
+
+fn deletion(id: Uuid, by: Option<Uuid>) -> DeleteAttachment {
+    DeleteAttachment {
+        id,
+        by,
+        reason: if by.is_some() {
+            DeletionReason::User
+        } else {
+            DeletionReason::Unattached
+        },
+        at: now(),
+    }
+}
+
+/// An upload row is a member's alone; a send claims it once, the message
+/// carries it, and deleting the message tombstones it with its deletion
+/// owed and audited, in the same transaction.
+pub(crate) async fn an_attachment_is_sent_once_and_goes_with_its_message(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member, stranger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    assert!(matches!(
+        store.create_attachment(upload(id, stranger)).await,
+        Err(StoreError::Rejected(Rejection::NotMember))
+    ));
+    let stored = store.create_attachment(upload(id, member)).await.unwrap();
+    assert_eq!(stored.state, AttachmentState::Pending);
+    assert_eq!(
+        store.attachment(stored.attachment.id).await.unwrap(),
+        Some(stored.clone())
+    );
+
+    // Only its uploader sends it, in its own conversation.
+    let other = group(store, member, &[]).await;
+    for (conversation, sender) in [(id, owner), (other, member)] {
+        let refused = store
+            .send(with_attachment(
+                message(conversation, sender, "YQ=="),
+                &stored,
+            ))
+            .await;
+        assert!(matches!(refused, Err(StoreError::NotFound)), "{refused:?}");
+    }
+    let keyed = NewMessage {
+        idempotency_key: Some("voice-1".into()),
+        ..with_attachment(message(id, member, "YQ=="), &stored)
+    };
+    let SendOutcome::Created(sent) = store.send(keyed.clone()).await.unwrap() else {
+        panic!("a new message");
+    };
+    let carried = sent.value.attachment.clone().unwrap();
+    assert_eq!(
+        (carried.id, carried.duration_ms),
+        (stored.attachment.id, Some(4_200))
+    );
+    // A retry with its key is the same message; another send of it is not.
+    assert!(matches!(
+        store.send(NewMessage { id: Uuid::now_v7(), ..keyed }).await,
+        Ok(SendOutcome::Duplicate(m)) if m.id == sent.value.id
+    ));
+    assert!(matches!(
+        store
+            .send(with_attachment(message(id, member, "Yg=="), &stored))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    let read = store.message(sent.value.id).await.unwrap().unwrap();
+    assert_eq!(read.attachment, sent.value.attachment);
+    let listed = store.conversations_for(member, 10).await.unwrap();
+    let last = listed.iter().find(|c| c.id == id).unwrap();
+    assert_eq!(
+        last.last_message.as_ref().unwrap().attachment,
+        sent.value.attachment
+    );
+    let attached = store
+        .attachment(stored.attachment.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(attached.state, AttachmentState::Attached);
+    assert_eq!(attached.message_id, Some(sent.value.id));
+    assert!(matches!(
+        store
+            .delete_attachment(deletion(stored.attachment.id, Some(member)))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // The message's deletion takes the attachment with it.
+    let deleted = store
+        .delete(DeleteMessage {
+            conversation_id: id,
+            message_id: sent.value.id,
+            by: owner,
+            at: now(),
+        })
+        .await
+        .unwrap();
+    assert!(deleted.value.attachment.is_none());
+    assert!(
+        store
+            .message(sent.value.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .attachment
+            .is_none()
+    );
+    let tombstone = store
+        .attachment(stored.attachment.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tombstone.state, AttachmentState::Deleted);
+    assert_eq!(store.deletions_owed().await.unwrap(), 1);
+    let audit = store.audit(&stored.attachment.s3_key).await.unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(
+        (audit[0].actor, audit[0].reason),
+        (Some(owner), DeletionReason::MessageDeleted)
+    );
+}
+
+/// Deleting an unsent attachment: its uploader or a moderator, once; the
+/// sweeper (no actor) any pending one. Deletes racing each other end with
+/// one tombstone, one deletion owed and one audit entry.
+pub(crate) async fn an_unsent_attachment_is_deleted_once(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member, other, stranger) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let id = group(store, owner, &[member, other]).await;
+    let stored = store.create_attachment(upload(id, member)).await.unwrap();
+    let attachment = stored.attachment.id;
+    assert!(matches!(
+        store
+            .delete_attachment(deletion(attachment, Some(other)))
+            .await,
+        Err(StoreError::Rejected(Rejection::NotPermitted))
+    ));
+    assert!(matches!(
+        store
+            .delete_attachment(deletion(attachment, Some(stranger)))
+            .await,
+        Err(StoreError::Rejected(Rejection::NotMember))
+    ));
+    assert!(matches!(
+        store
+            .delete_attachment(deletion(Uuid::now_v7(), Some(owner)))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            let store = Arc::clone(&b.store);
+            let by = if i % 2 == 0 { member } else { owner };
+            tokio::spawn(async move {
+                store
+                    .delete_attachment(deletion(attachment, Some(by)))
+                    .await
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            Ok(tombstone) => {
+                won += 1;
+                assert_eq!(tombstone.state, AttachmentState::Deleted);
+            }
+            Err(StoreError::NotFound) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(won, 1, "one delete wins, the others find nothing");
+    assert_eq!(
+        store.audit(&stored.attachment.s3_key).await.unwrap().len(),
+        1
+    );
+    assert_eq!(store.deletions_owed().await.unwrap(), 1);
+    // A deleted attachment can never be sent.
+    assert!(matches!(
+        store
+            .send(with_attachment(message(id, member, "YQ=="), &stored))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+
+    // The sweeper deletes any pending attachment.
+    let forgotten = store.create_attachment(upload(id, other)).await.unwrap();
+    let swept = store
+        .delete_attachment(deletion(forgotten.attachment.id, None))
+        .await
+        .unwrap();
+    assert_eq!(swept.state, AttachmentState::Deleted);
+    let audit = store.audit(&forgotten.attachment.s3_key).await.unwrap();
+    assert_eq!(
+        (audit[0].actor, audit[0].reason),
+        (None, DeletionReason::Unattached)
+    );
+}
+
+/// Deletions are taken with a lease: a claimed one is not claimed again
+/// until the lease runs out or it is deferred, and a finished one is gone.
+pub(crate) async fn deletions_are_claimed_with_a_lease(b: Arc<Backend>) {
+    let store = &*b.store;
+    let owner = Uuid::new_v4();
+    let id = group(store, owner, &[]).await;
+    let mut keys = Vec::new();
+    for _ in 0..3 {
+        let stored = store.create_attachment(upload(id, owner)).await.unwrap();
+        store
+            .delete_attachment(deletion(stored.attachment.id, Some(owner)))
+            .await
+            .unwrap();
+        keys.push(stored.attachment.s3_key);
+    }
+    let t = now() + chrono::TimeDelta::seconds(1);
+    let lease = t + chrono::TimeDelta::seconds(30);
+    let first = store.claim_deletions(t, lease, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    assert!(
+        first
+            .iter()
+            .all(|d| d.attempts == 1 && keys.contains(&d.s3_key))
+    );
+    let second = store.claim_deletions(t, lease, 10).await.unwrap();
+    assert_eq!(second.len(), 1, "the leased ones are not taken twice");
+    assert!(
+        store
+            .claim_deletions(t, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    store.finish_deletion(first[0].id).await.unwrap();
+    store.defer_deletion(first[1].id, t).await.unwrap();
+    let again = store.claim_deletions(t, lease, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (first[1].id, 2));
+    // A lease that ran out is taken again, by whichever node asks.
+    let later = lease + chrono::TimeDelta::seconds(1);
+    let expired = store
+        .claim_deletions(later, later + chrono::TimeDelta::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), 2);
+    assert_eq!(store.deletions_owed().await.unwrap(), 2);
+}
+
+/// The sweeper's reads: attachments by object key in one query, and pending
+/// ones past their URL's expiry, paged by id.
+pub(crate) async fn the_sweepers_reads_find_what_it_looks_for(b: Arc<Backend>) {
+    let store = &*b.store;
+    let owner = Uuid::new_v4();
+    let id = group(store, owner, &[]).await;
+    let mut made = Vec::new();
+    for _ in 0..3 {
+        made.push(store.create_attachment(upload(id, owner)).await.unwrap());
+    }
+    let keys: Vec<String> = made
+        .iter()
+        .map(|a| a.attachment.s3_key.clone())
+        .chain(["conversations/none/none".to_owned()])
+        .collect();
+    let mut found = store.attachments_by_keys(&keys).await.unwrap();
+    found.sort_by_key(|a| a.attachment.id);
+    assert_eq!(found, made);
+
+    let before_expiry = now();
+    assert!(
+        store
+            .pending_attachments(before_expiry, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "their URLs have not expired"
+    );
+    let after_expiry = now() + chrono::TimeDelta::seconds(3601);
+    let page = store
+        .pending_attachments(after_expiry, None, 2)
+        .await
+        .unwrap();
+    assert_eq!(page, made[..2]);
+    let rest = store
+        .pending_attachments(after_expiry, Some(page[1].attachment.id), 2)
+        .await
+        .unwrap();
+    assert_eq!(rest, made[2..]);
 }

@@ -71,4 +71,8 @@ contract!(
     the_list_summarizes_in_one_query,
     message_pages_follow_seq,
     two_nodes_cannot_let_a_removed_member_edit,
+    an_attachment_is_sent_once_and_goes_with_its_message,
+    an_unsent_attachment_is_deleted_once,
+    deletions_are_claimed_with_a_lease,
+    the_sweepers_reads_find_what_it_looks_for,
 );
