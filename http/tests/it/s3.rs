@@ -373,3 +373,34 @@ async fn with_s3_stopped_text_flows_media_answers_503_and_deletions_wait_for_it(
     }
     assert_eq!(server.node.breakers().get("blobs"), Some(&"closed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_and_serves_text_with_s3_unreachable() {
+    // Nothing listens here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut options = S3Options::new(BUCKET, "us-east-1");
+    options.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    options.static_credentials = Some((ACCESS_KEY.into(), SECRET_KEY.into()));
+    options.timeout = Duration::from_millis(500);
+    let server = TestServer::with_s3(Limits::default(), options).await;
+    let alice = server.user();
+    let conversation = group(&alice, &[]).await.id;
+    let mut stream = connect(&alice).await;
+    assert!(
+        alice
+            .client
+            .send(&text(conversation, "no s3 needed"))
+            .await
+            .unwrap()
+            .created
+    );
+    assert_eq!(events(&mut stream, 1).await.len(), 1);
+    let ready = reqwest::get(server.url("/health/ready")).await.unwrap();
+    assert_eq!(ready.status(), 200, "S3 only affects media");
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["dependencies"]["blobs"]["ok"], false);
+}
