@@ -21,8 +21,8 @@ use switchboard_protocol::{
     Attachment, ConversationKind, EditMessage, Event, Member, Message, Role, SendMessage,
 };
 use switchboard_storage::{
-    Committed, DeleteMessage, EditMessage as StoreEdit, NewMessage, Rejection, SendOutcome,
-    StoreError,
+    Committed, DeleteMessage, EditMessage as StoreEdit, NewMessage, Rejection, ScheduledClaim,
+    SendOutcome, StoreError,
 };
 use switchboard_supervisors::RestartTracker;
 use tokio::sync::{Mutex, oneshot};
@@ -53,6 +53,9 @@ pub(crate) enum Command {
         input: SendMessage,
         /// Checked against the blob store already; the store claims it.
         attachment: Option<Box<Attachment>>,
+        /// The scheduled entry this send delivers, under the dispatcher's
+        /// claim; the store turns it `sent` with the send.
+        scheduled: Option<ScheduledClaim>,
         reply: Reply<(Message, bool)>,
     },
     Edit {
@@ -417,6 +420,7 @@ struct PendingSend {
     user: Uuid,
     input: SendMessage,
     attachment: Option<Box<Attachment>>,
+    scheduled: Option<ScheduledClaim>,
     waiting: Waiting,
 }
 
@@ -675,6 +679,7 @@ impl ConversationState {
                 user,
                 input,
                 attachment,
+                scheduled,
                 reply,
             } => {
                 // A stranger is refused at once; a member's send waits for
@@ -687,6 +692,7 @@ impl ConversationState {
                     user,
                     input,
                     attachment,
+                    scheduled,
                     waiting: Waiting {
                         reply,
                         started: self.shared.clock.monotonic(),
@@ -774,6 +780,7 @@ impl ConversationState {
                 message_type: send.input.message_type,
                 idempotency_key: send.input.idempotency_key,
                 attachment: send.attachment,
+                scheduled: send.scheduled,
                 at,
             });
             waiting.push(send.waiting);

@@ -578,6 +578,7 @@ impl Node {
                 user,
                 input: message.clone(),
                 attachment: Some(attachment.clone()),
+                scheduled: None,
                 reply,
             })
             .await

@@ -608,6 +608,7 @@ impl Node {
                 user,
                 input: request.clone(),
                 attachment: None,
+                scheduled: None,
                 reply,
             })
             .await

@@ -38,6 +38,21 @@ pub enum Control {
     /// WebSocket gets a close frame with the same code and reason instead).
     #[serde(rename = "close")]
     Close(CloseReason),
+    /// One of the user's scheduled messages could not be sent (to the
+    /// sender's sessions only; `GET /scheduled-messages` lists it too).
+    #[serde(rename = "scheduled.failed")]
+    ScheduledFailed(ScheduledFailed),
+}
+
+/// A scheduled message that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledFailed {
+    /// The entry.
+    pub id: Uuid,
+    /// Its conversation.
+    pub conversation_id: Uuid,
+    /// Why.
+    pub reason: crate::ScheduledFailure,
 }
 
 /// Names a session and a position in it.

@@ -18,13 +18,15 @@ pub use event::{
 };
 pub use frame::{
     ClientFrame, CloseReason, Control, EventFrame, Hello, Resume, ResumeFailed, ResumeRefusal,
-    ServerFrame, Sync, Synced,
+    ScheduledFailed, ServerFrame, Sync, Synced,
 };
 pub use request::{
-    AddMember, ChangeRole, CreateConversation, EditMessage, EventPage, MarkRead, MessagePage,
-    PresignedUpload, SendAttachment, SendAudio, SendMessage, UploadRequest,
+    AddMember, ChangeRole, CreateConversation, EditMessage, EditScheduled, EventPage, MarkRead,
+    MessagePage, PresignedUpload, ScheduleMessage, ScheduledList, SendAttachment, SendAudio,
+    SendMessage, UploadRequest,
 };
 pub use resource::{
     Attachment, AttachmentKind, Conversation, ConversationKind, ConversationList,
-    ConversationSummary, Member, Message, Role,
+    ConversationSummary, Member, Message, Role, ScheduledFailure, ScheduledMessage,
+    ScheduledStatus,
 };

@@ -154,3 +154,41 @@ pub struct SendAttachment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
 }
+
+/// `POST /conversations/{id}/scheduled-messages`: a message to send later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleMessage {
+    /// When to send it: at least a second ahead, at most 365 days.
+    pub deliver_at: chrono::DateTime<chrono::Utc>,
+    /// Base64 ciphertext.
+    pub encrypted_content: String,
+    /// Base64 nonce.
+    pub nonce: String,
+    /// Application-defined type such as `text` (not an attachment type).
+    pub message_type: String,
+    /// Makes retries safe: a repeat with the same key answers the same entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `PATCH /scheduled-messages/{id}`: a new time, new content, or both.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EditScheduled {
+    /// The new time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// New base64 ciphertext (with `nonce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted_content: Option<String>,
+    /// Its nonce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// `GET /scheduled-messages`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledList {
+    /// The caller's pending entries, and those that failed recently, by
+    /// time due.
+    pub scheduled_messages: Vec<crate::ScheduledMessage>,
+}

@@ -218,3 +218,100 @@ impl AttachmentKind {
         Self::parse(message_type).is_some()
     }
 }
+
+/// Where a scheduled message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduledStatus {
+    /// Waiting for its time.
+    Pending,
+    /// Sent: `message_id` names the message.
+    Sent,
+    /// Cancelled by its sender.
+    Cancelled,
+    /// Could not be sent: `failure_reason` says why.
+    Failed,
+}
+
+impl ScheduledStatus {
+    /// The lowercase name used on the wire and in storage.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Cancelled => "cancelled",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses the lowercase name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Pending, Self::Sent, Self::Cancelled, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
+}
+
+/// Why a scheduled message could not be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduledFailure {
+    /// Its sender was not a member of the conversation when it was due.
+    NotMember,
+    /// The conversation no longer exists.
+    ConversationGone,
+    /// Found more than `scheduled_late_max` past due (the node was down),
+    /// so not sent stale.
+    TooLate,
+}
+
+impl ScheduledFailure {
+    /// The snake_case name used on the wire and in storage.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotMember => "not_member",
+            Self::ConversationGone => "conversation_gone",
+            Self::TooLate => "too_late",
+        }
+    }
+
+    /// Parses the stored name.
+    #[must_use]
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::NotMember, Self::ConversationGone, Self::TooLate]
+            .into_iter()
+            .find(|f| f.as_str() == name)
+    }
+}
+
+/// A message to be sent later, as the API shows it to its sender.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledMessage {
+    /// Entry id.
+    pub id: Uuid,
+    /// Where it goes.
+    pub conversation_id: Uuid,
+    /// Who sends it.
+    pub sender_id: Uuid,
+    /// When it is due.
+    pub deliver_at: DateTime<Utc>,
+    /// Where it stands.
+    pub status: ScheduledStatus,
+    /// When it was scheduled.
+    pub created_at: DateTime<Utc>,
+    /// Base64 ciphertext.
+    pub encrypted_content: String,
+    /// Base64 nonce.
+    pub nonce: String,
+    /// Application-defined type.
+    pub message_type: String,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<ScheduledFailure>,
+    /// The message it became, once sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Uuid>,
+}

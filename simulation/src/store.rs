@@ -5,11 +5,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
+use switchboard_protocol::{
+    Conversation, ConversationSummary, Event, Member, Message, Role, ScheduledFailure,
+    ScheduledMessage,
+};
 use switchboard_storage::{
-    AuditEntry, BlobDeletion, Committed, CreateConversation, CreateOutcome, DeleteAttachment,
-    DeleteMessage, EditMessage, MessageRange, NewAttachment, NewMessage, SendOutcome, Store,
-    StoreError, StoredAttachment,
+    AuditEntry, BlobDeletion, Claimed, Committed, CreateConversation, CreateOutcome,
+    DeleteAttachment, DeleteMessage, EditMessage, MessageRange, NewAttachment, NewMessage,
+    NewScheduled, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim, SendOutcome,
+    Store, StoreError, StoredAttachment,
 };
 use uuid::Uuid;
 
@@ -256,5 +260,90 @@ impl Store for FaultyStore {
 
     async fn deletions_owed(&self) -> Result<u64, StoreError> {
         read!(self, deletions_owed())
+    }
+
+    async fn schedule(
+        &self,
+        entry: NewScheduled,
+        caps: ScheduleCaps,
+    ) -> Result<ScheduleOutcome, StoreError> {
+        write!(self, schedule(entry, caps))
+    }
+
+    async fn scheduled(&self, id: Uuid) -> Result<Option<ScheduledMessage>, StoreError> {
+        read!(self, scheduled(id))
+    }
+
+    async fn scheduled_for(
+        &self,
+        sender: Uuid,
+        conversation: Option<Uuid>,
+        failed_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>, StoreError> {
+        read!(
+            self,
+            scheduled_for(sender, conversation, failed_since, limit)
+        )
+    }
+
+    async fn change_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        change: ScheduledChange,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        write!(self, change_scheduled(id, by, change, at))
+    }
+
+    async fn cancel_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        write!(self, cancel_scheduled(id, by, at))
+    }
+
+    async fn next_scheduled(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        read!(self, next_scheduled(now))
+    }
+
+    async fn claim_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        write!(self, claim_scheduled(now, lease_until, limit))
+    }
+
+    async fn release_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        write!(self, release_scheduled(claim, retry_at))
+    }
+
+    async fn fail_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        reason: ScheduledFailure,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ScheduledMessage>, StoreError> {
+        write!(self, fail_scheduled(claim, reason, at))
+    }
+
+    async fn purge_scheduled(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        write!(self, purge_scheduled(before, limit))
+    }
+
+    async fn scheduled_pending(&self) -> Result<u64, StoreError> {
+        read!(self, scheduled_pending())
     }
 }

@@ -20,6 +20,7 @@ mod error;
 mod memory;
 mod memory_blobs;
 mod random;
+mod scheduled;
 mod store;
 
 pub use attachment::{
@@ -36,6 +37,10 @@ pub use error::{Rejection, StoreError};
 pub use memory::MemoryStore;
 pub use memory_blobs::MemoryBlobs;
 pub use random::{OsRandom, Random};
+pub use scheduled::{
+    Claimed, NewScheduled, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim,
+    check_pending, failed, not_pending, to_micros,
+};
 pub use store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
     NewMessage, SendOutcome, Store, send_each,

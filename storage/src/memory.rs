@@ -16,13 +16,17 @@ use chrono::{DateTime, Utc};
 use switchboard_protocol::{
     Conversation, ConversationCreated, ConversationKind, ConversationSummary, Event, Member,
     MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
-    MessageRead, Role,
+    MessageRead, Role, ScheduledFailure, ScheduledMessage, ScheduledStatus,
 };
 use uuid::Uuid;
 
 use crate::attachment::{
     AttachmentState, AuditEntry, BlobDeletion, DeleteAttachment, DeletionReason, NewAttachment,
     StoredAttachment,
+};
+use crate::scheduled::{
+    Claimed, NewScheduled, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim,
+    check_pending, failed, not_pending, to_micros,
 };
 use crate::store::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
@@ -52,6 +56,27 @@ struct State {
     deletions: BTreeMap<Uuid, Deletion>,
     /// The audit log, oldest first.
     audit: Vec<AuditEntry>,
+    /// Scheduled messages by id, and their ids by key.
+    scheduled: BTreeMap<Uuid, Scheduled>,
+    scheduled_keys: HashMap<(Uuid, Uuid, String), Uuid>,
+}
+
+/// A scheduled message with what only the store keeps of it.
+#[derive(Debug, Clone)]
+struct Scheduled {
+    entry: ScheduledMessage,
+    key: Option<String>,
+    /// Held by a node until then.
+    leased_until: Option<DateTime<Utc>>,
+    /// When it was sent, cancelled or failed.
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl Scheduled {
+    /// Whether `claim` still holds this entry.
+    fn holds(&self, claim: ScheduledClaim) -> bool {
+        self.entry.status == ScheduledStatus::Pending && self.leased_until == Some(claim.lease)
+    }
 }
 
 /// A deletion owed to the blob store.
@@ -378,6 +403,14 @@ impl Store for MemoryStore {
         if state.messages.contains_key(&command.id) {
             return Err(StoreError::Conflict("message id already used".into()));
         }
+        if let Some(claim) = command.scheduled
+            && !state
+                .scheduled
+                .get(&claim.id)
+                .is_some_and(|s| s.holds(claim))
+        {
+            return Err(not_pending());
+        }
         if let Some(attachment) = &command.attachment {
             let stored = state
                 .attachments
@@ -387,6 +420,15 @@ impl Store for MemoryStore {
             stored.state = AttachmentState::Attached;
             stored.message_id = Some(command.id);
             stored.attachment.duration_ms = attachment.duration_ms;
+        }
+        if let Some(scheduled) = command
+            .scheduled
+            .and_then(|claim| state.scheduled.get_mut(&claim.id))
+        {
+            scheduled.entry.status = ScheduledStatus::Sent;
+            scheduled.entry.message_id = Some(command.id);
+            scheduled.finished_at = Some(command.at);
+            scheduled.leased_until = None;
         }
         let row = state
             .conversations
@@ -868,5 +910,241 @@ impl Store for MemoryStore {
 
     async fn deletions_owed(&self) -> Result<u64, StoreError> {
         Ok(self.state().deletions.len() as u64)
+    }
+
+    async fn schedule(
+        &self,
+        entry: NewScheduled,
+        caps: ScheduleCaps,
+    ) -> Result<ScheduleOutcome, StoreError> {
+        let mut state = self.state();
+        if let Some(key) = &entry.idempotency_key
+            && let Some(existing) = state
+                .scheduled_keys
+                .get(&(entry.conversation_id, entry.sender_id, key.clone()))
+                .and_then(|id| state.scheduled.get(id))
+        {
+            return entry.replay(existing.entry.clone());
+        }
+        let member = state
+            .conversations
+            .get(&entry.conversation_id)
+            .is_some_and(|r| r.member(entry.sender_id).is_some());
+        if !member {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        let pending = || {
+            state
+                .scheduled
+                .values()
+                .filter(|s| s.entry.status == ScheduledStatus::Pending)
+        };
+        let mine: Vec<&Scheduled> = pending()
+            .filter(|s| s.entry.sender_id == entry.sender_id)
+            .collect();
+        let user = mine.len() as u64 >= u64::from(caps.per_user_max);
+        if user || pending().count() as u64 >= caps.total_max {
+            let next_due = mine
+                .iter()
+                .map(|s| s.entry.deliver_at)
+                .min()
+                .or_else(|| pending().map(|s| s.entry.deliver_at).min());
+            return Ok(ScheduleOutcome::Full { user, next_due });
+        }
+        let key = entry.idempotency_key.clone();
+        let stored = entry.into_entry();
+        if let Some(key) = &key {
+            state.scheduled_keys.insert(
+                (stored.conversation_id, stored.sender_id, key.clone()),
+                stored.id,
+            );
+        }
+        state.scheduled.insert(
+            stored.id,
+            Scheduled {
+                entry: stored.clone(),
+                key,
+                leased_until: None,
+                finished_at: None,
+            },
+        );
+        Ok(ScheduleOutcome::Created(stored))
+    }
+
+    async fn scheduled(&self, id: Uuid) -> Result<Option<ScheduledMessage>, StoreError> {
+        Ok(self.state().scheduled.get(&id).map(|s| s.entry.clone()))
+    }
+
+    async fn scheduled_for(
+        &self,
+        sender: Uuid,
+        conversation: Option<Uuid>,
+        failed_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>, StoreError> {
+        let state = self.state();
+        let mut found: Vec<ScheduledMessage> = state
+            .scheduled
+            .values()
+            .filter(|s| {
+                s.entry.sender_id == sender
+                    && conversation.is_none_or(|c| s.entry.conversation_id == c)
+                    && match s.entry.status {
+                        ScheduledStatus::Pending => true,
+                        ScheduledStatus::Failed => {
+                            s.finished_at.is_some_and(|at| at >= failed_since)
+                        }
+                        _ => false,
+                    }
+            })
+            .map(|s| s.entry.clone())
+            .collect();
+        found.sort_by_key(|e| (e.deliver_at, e.id));
+        found.truncate(self::limit(limit));
+        Ok(found)
+    }
+
+    async fn change_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        change: ScheduledChange,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        let _ = at;
+        let mut state = self.state();
+        let scheduled = state.scheduled.get_mut(&id).ok_or(StoreError::NotFound)?;
+        check_pending(&scheduled.entry, by)?;
+        // A changed entry is a new one to deliver: whoever held it lets it go.
+        scheduled.leased_until = None;
+        change.apply(&mut scheduled.entry);
+        Ok(scheduled.entry.clone())
+    }
+
+    async fn cancel_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        let mut state = self.state();
+        let scheduled = state.scheduled.get_mut(&id).ok_or(StoreError::NotFound)?;
+        check_pending(&scheduled.entry, by)?;
+        scheduled.entry.status = ScheduledStatus::Cancelled;
+        scheduled.finished_at = Some(at);
+        Ok(scheduled.entry.clone())
+    }
+
+    async fn next_scheduled(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        Ok(self
+            .state()
+            .scheduled
+            .values()
+            .filter(|s| {
+                s.entry.status == ScheduledStatus::Pending && s.leased_until.is_none_or(|l| l < now)
+            })
+            .map(|s| s.entry.deliver_at)
+            .min())
+    }
+
+    async fn claim_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let lease = to_micros(lease_until);
+        let mut state = self.state();
+        let mut due: Vec<(DateTime<Utc>, Uuid)> = state
+            .scheduled
+            .values()
+            .filter(|s| {
+                s.entry.status == ScheduledStatus::Pending
+                    && s.entry.deliver_at <= now
+                    && s.leased_until.is_none_or(|l| l < now)
+            })
+            .map(|s| (s.entry.deliver_at, s.entry.id))
+            .collect();
+        due.sort_unstable();
+        due.truncate(self::limit(limit));
+        Ok(due
+            .into_iter()
+            .filter_map(|(_, id)| {
+                let scheduled = state.scheduled.get_mut(&id)?;
+                scheduled.leased_until = Some(lease);
+                Some(Claimed {
+                    entry: scheduled.entry.clone(),
+                    claim: ScheduledClaim { id, lease },
+                })
+            })
+            .collect())
+    }
+
+    async fn release_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if let Some(scheduled) = self.state().scheduled.get_mut(&claim.id)
+            && scheduled.holds(claim)
+        {
+            scheduled.leased_until = Some(to_micros(retry_at));
+        }
+        Ok(())
+    }
+
+    async fn fail_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        reason: ScheduledFailure,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ScheduledMessage>, StoreError> {
+        let mut state = self.state();
+        let Some(scheduled) = state
+            .scheduled
+            .get_mut(&claim.id)
+            .filter(|s| s.holds(claim))
+        else {
+            return Ok(None);
+        };
+        scheduled.entry = failed(scheduled.entry.clone(), reason);
+        scheduled.finished_at = Some(at);
+        scheduled.leased_until = None;
+        Ok(Some(scheduled.entry.clone()))
+    }
+
+    async fn purge_scheduled(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let mut state = self.state();
+        let gone: Vec<Uuid> = state
+            .scheduled
+            .values()
+            .filter(|s| s.finished_at.is_some_and(|at| at < before))
+            .map(|s| s.entry.id)
+            .take(self::limit(limit))
+            .collect();
+        for id in &gone {
+            if let Some(scheduled) = state.scheduled.remove(id)
+                && let Some(key) = scheduled.key
+            {
+                state.scheduled_keys.remove(&(
+                    scheduled.entry.conversation_id,
+                    scheduled.entry.sender_id,
+                    key,
+                ));
+            }
+        }
+        Ok(gone.len() as u64)
+    }
+
+    async fn scheduled_pending(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .state()
+            .scheduled
+            .values()
+            .filter(|s| s.entry.status == ScheduledStatus::Pending)
+            .count() as u64)
     }
 }

@@ -11,12 +11,16 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use switchboard_protocol::{
     Attachment, Conversation, ConversationKind, ConversationSummary, Event, Member, Message, Role,
+    ScheduledFailure, ScheduledMessage,
 };
 use uuid::Uuid;
 
 use crate::StoreError;
 use crate::attachment::{
     AuditEntry, BlobDeletion, DeleteAttachment, NewAttachment, StoredAttachment,
+};
+use crate::scheduled::{
+    Claimed, NewScheduled, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim,
 };
 
 /// A committed write: its result and the events it appended, in `seq` order.
@@ -123,6 +127,10 @@ pub struct NewMessage {
     /// The attachment it carries, already checked against the blob store:
     /// the send claims its pending row in the same transaction, or fails.
     pub attachment: Option<Box<Attachment>>,
+    /// The scheduled entry this send delivers: the send turns it `sent` in
+    /// the same transaction, or writes nothing when it is no longer
+    /// pending under this claim (`Conflict`).
+    pub scheduled: Option<ScheduledClaim>,
     /// The send time.
     pub at: DateTime<Utc>,
 }
@@ -400,6 +408,82 @@ pub trait Store: Send + Sync + Debug + 'static {
 
     /// Deletions still owed.
     async fn deletions_owed(&self) -> Result<u64, StoreError>;
+
+    /// Schedules a message. The sender must be a member
+    /// (`Rejected(NotMember)`); past a cap nothing is written and the
+    /// answer says which cap and when the user's next entry is due.
+    async fn schedule(
+        &self,
+        entry: NewScheduled,
+        caps: ScheduleCaps,
+    ) -> Result<ScheduleOutcome, StoreError>;
+
+    /// One entry by id.
+    async fn scheduled(&self, id: Uuid) -> Result<Option<ScheduledMessage>, StoreError>;
+
+    /// A sender's pending entries, and those that failed since
+    /// `failed_since`, in one conversation or all, by time due.
+    async fn scheduled_for(
+        &self,
+        sender: Uuid,
+        conversation: Option<Uuid>,
+        failed_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>, StoreError>;
+
+    /// Changes a pending entry of `by`'s.
+    async fn change_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        change: ScheduledChange,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError>;
+
+    /// Cancels a pending entry of `by`'s.
+    async fn cancel_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError>;
+
+    /// When the earliest pending entry no node holds at `now` is due.
+    async fn next_scheduled(&self, now: DateTime<Utc>)
+    -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Takes up to `limit` pending entries due by `now` that no node holds,
+    /// earliest first, and holds them until `lease_until`.
+    async fn claim_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Lets a held entry go, not to be taken again before `retry_at`
+    /// (nothing when the claim is no longer the entry's).
+    async fn release_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Fails a held entry; `None` when it was no longer pending under
+    /// this claim.
+    async fn fail_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        reason: ScheduledFailure,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ScheduledMessage>, StoreError>;
+
+    /// Removes up to `limit` entries sent, cancelled or failed before
+    /// `before`; returns how many.
+    async fn purge_scheduled(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+
+    /// Entries pending in all.
+    async fn scheduled_pending(&self) -> Result<u64, StoreError>;
 }
 
 /// Sends `commands` one after the other through `store.send`: the default

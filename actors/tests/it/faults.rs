@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use switchboard_protocol::{Conversation, ConversationSummary, Event, Member, Message, Role};
+use switchboard_protocol::{
+    Conversation, ConversationSummary, Event, Member, Message, Role, ScheduledFailure,
+    ScheduledMessage,
+};
 use switchboard_storage::{
-    AuditEntry, BlobDeletion, Clock, Committed, CreateConversation, CreateOutcome,
+    AuditEntry, BlobDeletion, Claimed, Clock, Committed, CreateConversation, CreateOutcome,
     DeleteAttachment, DeleteMessage, EditMessage, MemoryStore, MessageRange, NewAttachment,
-    NewMessage, SendOutcome, Store, StoreError, StoredAttachment, send_each,
+    NewMessage, NewScheduled, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim,
+    SendOutcome, Store, StoreError, StoredAttachment, send_each,
 };
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -324,6 +328,90 @@ impl Store for FaultyStore {
 
     async fn deletions_owed(&self) -> Result<u64, StoreError> {
         self.inner.deletions_owed().await
+    }
+
+    async fn schedule(
+        &self,
+        entry: NewScheduled,
+        caps: ScheduleCaps,
+    ) -> Result<ScheduleOutcome, StoreError> {
+        self.inner.schedule(entry, caps).await
+    }
+
+    async fn scheduled(&self, id: Uuid) -> Result<Option<ScheduledMessage>, StoreError> {
+        self.inner.scheduled(id).await
+    }
+
+    async fn scheduled_for(
+        &self,
+        sender: Uuid,
+        conversation: Option<Uuid>,
+        failed_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>, StoreError> {
+        self.inner
+            .scheduled_for(sender, conversation, failed_since, limit)
+            .await
+    }
+
+    async fn change_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        change: ScheduledChange,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        self.inner.change_scheduled(id, by, change, at).await
+    }
+
+    async fn cancel_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        self.inner.cancel_scheduled(id, by, at).await
+    }
+
+    async fn next_scheduled(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_scheduled(now).await
+    }
+
+    async fn claim_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.inner.claim_scheduled(now, lease_until, limit).await
+    }
+
+    async fn release_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.inner.release_scheduled(claim, retry_at).await
+    }
+
+    async fn fail_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        reason: ScheduledFailure,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ScheduledMessage>, StoreError> {
+        self.inner.fail_scheduled(claim, reason, at).await
+    }
+
+    async fn purge_scheduled(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        self.inner.purge_scheduled(before, limit).await
+    }
+
+    async fn scheduled_pending(&self) -> Result<u64, StoreError> {
+        self.inner.scheduled_pending().await
     }
 }
 

@@ -40,6 +40,11 @@ pub(crate) fn sqlite() -> Migrator {
             "attachments",
             include_str!("../migrations/sqlite/0002_attachments.sql"),
         ),
+        (
+            3,
+            "scheduled",
+            include_str!("../migrations/sqlite/0003_scheduled.sql"),
+        ),
     ])
 }
 
@@ -55,6 +60,11 @@ pub(crate) fn postgres() -> Migrator {
             2,
             "attachments",
             include_str!("../migrations/postgres/0002_attachments.sql"),
+        ),
+        (
+            3,
+            "scheduled",
+            include_str!("../migrations/postgres/0003_scheduled.sql"),
         ),
     ])
 }

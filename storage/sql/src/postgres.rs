@@ -18,13 +18,14 @@ use sqlx::{Acquire, AssertSqlSafe, Postgres, Row, Transaction};
 use switchboard_protocol::{
     Attachment, Conversation, ConversationCreated, ConversationSummary, Event, Member,
     MemberJoined, MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited,
-    MessageRead, Role,
+    MessageRead, Role, ScheduledFailure, ScheduledMessage, ScheduledStatus,
 };
 use uuid::Uuid;
 
 use switchboard_storage::{
-    AuditEntry, BlobDeletion, DeleteAttachment, DeletionReason, NewAttachment, Rejection,
-    StoreError, StoredAttachment,
+    AuditEntry, BlobDeletion, Claimed, DeleteAttachment, DeletionReason, NewAttachment,
+    NewScheduled, Rejection, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim,
+    StoreError, StoredAttachment, check_pending, not_pending, to_micros,
 };
 use switchboard_storage::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
@@ -174,6 +175,24 @@ async fn send_in(
     if let Some(attachment) = &command.attachment {
         claim(tx, &command, attachment).await?;
     }
+    if let Some(scheduled) = command.scheduled {
+        let sent = sqlx::query(
+            "UPDATE scheduled_messages SET status = 'sent', message_id = $1, finished_at = $2, \
+                 leased_until = NULL \
+             WHERE id = $3 AND status = 'pending' AND leased_until = $4",
+        )
+        .bind(command.id)
+        .bind(command.at)
+        .bind(scheduled.id)
+        .bind(scheduled.lease)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if sent == 0 {
+            return Err(not_pending());
+        }
+    }
     sqlx::query(
         "INSERT INTO messages (id, conversation_id, seq, sender_id, message_type, \
              encrypted_content, nonce, idempotency_key, created_at, attachment) \
@@ -233,6 +252,43 @@ async fn claim(
     Err(StoreError::Backend(
         "an attachment claim matched no row".into(),
     ))
+}
+
+async fn read_scheduled<'e, E>(
+    executor: E,
+    id: Uuid,
+) -> Result<Option<ScheduledMessage>, StoreError>
+where
+    E: sqlx::PgExecutor<'e>,
+{
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        rows::scheduled_columns!(),
+        " FROM scheduled_messages WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(rows::scheduled).transpose()
+}
+
+/// Reads entry `id` and locks its row until `tx` ends, so a change and a
+/// delivery of it take turns.
+async fn read_scheduled_for_update(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+) -> Result<Option<ScheduledMessage>, StoreError> {
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        rows::scheduled_columns!(),
+        " FROM scheduled_messages WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(rows::scheduled).transpose()
 }
 
 async fn read_attachment<'e, E>(
@@ -1203,5 +1259,277 @@ impl Store for PostgresStore {
             .await
             .map_err(db)?;
         Ok(u64::try_from(owed).unwrap_or(0))
+    }
+
+    async fn schedule(
+        &self,
+        entry: NewScheduled,
+        caps: ScheduleCaps,
+    ) -> Result<ScheduleOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // One schedule of a sender's at a time, across nodes, so the key
+        // check and the count below hold until the insert commits. (The
+        // node-wide cap is counted without a lock: concurrent schedules by
+        // different senders may pass it by at most the pool's connections.)
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+            .bind(entry.sender_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        if let Some(key) = &entry.idempotency_key {
+            let existing = sqlx::query(concat!(
+                "SELECT ",
+                rows::scheduled_columns!(),
+                " FROM scheduled_messages WHERE conversation_id = $1 AND sender_id = $2 \
+                  AND idempotency_key = $3"
+            ))
+            .bind(entry.conversation_id)
+            .bind(entry.sender_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            if let Some(row) = existing {
+                return entry.replay(rows::scheduled(&row)?);
+            }
+        }
+        let (member, mine, total, mine_next, next): (
+            bool,
+            i64,
+            i64,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+        ) = sqlx::query_as(
+            "SELECT \
+                 EXISTS (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $2), \
+                 (SELECT COUNT(*) FROM scheduled_messages \
+                     WHERE sender_id = $2 AND status = 'pending'), \
+                 (SELECT COUNT(*) FROM scheduled_messages WHERE status = 'pending'), \
+                 (SELECT MIN(deliver_at) FROM scheduled_messages \
+                     WHERE sender_id = $2 AND status = 'pending'), \
+                 (SELECT MIN(deliver_at) FROM scheduled_messages WHERE status = 'pending')",
+        )
+        .bind(entry.conversation_id)
+        .bind(entry.sender_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !member {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        let user = mine >= i64::from(caps.per_user_max);
+        if user || total >= rows::signed(caps.total_max)? {
+            return Ok(ScheduleOutcome::Full {
+                user,
+                next_due: mine_next.or(next),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO scheduled_messages (id, conversation_id, sender_id, deliver_at, \
+                 encrypted_content, nonce, message_type, idempotency_key, status, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9)",
+        )
+        .bind(entry.id)
+        .bind(entry.conversation_id)
+        .bind(entry.sender_id)
+        .bind(entry.deliver_at)
+        .bind(&entry.encrypted_content)
+        .bind(&entry.nonce)
+        .bind(&entry.message_type)
+        .bind(&entry.idempotency_key)
+        .bind(entry.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(ScheduleOutcome::Created(entry.into_entry()))
+    }
+
+    async fn scheduled(&self, id: Uuid) -> Result<Option<ScheduledMessage>, StoreError> {
+        read_scheduled(&self.pool, id).await
+    }
+
+    async fn scheduled_for(
+        &self,
+        sender: Uuid,
+        conversation: Option<Uuid>,
+        failed_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>, StoreError> {
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::scheduled_columns!(),
+            " FROM scheduled_messages WHERE sender_id = $1 \
+                  AND ($2::uuid IS NULL OR conversation_id = $2) \
+                  AND (status = 'pending' OR (status = 'failed' AND finished_at >= $3)) \
+              ORDER BY deliver_at, id LIMIT $4"
+        ))
+        .bind(sender)
+        .bind(conversation)
+        .bind(failed_since)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        found.iter().map(rows::scheduled).collect()
+    }
+
+    async fn change_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        change: ScheduledChange,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        let _ = at;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut entry = read_scheduled_for_update(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_pending(&entry, by)?;
+        change.apply(&mut entry);
+        // A changed entry is a new one to deliver: whoever held it lets it go.
+        sqlx::query(
+            "UPDATE scheduled_messages SET deliver_at = $1, encrypted_content = $2, nonce = $3, \
+                 leased_until = NULL WHERE id = $4",
+        )
+        .bind(entry.deliver_at)
+        .bind(&entry.encrypted_content)
+        .bind(&entry.nonce)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(entry)
+    }
+
+    async fn cancel_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut entry = read_scheduled_for_update(&mut tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_pending(&entry, by)?;
+        sqlx::query(
+            "UPDATE scheduled_messages SET status = 'cancelled', finished_at = $1, \
+                 leased_until = NULL WHERE id = $2",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        entry.status = ScheduledStatus::Cancelled;
+        Ok(entry)
+    }
+
+    async fn next_scheduled(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT deliver_at FROM scheduled_messages \
+             WHERE status = 'pending' AND (leased_until IS NULL OR leased_until < $1) \
+             ORDER BY deliver_at LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn claim_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let lease = to_micros(lease_until);
+        let found = sqlx::query(concat!(
+            "UPDATE scheduled_messages SET leased_until = $2 \
+             WHERE id IN (SELECT id FROM scheduled_messages \
+                 WHERE status = 'pending' AND deliver_at <= $1 \
+                     AND (leased_until IS NULL OR leased_until < $1) \
+                 ORDER BY deliver_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING ",
+            rows::scheduled_columns!()
+        ))
+        .bind(now)
+        .bind(lease)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows::claimed(&found, lease)
+    }
+
+    async fn release_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE scheduled_messages SET leased_until = $1 \
+             WHERE id = $2 AND status = 'pending' AND leased_until = $3",
+        )
+        .bind(to_micros(retry_at))
+        .bind(claim.id)
+        .bind(claim.lease)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn fail_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        reason: ScheduledFailure,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ScheduledMessage>, StoreError> {
+        let row = sqlx::query(concat!(
+            "UPDATE scheduled_messages SET status = 'failed', failure_reason = $1, \
+                 finished_at = $2, leased_until = NULL \
+             WHERE id = $3 AND status = 'pending' AND leased_until = $4 \
+             RETURNING ",
+            rows::scheduled_columns!()
+        ))
+        .bind(reason.as_str())
+        .bind(at)
+        .bind(claim.id)
+        .bind(claim.lease)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?;
+        row.as_ref().map(rows::scheduled).transpose()
+    }
+
+    async fn purge_scheduled(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let purged = sqlx::query(
+            "DELETE FROM scheduled_messages WHERE id IN (SELECT id FROM scheduled_messages \
+                 WHERE finished_at IS NOT NULL AND finished_at < $1 LIMIT $2)",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        Ok(purged)
+    }
+
+    async fn scheduled_pending(&self) -> Result<u64, StoreError> {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM scheduled_messages WHERE status = 'pending'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db)?;
+        Ok(u64::try_from(pending).unwrap_or(0))
     }
 }

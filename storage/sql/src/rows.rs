@@ -4,10 +4,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Decode, Row, Type};
 use switchboard_protocol::{
     Attachment, AttachmentKind, ConversationKind, ConversationSummary, Member, Message, Role,
+    ScheduledFailure, ScheduledMessage, ScheduledStatus,
 };
 use uuid::Uuid;
 
-use switchboard_storage::{AttachmentState, StoreError, StoredAttachment};
+use switchboard_storage::{AttachmentState, Claimed, ScheduledClaim, StoreError, StoredAttachment};
 
 use crate::error::db;
 
@@ -112,6 +113,73 @@ where
         upload_expires_at: row.try_get("upload_expires_at").map_err(db)?,
         deleted_at: row.try_get("deleted_at").map_err(db)?,
     })
+}
+
+/// The columns [`scheduled`] reads.
+macro_rules! scheduled_columns {
+    () => {
+        "id, conversation_id, sender_id, deliver_at, status, created_at, encrypted_content, \
+         nonce, message_type, failure_reason, message_id"
+    };
+}
+pub(crate) use scheduled_columns;
+
+/// A scheduled message from a row with the [`scheduled_columns`].
+pub(crate) fn scheduled<'r, R>(row: &'r R) -> Result<ScheduledMessage, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let status: &str = row.try_get("status").map_err(db)?;
+    let reason: Option<&str> = row.try_get("failure_reason").map_err(db)?;
+    Ok(ScheduledMessage {
+        id: row.try_get("id").map_err(db)?,
+        conversation_id: row.try_get("conversation_id").map_err(db)?,
+        sender_id: row.try_get("sender_id").map_err(db)?,
+        deliver_at: row.try_get("deliver_at").map_err(db)?,
+        status: ScheduledStatus::parse(status)
+            .ok_or_else(|| StoreError::Backend(format!("unknown scheduled status {status:?}")))?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        encrypted_content: row.try_get("encrypted_content").map_err(db)?,
+        nonce: row.try_get("nonce").map_err(db)?,
+        message_type: row.try_get("message_type").map_err(db)?,
+        failure_reason: reason
+            .map(|r| {
+                ScheduledFailure::parse(r)
+                    .ok_or_else(|| StoreError::Backend(format!("unknown failure reason {r:?}")))
+            })
+            .transpose()?,
+        message_id: row.try_get("message_id").map_err(db)?,
+    })
+}
+
+/// The entries a claim returned, earliest due first, each with its claim.
+pub(crate) fn claimed<R>(found: &[R], lease: DateTime<Utc>) -> Result<Vec<Claimed>, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    for<'r> Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> &'r str: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let mut claimed = found
+        .iter()
+        .map(|row| {
+            let entry = scheduled(row)?;
+            let claim = ScheduledClaim {
+                id: entry.id,
+                lease,
+            };
+            Ok(Claimed { entry, claim })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    claimed.sort_by_key(|c| (c.entry.deliver_at, c.entry.id));
+    Ok(claimed)
 }
 
 /// An audit entry from `attachment_id, s3_key, actor, reason, at`.

@@ -30,6 +30,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqlitePool, Transaction};
 use switchboard_protocol::{
     Conversation, ConversationCreated, ConversationSummary, Event, Member, MemberJoined,
     MemberLeft, MemberRoleChanged, Message, MessageDeleted, MessageEdited, MessageRead, Role,
+    ScheduledFailure, ScheduledMessage, ScheduledStatus,
 };
 use switchboard_supervisors::{RestartPolicy, Supervisor, Task, TaskContext};
 use tokio::sync::{mpsc, oneshot};
@@ -37,8 +38,9 @@ use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
 use switchboard_storage::{
-    AuditEntry, BlobDeletion, DeleteAttachment, DeletionReason, NewAttachment, Rejection,
-    StoreError, StoredAttachment,
+    AuditEntry, BlobDeletion, Claimed, DeleteAttachment, DeletionReason, NewAttachment,
+    NewScheduled, Rejection, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim,
+    StoreError, StoredAttachment, check_pending, not_pending, to_micros,
 };
 use switchboard_storage::{
     Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
@@ -411,6 +413,25 @@ where
     row.as_ref().map(rows::attachment).transpose()
 }
 
+async fn read_scheduled<'e, E>(
+    executor: E,
+    id: Uuid,
+) -> Result<Option<ScheduledMessage>, StoreError>
+where
+    E: sqlx::SqliteExecutor<'e>,
+{
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        rows::scheduled_columns!(),
+        " FROM scheduled_messages WHERE id = ?1"
+    ))
+    .bind(id)
+    .fetch_optional(executor)
+    .await
+    .map_err(db)?;
+    row.as_ref().map(rows::scheduled).transpose()
+}
+
 /// Tombstones attachment `id` (already checked deletable) inside `tx`,
 /// owes its object a deletion and audits it.
 async fn tombstone(
@@ -664,6 +685,17 @@ fn stored_keys_sql(keys: usize) -> String {
     )
 }
 
+/// The leases of those of `claims` entries still pending, each looked up
+/// by primary key (the plan is checked as
+/// [`members_sql`]'s is).
+fn held_sql(claims: usize) -> String {
+    format!(
+        "SELECT id, leased_until FROM scheduled_messages \
+         WHERE id IN (VALUES {}) AND status = 'pending'",
+        placeholders(claims, 1)
+    )
+}
+
 /// `(?, ?), (?, ?), …`: `rows` tuples of `width` placeholders.
 fn placeholders(rows: usize, width: usize) -> String {
     let row = format!("({})", vec!["?"; width].join(", "));
@@ -714,6 +746,31 @@ async fn commit_batch(
         }
     }
 
+    // Which scheduled entries the sends deliver are still held by their
+    // claims.
+    let claims: Vec<ScheduledClaim> = batch.iter().filter_map(|c| c.scheduled).collect();
+    let mut held: HashSet<Uuid> = HashSet::new();
+    if !claims.is_empty() {
+        let mut query = sqlx::query_as::<_, (Uuid, Option<DateTime<Utc>>)>(AssertSqlSafe(
+            held_sql(claims.len()),
+        ));
+        for claim in &claims {
+            query = query.bind(claim.id);
+        }
+        let leases: HashMap<Uuid, Option<DateTime<Utc>>> = query
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .collect();
+        held.extend(
+            claims
+                .iter()
+                .filter(|c| leases.get(&c.id) == Some(&Some(c.lease)))
+                .map(|c| c.id),
+        );
+    }
+
     // Each send in queue order.
     let mut first_use: HashMap<(Uuid, Uuid, &str), usize> = HashMap::new();
     let mut new_per_conversation: BTreeMap<Uuid, (u32, DateTime<Utc>)> = BTreeMap::new();
@@ -734,6 +791,13 @@ async fn commit_batch(
             decisions.push(Decision::Stored(Err(StoreError::Rejected(
                 Rejection::NotMember,
             ))));
+            continue;
+        }
+        // Taken from `held` so a second send of one entry finds it gone.
+        if let Some(claim) = command.scheduled
+            && !held.remove(&claim.id)
+        {
+            decisions.push(Decision::Stored(Err(not_pending())));
             continue;
         }
         if let Some(key) = command.idempotency_key.as_deref() {
@@ -770,6 +834,8 @@ async fn commit_batch(
     let mut outcomes: Vec<Result<SendOutcome, StoreError>> = Vec::with_capacity(batch.len());
     // The new messages: their outcome, idempotency key and encoded event.
     let mut created = Vec::new();
+    // The scheduled entries delivered: entry, message, when.
+    let mut sent: Vec<(Uuid, Uuid, DateTime<Utc>)> = Vec::new();
     for (command, decision) in batch.into_iter().zip(decisions) {
         let outcome = match decision {
             Decision::Stored(outcome) => outcome,
@@ -786,6 +852,9 @@ async fn commit_batch(
                 })?;
                 let seq = last - i64::from(count) + 1 + i64::from(n);
                 let key = command.idempotency_key.clone();
+                if let Some(claim) = command.scheduled {
+                    sent.push((claim.id, command.id, command.at));
+                }
                 let message = command.into_message(seq);
                 let event = Event::MessageNew(message.clone());
                 created.push((outcomes.len(), key, rows::encode_event(&event)?));
@@ -833,6 +902,19 @@ async fn commit_batch(
                 .push_bind(m.created_at);
         });
         events.build().execute(&mut *tx).await.map_err(db)?;
+    }
+    if !sent.is_empty() {
+        let sql = format!(
+            "UPDATE scheduled_messages SET status = 'sent', message_id = v.column2, \
+                 finished_at = v.column3, leased_until = NULL \
+             FROM (VALUES {}) AS v WHERE scheduled_messages.id = v.column1",
+            placeholders(sent.len(), 3)
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (scheduled, message, at) in &sent {
+            query = query.bind(scheduled).bind(message).bind(at);
+        }
+        query.execute(&mut *tx).await.map_err(db)?;
     }
     tx.commit().await.map_err(db)?;
     Ok(outcomes)
@@ -1745,6 +1827,278 @@ impl Store for SqliteStore {
             .map_err(db)?;
         Ok(u64::try_from(owed).unwrap_or(0))
     }
+
+    async fn schedule(
+        &self,
+        entry: NewScheduled,
+        caps: ScheduleCaps,
+    ) -> Result<ScheduleOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        if let Some(key) = &entry.idempotency_key {
+            let existing = sqlx::query(concat!(
+                "SELECT ",
+                rows::scheduled_columns!(),
+                " FROM scheduled_messages WHERE conversation_id = ?1 AND sender_id = ?2 \
+                  AND idempotency_key = ?3"
+            ))
+            .bind(entry.conversation_id)
+            .bind(entry.sender_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            if let Some(row) = existing {
+                return entry.replay(rows::scheduled(&row)?);
+            }
+        }
+        // Membership and both counts under the write lock, so no other
+        // schedule slips between the check and the insert.
+        let (member, mine, total, mine_next, next): (
+            bool,
+            i64,
+            i64,
+            Option<DateTime<Utc>>,
+            Option<DateTime<Utc>>,
+        ) = sqlx::query_as(
+            "SELECT \
+                 EXISTS (SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2), \
+                 (SELECT COUNT(*) FROM scheduled_messages \
+                     WHERE sender_id = ?2 AND status = 'pending'), \
+                 (SELECT COUNT(*) FROM scheduled_messages WHERE status = 'pending'), \
+                 (SELECT MIN(deliver_at) FROM scheduled_messages \
+                     WHERE sender_id = ?2 AND status = 'pending'), \
+                 (SELECT MIN(deliver_at) FROM scheduled_messages WHERE status = 'pending')",
+        )
+        .bind(entry.conversation_id)
+        .bind(entry.sender_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if !member {
+            return Err(StoreError::Rejected(Rejection::NotMember));
+        }
+        let user = mine >= i64::from(caps.per_user_max);
+        if user || total >= rows::signed(caps.total_max)? {
+            return Ok(ScheduleOutcome::Full {
+                user,
+                next_due: mine_next.or(next),
+            });
+        }
+        sqlx::query(
+            "INSERT INTO scheduled_messages (id, conversation_id, sender_id, deliver_at, \
+                 encrypted_content, nonce, message_type, idempotency_key, status, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'pending', ?9)",
+        )
+        .bind(entry.id)
+        .bind(entry.conversation_id)
+        .bind(entry.sender_id)
+        .bind(entry.deliver_at)
+        .bind(&entry.encrypted_content)
+        .bind(&entry.nonce)
+        .bind(&entry.message_type)
+        .bind(&entry.idempotency_key)
+        .bind(entry.at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(ScheduleOutcome::Created(entry.into_entry()))
+    }
+
+    async fn scheduled(&self, id: Uuid) -> Result<Option<ScheduledMessage>, StoreError> {
+        read_scheduled(&self.reader, id).await
+    }
+
+    async fn scheduled_for(
+        &self,
+        sender: Uuid,
+        conversation: Option<Uuid>,
+        failed_since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<ScheduledMessage>, StoreError> {
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::scheduled_columns!(),
+            " FROM scheduled_messages WHERE sender_id = ?1 \
+                  AND (?2 IS NULL OR conversation_id = ?2) \
+                  AND (status = 'pending' OR (status = 'failed' AND finished_at >= ?3)) \
+              ORDER BY deliver_at, id LIMIT ?4"
+        ))
+        .bind(sender)
+        .bind(conversation)
+        .bind(failed_since)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        found.iter().map(rows::scheduled).collect()
+    }
+
+    async fn change_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        change: ScheduledChange,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        let _ = at;
+        let mut tx = self.begin().await?;
+        let mut entry = read_scheduled(&mut *tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_pending(&entry, by)?;
+        change.apply(&mut entry);
+        // A changed entry is a new one to deliver: whoever held it lets it go.
+        sqlx::query(
+            "UPDATE scheduled_messages SET deliver_at = ?1, encrypted_content = ?2, nonce = ?3, \
+                 leased_until = NULL WHERE id = ?4",
+        )
+        .bind(entry.deliver_at)
+        .bind(&entry.encrypted_content)
+        .bind(&entry.nonce)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(entry)
+    }
+
+    async fn cancel_scheduled(
+        &self,
+        id: Uuid,
+        by: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<ScheduledMessage, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut entry = read_scheduled(&mut *tx, id)
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        check_pending(&entry, by)?;
+        sqlx::query(
+            "UPDATE scheduled_messages SET status = 'cancelled', finished_at = ?1, \
+                 leased_until = NULL WHERE id = ?2",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        entry.status = ScheduledStatus::Cancelled;
+        Ok(entry)
+    }
+
+    async fn next_scheduled(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT deliver_at FROM scheduled_messages \
+             WHERE status = 'pending' AND (leased_until IS NULL OR leased_until < ?1) \
+             ORDER BY deliver_at LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)
+    }
+
+    async fn claim_scheduled(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let lease = to_micros(lease_until);
+        let mut tx = self.begin().await?;
+        let found = sqlx::query(concat!(
+            "UPDATE scheduled_messages SET leased_until = ?2 \
+             WHERE id IN (SELECT id FROM scheduled_messages \
+                 WHERE status = 'pending' AND deliver_at <= ?1 \
+                     AND (leased_until IS NULL OR leased_until < ?1) \
+                 ORDER BY deliver_at LIMIT ?3) \
+             RETURNING ",
+            rows::scheduled_columns!()
+        ))
+        .bind(now)
+        .bind(lease)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        rows::claimed(&found, lease)
+    }
+
+    async fn release_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        retry_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE scheduled_messages SET leased_until = ?1 \
+             WHERE id = ?2 AND status = 'pending' AND leased_until = ?3",
+        )
+        .bind(to_micros(retry_at))
+        .bind(claim.id)
+        .bind(claim.lease)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn fail_scheduled(
+        &self,
+        claim: ScheduledClaim,
+        reason: ScheduledFailure,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ScheduledMessage>, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = sqlx::query(concat!(
+            "UPDATE scheduled_messages SET status = 'failed', failure_reason = ?1, \
+                 finished_at = ?2, leased_until = NULL \
+             WHERE id = ?3 AND status = 'pending' AND leased_until = ?4 \
+             RETURNING ",
+            rows::scheduled_columns!()
+        ))
+        .bind(reason.as_str())
+        .bind(at)
+        .bind(claim.id)
+        .bind(claim.lease)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        row.as_ref().map(rows::scheduled).transpose()
+    }
+
+    async fn purge_scheduled(&self, before: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let purged = sqlx::query(
+            "DELETE FROM scheduled_messages WHERE id IN (SELECT id FROM scheduled_messages \
+                 WHERE finished_at IS NOT NULL AND finished_at < ?1 LIMIT ?2)",
+        )
+        .bind(before)
+        .bind(limit)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        tx.commit().await.map_err(db)?;
+        Ok(purged)
+    }
+
+    async fn scheduled_pending(&self) -> Result<u64, StoreError> {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM scheduled_messages WHERE status = 'pending'")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db)?;
+        Ok(u64::try_from(pending).unwrap_or(0))
+    }
 }
 
 #[cfg(test)]
@@ -1803,6 +2157,7 @@ mod tests {
             for (sql, table) in [
                 (members_sql(size), "members"),
                 (stored_keys_sql(size), "messages"),
+                (held_sql(size), "scheduled_messages"),
             ] {
                 let plan = plan(&store, &sql).await;
                 assert!(

@@ -3,11 +3,15 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use switchboard_protocol::{Attachment, AttachmentKind, ConversationKind, Event, Role};
+use switchboard_protocol::{
+    Attachment, AttachmentKind, ConversationKind, Event, Role, ScheduledFailure, ScheduledMessage,
+    ScheduledStatus,
+};
 use switchboard_storage::{
-    AttachmentState, Clock, CreateConversation, CreateOutcome, DeleteAttachment, DeleteMessage,
-    DeletionReason, EditMessage, MessageRange, NewAttachment, NewMessage, Rejection, SendOutcome,
-    Store, StoreError, StoredAttachment, SystemClock,
+    AttachmentState, Claimed, Clock, CreateConversation, CreateOutcome, DeleteAttachment,
+    DeleteMessage, DeletionReason, EditMessage, MessageRange, NewAttachment, NewMessage,
+    NewScheduled, Rejection, ScheduleCaps, ScheduleOutcome, ScheduledChange, SendOutcome, Store,
+    StoreError, StoredAttachment, SystemClock,
 };
 use uuid::Uuid;
 
@@ -44,6 +48,7 @@ pub(crate) fn message(conversation_id: Uuid, sender_id: Uuid, content: &str) -> 
         message_type: "text".into(),
         idempotency_key: None,
         attachment: None,
+        scheduled: None,
         at: now(),
     }
 }
@@ -967,4 +972,457 @@ pub(crate) async fn the_sweepers_reads_find_what_it_looks_for(b: Arc<Backend>) {
         .await
         .unwrap();
     assert_eq!(rest, made[2..]);
+}
+
+fn later(entry_at: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    entry_at + chrono::TimeDelta::seconds(seconds)
+}
+
+fn entry(conversation_id: Uuid, sender_id: Uuid, deliver_at: DateTime<Utc>) -> NewScheduled {
+    NewScheduled {
+        id: Uuid::now_v7(),
+        conversation_id,
+        sender_id,
+        deliver_at,
+        encrypted_content: "bGF0ZXI=".into(),
+        nonce: "bm9uY2U=".into(),
+        message_type: "text".into(),
+        idempotency_key: None,
+        at: now(),
+    }
+}
+
+const CAPS: ScheduleCaps = ScheduleCaps {
+    per_user_max: 3,
+    total_max: 5,
+};
+
+async fn schedule(store: &dyn Store, new: NewScheduled) -> ScheduledMessage {
+    match store.schedule(new, CAPS).await.unwrap() {
+        ScheduleOutcome::Created(entry) => entry,
+        other => panic!("expected a new entry, got {other:?}"),
+    }
+}
+
+/// The send a dispatcher makes of a claimed entry.
+fn delivery(claimed: &Claimed) -> NewMessage {
+    let entry = &claimed.entry;
+    NewMessage {
+        idempotency_key: Some(format!("scheduled:{}", entry.id)),
+        scheduled: Some(claimed.claim),
+        ..message(
+            entry.conversation_id,
+            entry.sender_id,
+            &entry.encrypted_content,
+        )
+    }
+}
+
+/// Scheduling checks membership, answers a repeated key with its entry,
+/// and writes nothing past a cap, saying when the user's next entry is due.
+pub(crate) async fn scheduling_keeps_its_bounds(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member, stranger) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    let t = now();
+    assert_eq!(
+        rejected(
+            store
+                .schedule(entry(id, stranger, later(t, 60)), CAPS)
+                .await
+        ),
+        Rejection::NotMember
+    );
+
+    let keyed = NewScheduled {
+        idempotency_key: Some("k1".into()),
+        ..entry(id, owner, later(t, 30))
+    };
+    let first = schedule(store, keyed.clone()).await;
+    assert_eq!(first.status, ScheduledStatus::Pending);
+    let again = NewScheduled {
+        id: Uuid::now_v7(),
+        ..keyed.clone()
+    };
+    assert_eq!(
+        store.schedule(again, CAPS).await.unwrap(),
+        ScheduleOutcome::Existing(first.clone())
+    );
+    let reused = NewScheduled {
+        id: Uuid::now_v7(),
+        encrypted_content: "b3RoZXI=".into(),
+        ..keyed
+    };
+    assert!(matches!(
+        store.schedule(reused, CAPS).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    schedule(store, entry(id, owner, later(t, 20))).await;
+    schedule(store, entry(id, owner, later(t, 40))).await;
+    assert_eq!(
+        store
+            .schedule(entry(id, owner, later(t, 50)), CAPS)
+            .await
+            .unwrap(),
+        ScheduleOutcome::Full {
+            user: true,
+            next_due: Some(later(t, 20)),
+        },
+        "the user's cap, and their earliest entry"
+    );
+    schedule(store, entry(id, member, later(t, 10))).await;
+    schedule(store, entry(id, member, later(t, 15))).await;
+    assert_eq!(store.scheduled_pending().await.unwrap(), 5);
+    assert_eq!(
+        store
+            .schedule(entry(id, member, later(t, 50)), CAPS)
+            .await
+            .unwrap(),
+        ScheduleOutcome::Full {
+            user: false,
+            next_due: Some(later(t, 10)),
+        },
+        "the node's cap"
+    );
+    // A cancelled entry no longer counts.
+    store
+        .cancel_scheduled(first.id, owner, now())
+        .await
+        .unwrap();
+    schedule(store, entry(id, owner, later(t, 50))).await;
+    assert_eq!(store.scheduled_pending().await.unwrap(), 5);
+}
+
+/// Only the sender sees or changes an entry, only while it is pending; the
+/// list holds the pending ones and the recent failures, by time due.
+pub(crate) async fn a_scheduled_entry_is_its_senders_until_it_goes(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    let other = group(store, owner, &[]).await;
+    let t = now();
+    let a = schedule(store, entry(id, owner, later(t, 30))).await;
+    let b2 = schedule(store, entry(other, owner, later(t, 10))).await;
+    let c = schedule(store, entry(id, owner, later(t, 20))).await;
+
+    assert!(matches!(
+        store
+            .change_scheduled(a.id, member, ScheduledChange::default(), now())
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.cancel_scheduled(a.id, member, now()).await,
+        Err(StoreError::NotFound)
+    ));
+    let changed = store
+        .change_scheduled(
+            a.id,
+            owner,
+            ScheduledChange {
+                deliver_at: Some(later(t, 5)),
+                content: Some(("bmV3".into(), "bjI=".into())),
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (changed.deliver_at, changed.encrypted_content.as_str()),
+        (later(t, 5), "bmV3")
+    );
+    assert_eq!(store.scheduled(a.id).await.unwrap(), Some(changed.clone()));
+
+    let listed = |conversation| store.scheduled_for(owner, conversation, t, 50);
+    let ids = |list: Vec<ScheduledMessage>| list.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(listed(None).await.unwrap()), vec![a.id, b2.id, c.id]);
+    assert_eq!(ids(listed(Some(id)).await.unwrap()), vec![a.id, c.id]);
+    assert!(
+        store
+            .scheduled_for(member, None, t, 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let cancelled = store.cancel_scheduled(c.id, owner, now()).await.unwrap();
+    assert_eq!(cancelled.status, ScheduledStatus::Cancelled);
+    assert!(matches!(
+        store.cancel_scheduled(c.id, owner, now()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .change_scheduled(c.id, owner, ScheduledChange::default(), now())
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(ids(listed(Some(id)).await.unwrap()), vec![a.id]);
+
+    // A failure stays listed, with its reason, for as long as asked.
+    let due = later(t, 40);
+    let claimed = store
+        .claim_scheduled(due, later(due, 30), 10)
+        .await
+        .unwrap();
+    let held = claimed.iter().find(|c| c.entry.id == a.id).unwrap();
+    let failed = store
+        .fail_scheduled(held.claim, ScheduledFailure::NotMember, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.failure_reason, Some(ScheduledFailure::NotMember));
+    let list = listed(Some(id)).await.unwrap();
+    assert_eq!(list, vec![failed]);
+    assert!(
+        store
+            .scheduled_for(owner, Some(id), later(t, 3600), 50)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an older failure is not listed"
+    );
+}
+
+/// Due entries are claimed with a lease, earliest first; the send that
+/// delivers one turns it sent in its own transaction, once, and only
+/// while its claim holds: not after a cancel, an edit, or another node's
+/// claim of an expired lease.
+pub(crate) async fn a_due_entry_is_sent_once_under_its_claim(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    let t = now();
+    let first = schedule(store, entry(id, owner, later(t, 1))).await;
+    let second = schedule(store, entry(id, member, later(t, 2))).await;
+    let third = schedule(store, entry(id, owner, later(t, 3))).await;
+    let not_due = schedule(store, entry(id, owner, later(t, 60))).await;
+    assert_eq!(store.next_scheduled(t).await.unwrap(), Some(later(t, 1)));
+
+    let due = later(t, 5);
+    let lease = later(due, 30);
+    let claimed = store.claim_scheduled(due, lease, 2).await.unwrap();
+    let claimed_ids: Vec<Uuid> = claimed.iter().map(|c| c.entry.id).collect();
+    assert_eq!(claimed_ids, vec![first.id, second.id], "earliest first");
+    let rest = store.claim_scheduled(due, lease, 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].entry.id, third.id);
+    assert!(
+        store
+            .claim_scheduled(due, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.next_scheduled(due).await.unwrap(),
+        Some(not_due.deliver_at),
+        "held entries are not next"
+    );
+
+    // Sent once: the flip commits with the message; a retry replays it.
+    let sent = match store.send(delivery(&claimed[0])).await.unwrap() {
+        SendOutcome::Created(c) => c.value,
+        other => panic!("expected a send, got {other:?}"),
+    };
+    let entry_now = store.scheduled(first.id).await.unwrap().unwrap();
+    assert_eq!(entry_now.status, ScheduledStatus::Sent);
+    assert_eq!(entry_now.message_id, Some(sent.id));
+    assert!(matches!(
+        store.send(delivery(&claimed[0])).await.unwrap(),
+        SendOutcome::Duplicate(m) if m.id == sent.id
+    ));
+    assert!(matches!(
+        store.cancel_scheduled(first.id, owner, now()).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Cancelled after the claim: the delivery writes nothing.
+    store
+        .cancel_scheduled(third.id, owner, now())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.send(delivery(&rest[0])).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Changed after the claim: the old claim no longer holds, and the entry
+    // is claimable again with its new content.
+    store
+        .change_scheduled(
+            second.id,
+            member,
+            ScheduledChange {
+                deliver_at: None,
+                content: Some(("ZWRpdGVk".into(), "bjM=".into())),
+            },
+            now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.send(delivery(&claimed[1])).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let reclaimed = store.claim_scheduled(due, lease, 10).await.unwrap();
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].entry.encrypted_content, "ZWRpdGVk");
+
+    // Its lease runs out; another node claims it, and the first node's
+    // late delivery is refused.
+    let after = later(lease, 1);
+    let other_node = b.another().await;
+    let taken_over = other_node
+        .claim_scheduled(after, later(after, 30), 10)
+        .await
+        .unwrap();
+    assert_eq!(taken_over.len(), 1);
+    assert!(matches!(
+        store.send(delivery(&reclaimed[0])).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let messages_before = log(store, id).await.len();
+    match other_node.send(delivery(&taken_over[0])).await.unwrap() {
+        SendOutcome::Created(c) => assert_eq!(c.value.encrypted_content, "ZWRpdGVk"),
+        other => panic!("expected a send, got {other:?}"),
+    }
+    assert_eq!(log(store, id).await.len(), messages_before + 1);
+
+    // A release puts it off; failing needs the claim too.
+    let held = store
+        .claim_scheduled(
+            later(not_due.deliver_at, 1),
+            later(not_due.deliver_at, 30),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    let retry = later(not_due.deliver_at, 10);
+    store.release_scheduled(held[0].claim, retry).await.unwrap();
+    assert!(
+        store
+            .claim_scheduled(
+                later(not_due.deliver_at, 5),
+                later(not_due.deliver_at, 30),
+                10
+            )
+            .await
+            .unwrap()
+            .is_empty(),
+        "not before its retry"
+    );
+    assert_eq!(
+        store
+            .fail_scheduled(held[0].claim, ScheduledFailure::TooLate, now())
+            .await
+            .unwrap(),
+        None,
+        "a released claim fails nothing"
+    );
+    let again = store
+        .claim_scheduled(later(retry, 1), later(retry, 30), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(store.scheduled_pending().await.unwrap(), 1);
+
+    // Finished entries are purged in bounded batches once old enough.
+    assert_eq!(store.purge_scheduled(t, 10).await.unwrap(), 0);
+    let cutoff = later(now(), 1);
+    assert_eq!(store.purge_scheduled(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_scheduled(cutoff, 2).await.unwrap(), 1);
+    assert_eq!(store.purge_scheduled(cutoff, 2).await.unwrap(), 0);
+    assert!(store.scheduled(first.id).await.unwrap().is_none());
+    assert!(store.scheduled(not_due.id).await.unwrap().is_some());
+}
+
+/// A delivery whose sender left is refused by the send's own membership
+/// check and turns nothing sent; in a batch, one entry is sent at most
+/// once and the other sends still commit.
+pub(crate) async fn a_batch_delivers_each_entry_at_most_once(b: Arc<Backend>) {
+    let store = &*b.store;
+    let (owner, member) = (Uuid::new_v4(), Uuid::new_v4());
+    let id = group(store, owner, &[member]).await;
+    let t = now();
+    let mine = schedule(store, entry(id, owner, later(t, 1))).await;
+    let theirs = schedule(store, entry(id, member, later(t, 1))).await;
+    store.remove_member(id, owner, member, now()).await.unwrap();
+    let due = later(t, 2);
+    let claimed = store
+        .claim_scheduled(due, later(due, 30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let of = |entry: &ScheduledMessage| claimed.iter().find(|c| c.entry.id == entry.id).unwrap();
+    let twice = NewMessage {
+        idempotency_key: Some("another key".into()),
+        ..delivery(of(&mine))
+    };
+    let outcomes = store
+        .send_batch(vec![
+            delivery(of(&mine)),
+            delivery(of(&theirs)),
+            twice,
+            message(id, owner, "cGxhaW4="),
+        ])
+        .await;
+    assert!(matches!(outcomes[0], Ok(SendOutcome::Created(_))));
+    assert!(matches!(
+        outcomes[1],
+        Err(StoreError::Rejected(Rejection::NotMember))
+    ));
+    assert!(matches!(outcomes[2], Err(StoreError::Conflict(_))));
+    assert!(matches!(outcomes[3], Ok(SendOutcome::Created(_))));
+    let status = |id| async move { store.scheduled(id).await.unwrap().unwrap().status };
+    assert_eq!(status(mine.id).await, ScheduledStatus::Sent);
+    assert_eq!(status(theirs.id).await, ScheduledStatus::Pending);
+    let messages: Vec<Event> = log(store, id)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, Event::MessageNew(_)))
+        .collect();
+    assert_eq!(messages.len(), 2);
+}
+
+/// Two nodes claiming due entries at once take each entry once between
+/// them.
+pub(crate) async fn two_nodes_claim_disjoint_entries(b: Arc<Backend>) {
+    let owner = Uuid::new_v4();
+    let id = group(&*b.store, owner, &[]).await;
+    let t = now();
+    let caps = ScheduleCaps {
+        per_user_max: 1_000,
+        total_max: 1_000,
+    };
+    let mut all = Vec::new();
+    for i in 0..200 {
+        let new = entry(id, owner, later(t, i % 7));
+        all.push(new.id);
+        b.store.schedule(new, caps).await.unwrap();
+    }
+    let due = later(t, 10);
+    let claim = |store: Arc<dyn Store>| {
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim_scheduled(due, later(due, 60), 7).await.unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(batch.into_iter().map(|c| c.entry.id));
+            }
+        })
+    };
+    let (a, b2) = (claim(b.store.clone()), claim(b.another().await));
+    let (a, b2) = (a.await.unwrap(), b2.await.unwrap());
+    let mut taken: Vec<Uuid> = a.iter().chain(&b2).copied().collect();
+    taken.sort_unstable();
+    let before = taken.len();
+    taken.dedup();
+    assert_eq!(before, taken.len(), "no entry claimed twice");
+    all.sort_unstable();
+    assert_eq!(taken, all, "every entry claimed");
 }

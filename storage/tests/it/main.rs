@@ -75,4 +75,9 @@ contract!(
     an_unsent_attachment_is_deleted_once,
     deletions_are_claimed_with_a_lease,
     the_sweepers_reads_find_what_it_looks_for,
+    scheduling_keeps_its_bounds,
+    a_scheduled_entry_is_its_senders_until_it_goes,
+    a_due_entry_is_sent_once_under_its_claim,
+    a_batch_delivers_each_entry_at_most_once,
+    two_nodes_claim_disjoint_entries,
 );
