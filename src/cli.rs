@@ -1,18 +1,22 @@
-//! The client commands: `conversations`, `send`, `history` and `tail`, over
-//! the client library. Results go to standard output (JSON lines where a
-//! program would read them); progress and errors go to standard error.
+//! The client commands (`conversations`, `send`, `schedule`, `history`,
+//! `tail` and the rest) over the client library. Results go to standard
+//! output (JSON lines where a program would read them); progress and
+//! errors go to standard error.
 
 use std::io::Write;
 
 use anyhow::{Context, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, TimeDelta, Utc};
 use clap::{Args, Subcommand};
 use switchboard_client::{
     Client, Failure, GiveUp, Live, LiveEvent, LiveOptions, Place, RetryPolicy, SendReport, Sender,
     Settled,
 };
-use switchboard_protocol::{ConversationKind, CreateConversation, Message, SendMessage};
+use switchboard_protocol::{
+    ConversationKind, CreateConversation, Message, ScheduleMessage, SendMessage,
+};
 use uuid::Uuid;
 
 /// Where the server is and who is asking.
@@ -182,6 +186,114 @@ pub(crate) async fn send(
     bail!("the sender stopped")
 }
 
+/// A time as `schedule --at` takes it: RFC 3339, or `+N` seconds,
+/// minutes, hours or days from `now`.
+fn parse_at(at: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+    if let Some(ahead) = at.strip_prefix('+') {
+        let split = ahead.len().saturating_sub(1);
+        let (count, unit) = ahead.split_at(split);
+        let count: i64 = count
+            .parse()
+            .with_context(|| format!("{at:?} is not a time from now such as +90s or +2h"))?;
+        let seconds = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => bail!("{at:?}: the unit is s, m, h or d"),
+        };
+        let ahead = count
+            .checked_mul(seconds)
+            .and_then(TimeDelta::try_seconds)
+            .with_context(|| format!("{at:?} is too far ahead"))?;
+        return Ok(now + ahead);
+    }
+    DateTime::parse_from_rfc3339(at)
+        .map(|t| t.with_timezone(&Utc))
+        .with_context(|| format!("{at:?} is neither an RFC 3339 time nor +N[s|m|h|d]"))
+}
+
+/// Runs `schedule`: one scheduled text message, retried with one
+/// idempotency key. Prints the pending entry as a JSON line.
+pub(crate) async fn schedule(
+    server: &ServerArgs,
+    conversation: Uuid,
+    at: &str,
+    text: &str,
+) -> anyhow::Result<()> {
+    // The command line is the time source here, not an actor.
+    #[allow(clippy::disallowed_methods)]
+    let deliver_at = parse_at(at, Utc::now())?;
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).context("no randomness for the nonce")?;
+    let body = ScheduleMessage {
+        deliver_at,
+        encrypted_content: STANDARD.encode(text),
+        nonce: STANDARD.encode(nonce),
+        message_type: "text".into(),
+        idempotency_key: None,
+    };
+    let scheduled = server
+        .client()
+        .schedule_retried(conversation, body, RetryPolicy::default())
+        .await
+        .context("cannot schedule the message")?;
+    println!("{}", serde_json::to_string(&scheduled.entry)?);
+    Ok(())
+}
+
+/// Runs `scheduled`: pending entries and recent failures, by time due.
+pub(crate) async fn scheduled(
+    server: &ServerArgs,
+    conversation: Option<Uuid>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let list = server
+        .client()
+        .scheduled(conversation)
+        .await
+        .context("cannot list scheduled messages")?;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        writeln!(
+            out,
+            "{:<36}  {:<36}  {:<20}  {:<9}  text",
+            "id", "conversation", "deliver_at", "status"
+        )?;
+    }
+    for entry in list.scheduled_messages {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+            continue;
+        }
+        let status = match entry.failure_reason {
+            Some(reason) => format!("failed: {}", reason.as_str()),
+            None => entry.status.as_str().to_owned(),
+        };
+        writeln!(
+            out,
+            "{:<36}  {:<36}  {:<20}  {:<9}  {}",
+            entry.id,
+            entry.conversation_id,
+            entry.deliver_at.format("%Y-%m-%d %H:%M:%S"),
+            status,
+            shown(&entry.encrypted_content)
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `unschedule`.
+pub(crate) async fn unschedule(server: &ServerArgs, id: Uuid) -> anyhow::Result<()> {
+    server
+        .client()
+        .cancel_scheduled(id)
+        .await
+        .context("cannot cancel the scheduled message")?;
+    eprintln!("cancelled {id}");
+    Ok(())
+}
+
 /// Runs `history`: a conversation's messages, oldest first.
 pub(crate) async fn history(
     server: &ServerArgs,
@@ -208,11 +320,7 @@ pub(crate) async fn history(
 /// `#seq time sender: text`, the content shown as text when it decodes,
 /// an attachment by its kind, size and name.
 fn line(message: &Message) -> String {
-    let text = STANDARD
-        .decode(&message.encrypted_content)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .unwrap_or_else(|| format!("({} bytes of ciphertext)", message.encrypted_content.len()));
+    let text = shown(&message.encrypted_content);
     let body = match &message.attachment {
         _ if message.deleted_at.is_some() => "(deleted)".to_owned(),
         None => text,
@@ -271,6 +379,15 @@ pub(crate) async fn tail(server: &ServerArgs, conversation: Option<Uuid>) -> any
         }
         out.flush()?;
     }
+}
+
+/// A payload as text when it decodes to some, else its size.
+fn shown(content: &str) -> String {
+    STANDARD
+        .decode(content)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_else(|| format!("({} bytes of ciphertext)", content.len()))
 }
 
 /// A failure as people read it.
@@ -345,4 +462,26 @@ pub(crate) async fn send_file(
         .with_context(|| format!("cannot send {}", path.display()))?;
     println!("{}", serde_json::to_string(&sent.message)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_times_are_absolute_or_from_now() {
+        let now = DateTime::parse_from_rfc3339("2026-12-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(parse_at("+90s", now).unwrap(), now + TimeDelta::seconds(90));
+        assert_eq!(parse_at("+2h", now).unwrap(), now + TimeDelta::hours(2));
+        assert_eq!(parse_at("+1d", now).unwrap(), now + TimeDelta::days(1));
+        assert_eq!(
+            parse_at("2026-12-24T18:00:00+01:00", now).unwrap(),
+            DateTime::parse_from_rfc3339("2026-12-24T17:00:00Z").unwrap()
+        );
+        for bad in ["+", "+5", "+5y", "+x m", "tomorrow", "+99999999999999999d"] {
+            assert!(parse_at(bad, now).is_err(), "{bad}");
+        }
+    }
 }

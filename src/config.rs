@@ -87,6 +87,20 @@ pub(crate) struct ConfigArgs {
     /// The largest other attachment, in bytes [default: 26214400].
     #[arg(long, env = "SWITCHBOARD_ATTACHMENT_SIZE_MAX_BYTES")]
     attachment_size_max_bytes: Option<u64>,
+    /// Scheduled messages one user may have pending [default: 100].
+    #[arg(long, env = "SWITCHBOARD_SCHEDULED_PER_USER_MAX")]
+    scheduled_per_user_max: Option<u32>,
+    /// Scheduled messages pending in all, across nodes [default: 1000000].
+    #[arg(long, env = "SWITCHBOARD_SCHEDULED_TOTAL_MAX")]
+    scheduled_total_max: Option<u64>,
+    /// Seconds past due after which a scheduled message fails `too_late`
+    /// instead of going out [default: 86400].
+    #[arg(long, env = "SWITCHBOARD_SCHEDULED_LATE_MAX_SECS")]
+    scheduled_late_max_secs: Option<u64>,
+    /// Seconds sent, cancelled and failed scheduled messages are kept
+    /// [default: 604800].
+    #[arg(long, env = "SWITCHBOARD_SCHEDULED_RETENTION_SECS")]
+    scheduled_retention_secs: Option<u64>,
 }
 
 /// The config file: the same settings, all optional.
@@ -115,6 +129,10 @@ struct FileConfig {
     s3_endpoint: Option<String>,
     audio_size_max_bytes: Option<u64>,
     attachment_size_max_bytes: Option<u64>,
+    scheduled_per_user_max: Option<u32>,
+    scheduled_total_max: Option<u64>,
+    scheduled_late_max_secs: Option<u64>,
+    scheduled_retention_secs: Option<u64>,
 }
 
 /// Where voice notes and attachments live.
@@ -165,6 +183,10 @@ pub(crate) struct Settings {
     s3_endpoint: Option<String>,
     pub(crate) audio_size_max: u64,
     pub(crate) attachment_size_max: u64,
+    pub(crate) scheduled_per_user_max: u32,
+    pub(crate) scheduled_total_max: u64,
+    pub(crate) scheduled_late_max: Duration,
+    pub(crate) scheduled_retention: Duration,
 }
 
 impl Settings {
@@ -255,6 +277,28 @@ impl Settings {
                     .or(file.attachment_size_max_bytes),
                 25 * 1024 * 1024,
             )?,
+            scheduled_per_user_max: positive(
+                "scheduled_per_user_max",
+                args.scheduled_per_user_max.or(file.scheduled_per_user_max),
+                100,
+            )?,
+            scheduled_total_max: positive(
+                "scheduled_total_max",
+                args.scheduled_total_max.or(file.scheduled_total_max),
+                1_000_000,
+            )?,
+            scheduled_late_max: Duration::from_secs(positive(
+                "scheduled_late_max_secs",
+                args.scheduled_late_max_secs
+                    .or(file.scheduled_late_max_secs),
+                24 * 3600,
+            )?),
+            scheduled_retention: Duration::from_secs(positive(
+                "scheduled_retention_secs",
+                args.scheduled_retention_secs
+                    .or(file.scheduled_retention_secs),
+                7 * 24 * 3600,
+            )?),
         })
     }
 

@@ -103,6 +103,38 @@ enum Command {
         #[arg(long)]
         content_type: Option<String>,
     },
+    /// Schedule a text message to be sent later; prints the pending entry
+    /// as JSON.
+    Schedule {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The conversation's id.
+        conversation: Uuid,
+        /// When: an RFC 3339 time (`2026-12-24T18:00:00+01:00`) or a time
+        /// from now (`+90s`, `+15m`, `+2h`, `+1d`).
+        #[arg(long)]
+        at: String,
+        /// The text; it travels as the message's opaque payload.
+        text: String,
+    },
+    /// List your pending scheduled messages and recent failures.
+    Scheduled {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only this conversation's [default: every conversation].
+        #[arg(long)]
+        conversation: Option<Uuid>,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a pending scheduled message.
+    Unschedule {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The scheduled message's id.
+        id: Uuid,
+    },
     /// Print a conversation's latest messages, oldest first.
     History {
         #[command(flatten)]
@@ -198,6 +230,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             content_type,
             None,
         )),
+        Command::Schedule {
+            server,
+            conversation,
+            at,
+            text,
+        } => client_runtime()?.block_on(cli::schedule(&server, conversation, &at, &text)),
+        Command::Scheduled {
+            server,
+            conversation,
+            json,
+        } => client_runtime()?.block_on(cli::scheduled(&server, conversation, json)),
+        Command::Unschedule { server, id } => {
+            client_runtime()?.block_on(cli::unschedule(&server, id))
+        }
         Command::History {
             server,
             conversation,
@@ -307,6 +353,10 @@ fn limits(settings: &Settings) -> Limits {
     limits.sessions.buffer_bytes_max = settings.session_buffer_bytes;
     limits.media.audio_size_max = settings.audio_size_max;
     limits.media.attachment_size_max = settings.attachment_size_max;
+    limits.scheduled.per_user_max = settings.scheduled_per_user_max;
+    limits.scheduled.total_max = settings.scheduled_total_max;
+    limits.scheduled.late_max = settings.scheduled_late_max;
+    limits.scheduled.retention = settings.scheduled_retention;
     limits
 }
 

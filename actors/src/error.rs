@@ -27,6 +27,16 @@ pub enum ActorError {
     /// The caller holds too much of a per-user allowance.
     #[error("{0}")]
     TooMany(&'static str),
+    /// The caller, or the node, holds as much of an allowance as it may
+    /// until some of it is used up, which comes no sooner than
+    /// `retry_after`.
+    #[error("{message}")]
+    Full {
+        /// What is full.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// A bounded queue is full; the caller should retry later.
     #[error("{0}")]
     Overloaded(&'static str),

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use ractor::{ActorId, ActorRef};
-use switchboard_protocol::Event;
+use switchboard_protocol::{Control, Event};
 use uuid::Uuid;
 
 use crate::connection::{Close, CloseSender};
@@ -335,6 +335,18 @@ impl Hub {
             let _ = session
                 .mailbox
                 .try_send(|permit| SessionMsg::Resync(conversations.to_vec(), permit));
+        }
+    }
+
+    /// Hands a frame to `user`'s sessions on this node, for their attached
+    /// connections (a detached session misses it: what it tells is also
+    /// kept where the client can list it).
+    pub(crate) fn tell(&self, user: Uuid, control: &Control) {
+        let routes = self.routes.read().expect("hub lock");
+        for session in routes.by_user.get(&user).into_iter().flatten() {
+            let _ = session
+                .mailbox
+                .try_send(|permit| SessionMsg::Tell(control.clone(), permit));
         }
     }
 

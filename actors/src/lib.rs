@@ -23,6 +23,7 @@ mod metrics;
 mod node;
 mod publisher;
 mod router;
+mod scheduler;
 mod session;
 mod subscriptions;
 mod sweeper;
@@ -36,6 +37,7 @@ pub use hub::EncodedEvent;
 pub use media::{ATTACHMENT_TYPES, AUDIO_TYPES, MediaLimits};
 pub use metrics::Metrics;
 pub use node::{BusLimits, ConnectRequest, Dependencies, Limits, Node, ResumeAt};
+pub use scheduler::ScheduledLimits;
 pub use session::SessionLimits;
 /// The policies `Limits` and `BusLimits` are made of, and the supervisor a
 /// node runs under.

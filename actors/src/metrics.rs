@@ -3,8 +3,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the actors record. The supervisor's (restarts, queues,
@@ -91,6 +91,14 @@ pub struct Metrics {
     /// Deletions the blob store is still owed, as of the deleter's last
     /// look.
     pub(crate) blob_deletions_owed: IntGauge,
+    /// Scheduled messages pending in the store, as of the dispatcher's last
+    /// round.
+    pub(crate) scheduled_messages_pending: IntGauge,
+    /// Scheduled messages that went, by outcome (`sent`, `failed`,
+    /// `cancelled`).
+    pub(crate) scheduled_messages_total: IntCounterVec,
+    /// From a scheduled message's due time to its send's commit.
+    pub(crate) scheduled_delivery_lag_seconds: Histogram,
 }
 
 impl Metrics {
@@ -294,6 +302,29 @@ impl Metrics {
                 r,
                 "blob_deletions_owed",
                 "Deletions the blob store is still owed",
+            ),
+            scheduled_messages_pending: gauge(
+                r,
+                "scheduled_messages_pending",
+                "Scheduled messages pending in the store",
+            ),
+            scheduled_messages_total: counters(
+                r,
+                "scheduled_messages_total",
+                "Scheduled messages that went, by outcome",
+                &["outcome"],
+            ),
+            scheduled_delivery_lag_seconds: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "scheduled_delivery_lag_seconds",
+                        "From a scheduled message's due time to its send's commit",
+                    )
+                    .buckets(vec![
+                        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                    ]),
+                ),
             ),
             registry,
         }

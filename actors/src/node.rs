@@ -33,6 +33,7 @@ use crate::mailbox::Mailbox;
 use crate::media::{Media, MediaLimits};
 use crate::publisher::Publishing;
 use crate::router::{ROUTER, Router};
+use crate::scheduler::{DISPATCHER, Dispatcher, ScheduledLimits, Wake as ScheduledWake};
 use crate::session::{
     Attach, SessionActor, SessionArgs, SessionLimits, SessionMsg, SessionSupervisor, Start,
 };
@@ -67,6 +68,8 @@ pub struct Limits {
     pub bus: BusLimits,
     /// Bounds of voice messages and attachments, when there is a blob store.
     pub media: MediaLimits,
+    /// Bounds of scheduled messages and the pacing of their dispatcher.
+    pub scheduled: ScheduledLimits,
 }
 
 /// Bounds and pacing of the node's use of the bus.
@@ -134,6 +137,7 @@ impl Default for Limits {
             restart: RestartPolicy::default(),
             bus: BusLimits::default(),
             media: MediaLimits::default(),
+            scheduled: ScheduledLimits::default(),
         }
     }
 }
@@ -185,6 +189,8 @@ pub(crate) struct Shared {
     pub(crate) media: Option<Media>,
     /// The bus itself, for its replay tail.
     pub(crate) bus: Option<Arc<dyn Bus>>,
+    /// Wakes the scheduled dispatcher for an entry due before it looks.
+    pub(crate) scheduled: Arc<ScheduledWake>,
 }
 
 impl Shared {
@@ -301,6 +307,7 @@ impl Node {
             supervisor,
         } = dependencies;
         limits.media.check().map_err(ActorError::Invalid)?;
+        limits.scheduled.check().map_err(ActorError::Invalid)?;
         let metrics = Metrics::new();
         for collector in supervisor.collectors() {
             metrics
@@ -326,6 +333,7 @@ impl Node {
             subscriptions,
             media,
             bus,
+            scheduled: Arc::new(ScheduledWake::default()),
             hub: Hub::new(
                 limits.sessions.sessions_max,
                 limits.sessions.sessions_per_user_max,
@@ -355,6 +363,11 @@ impl Node {
         let (session_supervisor, _) = Actor::spawn(None, SessionSupervisor, Arc::clone(&shared))
             .await
             .map_err(|e| ActorError::Internal(format!("cannot start supervisor: {e}")))?;
+        supervisor.spawn(
+            DISPATCHER,
+            limits.scheduled.restart,
+            Dispatcher::new(&shared, Arc::clone(&shared.scheduled)),
+        );
         if let Some(signals) = signals {
             supervisor.spawn(
                 ROUTER,

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use switchboard_protocol::Event;
+use switchboard_protocol::{Control, Event};
 use switchboard_storage::{Bus, BusError, Clock};
 use switchboard_supervisors::{BreakerState, Refusal, Supervisor, Worker, WorkerHandle};
 use uuid::Uuid;
@@ -35,12 +35,27 @@ pub(crate) struct Publisher {
     metrics: Metrics,
 }
 
+/// What the publisher sends.
+#[derive(Debug)]
+pub(crate) enum Publication {
+    /// A committed event.
+    Event(Arc<EncodedEvent>),
+    /// A frame for one user's sessions, wherever they are connected.
+    Notice(Uuid, Control),
+}
+
 impl Worker for Publisher {
-    type Request = Arc<EncodedEvent>;
+    type Request = Publication;
     type Reply = ();
     type Error = BusError;
 
-    async fn handle(&mut self, event: Arc<EncodedEvent>) -> Result<(), BusError> {
+    async fn handle(&mut self, publication: Publication) -> Result<(), BusError> {
+        let event = match publication {
+            Publication::Event(event) => event,
+            Publication::Notice(user, control) => {
+                return self.bus.notify_user(user, &control).await;
+            }
+        };
         let started = self.clock.monotonic();
         if let Err(error) = publish(self.bus.as_ref(), &event).await {
             tracing::debug!(%error, "publish failed");
@@ -141,7 +156,7 @@ impl Publishing {
 
     /// Hands a committed event to the publisher without waiting.
     pub(crate) fn publish(&self, event: &Arc<EncodedEvent>) {
-        if let Err(refusal) = self.publisher.cast(Arc::clone(event)) {
+        if let Err(refusal) = self.publisher.cast(Publication::Event(Arc::clone(event))) {
             let reason = match refusal {
                 Refusal::Overloaded => "queue_full",
                 Refusal::Unavailable if self.publisher.breaker() != BreakerState::Closed => {
@@ -155,6 +170,18 @@ impl Publishing {
                 .with_label_values(&[reason])
                 .inc();
         }
+    }
+
+    /// Hands a frame for `user`'s sessions to the publisher without
+    /// waiting; the frame back when it refused it.
+    pub(crate) fn notify(&self, user: Uuid, control: Control) -> Result<(), Control> {
+        if self.publisher.breaker() != BreakerState::Closed {
+            return Err(control);
+        }
+        let kept = control.clone();
+        self.publisher
+            .cast(Publication::Notice(user, control))
+            .map_err(|_| kept)
     }
 
     /// Whether publishing works, as far as its breaker knows.

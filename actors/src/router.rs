@@ -153,6 +153,10 @@ impl Task for Router {
                     held
                 }
                 Some(BusSignal::Subscribed(ids)) => ids,
+                Some(BusSignal::Notice { user, control }) => {
+                    shared.hub.tell(user, &control);
+                    Vec::new()
+                }
             };
             for id in catch_up {
                 if !shared

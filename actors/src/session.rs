@@ -121,6 +121,8 @@ pub(crate) enum SessionMsg {
     /// The user may have missed events of these conversations: have the
     /// client sync them.
     Resync(Vec<Uuid>, Permit),
+    /// A frame for the attached connection, such as `scheduled.failed`.
+    Tell(Control, Permit),
     /// The grace period that began with detach number `.0` is over.
     Expire(u64),
 }
@@ -665,6 +667,11 @@ impl Actor for SessionActor {
         // these run once per attach or sync.
         match message {
             SessionMsg::Event(event, _permit) => state.live(&myself, event),
+            SessionMsg::Tell(frame, _permit) => {
+                if let Some(attached) = &state.attached {
+                    attached.link.send(control(&frame));
+                }
+            }
             SessionMsg::Resync(conversations, _permit) => {
                 state.incomplete.extend(conversations);
                 state.resync_owed = true;

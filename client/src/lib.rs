@@ -18,6 +18,7 @@ mod media;
 mod outbox;
 mod place;
 mod retry;
+mod scheduled;
 mod sender;
 
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -35,6 +36,7 @@ pub use media::Upload;
 pub use outbox::{GiveUp, Outbox, OutboxError, Settled};
 pub use place::{Place, Step};
 pub use retry::{Class, Failure, RetryPolicy, classify};
+pub use scheduled::Scheduled;
 pub use sender::{SendReport, Sender};
 
 /// A client bound to one server and one user's token.

@@ -3,12 +3,11 @@
 //! whole flow retried by a [`RetryPolicy`] with one idempotency key, so a
 //! flaky network costs attempts, never a second message.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use switchboard_protocol::{PresignedUpload, SendAttachment, SendAudio, UploadRequest};
 use uuid::Uuid;
 
+use crate::retry::retried;
 use crate::{Client, ClientError, RetryPolicy, Sent, entropy};
 
 /// A file to send.
@@ -204,34 +203,4 @@ impl Client {
         })
         .await
     }
-}
-
-/// Runs `call` until it succeeds, fails permanently, or `policy` runs out.
-async fn retried<T, F, Fut>(policy: RetryPolicy, mut call: F) -> Result<T, ClientError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, ClientError>>,
-{
-    let mut failures = 0;
-    loop {
-        let error = match call().await {
-            Ok(value) => return Ok(value),
-            Err(error) => error,
-        };
-        failures += 1;
-        let Some(crate::Class::Retryable { retry_after }) = error.failure().map(crate::classify)
-        else {
-            return Err(error);
-        };
-        let Some(wait) = policy.delay(failures, entropy::sample(), retry_after) else {
-            return Err(error);
-        };
-        sleep(wait).await;
-    }
-}
-
-// The transport's own pacing between attempts.
-#[allow(clippy::disallowed_methods)]
-async fn sleep(wait: Duration) {
-    tokio::time::sleep(wait).await;
 }

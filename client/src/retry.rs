@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::ClientError;
+
 /// How a call failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -99,6 +101,35 @@ impl RetryPolicy {
         let factor = 1.0 - self.jitter + 2.0 * self.jitter * sample;
         Some(base.mul_f64(factor).min(self.delay_max))
     }
+}
+
+/// Runs `call` until it succeeds, fails permanently, or `policy` runs out.
+pub(crate) async fn retried<T, F, Fut>(policy: RetryPolicy, mut call: F) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut failures = 0;
+    loop {
+        let error = match call().await {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        failures += 1;
+        let Some(Class::Retryable { retry_after }) = error.failure().map(classify) else {
+            return Err(error);
+        };
+        let Some(wait) = policy.delay(failures, crate::entropy::sample(), retry_after) else {
+            return Err(error);
+        };
+        sleep(wait).await;
+    }
+}
+
+// The transport's own pacing between attempts.
+#[allow(clippy::disallowed_methods)]
+async fn sleep(wait: Duration) {
+    tokio::time::sleep(wait).await;
 }
 
 #[cfg(test)]

@@ -68,6 +68,22 @@ impl From<ActorError> for ApiError {
                 retry_after: Some(5),
                 ..Self::new(ErrorCode::RateLimited, m)
             },
+            ActorError::Full {
+                message,
+                retry_after,
+            } => Self {
+                // Whole seconds, rounded up: a retry sooner would fail.
+                retry_after: Some(
+                    u32::try_from(
+                        retry_after
+                            .as_secs()
+                            .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+                            .max(1),
+                    )
+                    .unwrap_or(u32::MAX),
+                ),
+                ..Self::new(ErrorCode::RateLimited, message)
+            },
             ActorError::Overloaded(m) => Self {
                 retry_after: Some(1),
                 ..Self::new(ErrorCode::Unavailable, m)

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use switchboard_protocol::Event;
+use switchboard_protocol::{Control, Event};
 use switchboard_storage::{Bus, BusError, BusSignal, Topic};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -133,6 +133,11 @@ impl Network {
     /// Delivers `event` to every attached node subscribed to `topic`, each
     /// delivery dropped or delayed on its own.
     fn deliver(&self, state: &State, topic: Topic, event: &Event) {
+        self.signal(state, topic, &BusSignal::Event(event.clone()));
+    }
+
+    /// Delivers `signal` as [`Self::deliver`] does an event.
+    fn signal(&self, state: &State, topic: Topic, signal: &BusSignal) {
         for endpoint in state.endpoints.values() {
             if endpoint.partitioned || !endpoint.wanted.contains(&topic) {
                 continue;
@@ -154,15 +159,15 @@ impl Network {
             }
             let delay = self.faults.delay(self.faults.plan.bus_delay_max);
             let signals = endpoint.signals.clone();
-            let event = event.clone();
+            let signal = signal.clone();
             if delay.is_zero() {
-                let _ = signals.try_send(BusSignal::Event(event));
+                let _ = signals.try_send(signal);
             } else {
                 self.faults.count(FaultKind::BusDelay);
                 tokio::spawn(async move {
                     #[allow(clippy::disallowed_methods)] // A slow bus, in the run's time.
                     tokio::time::sleep(delay).await;
-                    let _ = signals.try_send(BusSignal::Event(event));
+                    let _ = signals.try_send(signal);
                 });
             }
         }
@@ -212,6 +217,17 @@ impl Bus for NodeBus {
         let mut state = self.network.state();
         self.endpoint(&mut state)?;
         self.network.deliver(&state, Topic::User(user), &event);
+        Ok(())
+    }
+
+    async fn notify_user(&self, user: Uuid, control: &Control) -> Result<(), BusError> {
+        let mut state = self.network.state();
+        self.endpoint(&mut state)?;
+        let notice = BusSignal::Notice {
+            user,
+            control: control.clone(),
+        };
+        self.network.signal(&state, Topic::User(user), &notice);
         Ok(())
     }
 

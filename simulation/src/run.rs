@@ -689,7 +689,7 @@ impl CallError {
                 ActorError::Invalid(_) => 422,
                 ActorError::UnsupportedType(_) => 415,
                 ActorError::TooLarge(_) => 413,
-                ActorError::TooMany(_) => 429,
+                ActorError::TooMany(_) | ActorError::Full { .. } => 429,
                 ActorError::Overloaded(_) | ActorError::Unavailable(_) => 503,
                 ActorError::Internal(_) => 500,
             },

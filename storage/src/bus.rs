@@ -8,7 +8,7 @@
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use switchboard_protocol::Event;
+use switchboard_protocol::{Control, Event};
 use uuid::Uuid;
 
 /// A bus call's failure.
@@ -43,6 +43,14 @@ pub enum BusSignal {
     /// These conversations' subscriptions now stand; anything committed
     /// before must be caught up from the store.
     Subscribed(Vec<Uuid>),
+    /// A frame for one user's sessions on this node (such as
+    /// `scheduled.failed`); lost with the link like any pub/sub message.
+    Notice {
+        /// Whose sessions.
+        user: Uuid,
+        /// The frame.
+        control: Control,
+    },
 }
 
 /// Publishes events, keeps the replay tail, and manages this node's
@@ -61,6 +69,10 @@ pub trait Bus: Send + Sync + Debug + 'static {
 
     /// Publishes `frame` (a membership event) on `user`'s channel.
     async fn publish_to_user(&self, user: Uuid, frame: &[u8]) -> Result<(), BusError>;
+
+    /// Publishes a frame for `user`'s sessions on `user`'s channel, heard
+    /// as [`BusSignal::Notice`] by the node serving them.
+    async fn notify_user(&self, user: Uuid, control: &Control) -> Result<(), BusError>;
 
     /// Events in the conversation's stream after `after_seq`, oldest first,
     /// at most `limit`. The stream is trimmed, so the answer may start later

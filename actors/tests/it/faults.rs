@@ -438,6 +438,14 @@ impl switchboard_storage::Bus for QuietBus {
         Ok(())
     }
 
+    async fn notify_user(
+        &self,
+        _user: Uuid,
+        _control: &switchboard_protocol::Control,
+    ) -> Result<(), switchboard_storage::BusError> {
+        Ok(())
+    }
+
     async fn tail(
         &self,
         _conversation_id: Uuid,

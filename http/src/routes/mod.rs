@@ -6,6 +6,7 @@ mod live;
 mod media;
 mod messages;
 mod ops;
+mod scheduled;
 mod sse;
 mod ws;
 
@@ -59,6 +60,15 @@ pub fn router(state: AppState) -> Router {
             put(blobs::put)
                 .get(blobs::get)
                 .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/conversations/{id}/scheduled-messages",
+            post(scheduled::create),
+        )
+        .route("/scheduled-messages", get(scheduled::list))
+        .route(
+            "/scheduled-messages/{id}",
+            patch(scheduled::edit).delete(scheduled::cancel),
         )
         .route("/conversations/{id}/events", get(messages::events))
         .route("/conversations/{id}/read", post(messages::mark_read))

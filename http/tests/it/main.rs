@@ -16,6 +16,7 @@ mod openapi;
 mod race;
 #[cfg(feature = "s3-tests")]
 mod s3;
+mod scheduled;
 mod sessions;
 mod sse;
 mod supervision;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
-use switchboard_protocol::Event;
+use switchboard_protocol::{Control, Event};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
@@ -235,7 +235,7 @@ impl Task for Subscriber {
                 let push = Box::new(move |info: PushInfo| {
                     let signal = match info.kind {
                         PushKind::Disconnection => Some(BusSignal::Lost),
-                        PushKind::Message => decode(&info.data).map(BusSignal::Event),
+                        PushKind::Message => decode(&info.data),
                         _ => None,
                     };
                     if let Some(signal) = signal
@@ -328,18 +328,36 @@ impl Task for Subscriber {
     }
 }
 
-/// A pub/sub message's payload as an event.
-fn decode(data: &[Value]) -> Option<Event> {
+/// A pub/sub message's payload: an event, or a notice for one user
+/// (`{"notice": {"user_id", "frame"}}`, see [`RedisBus::notify_user`]).
+fn decode(data: &[Value]) -> Option<BusSignal> {
     // `message` pushes carry [channel, payload].
     let payload = match data.get(1)? {
         Value::BulkString(bytes) => bytes.as_slice(),
         Value::SimpleString(text) => text.as_bytes(),
         _ => return None,
     };
-    match serde_json::from_slice(payload) {
-        Ok(event) => Some(event),
+    let decoded = serde_json::from_slice::<serde_json::Value>(payload)
+        .map_err(|e| e.to_string())
+        .and_then(
+            |mut value| match value.get_mut("notice").map(serde_json::Value::take) {
+                Some(mut notice) => {
+                    let user = serde_json::from_value(notice["user_id"].take());
+                    let control = serde_json::from_value(notice["frame"].take());
+                    match (user, control) {
+                        (Ok(user), Ok(control)) => Ok(BusSignal::Notice { user, control }),
+                        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+                    }
+                }
+                None => serde_json::from_value(value)
+                    .map(BusSignal::Event)
+                    .map_err(|e| e.to_string()),
+            },
+        );
+    match decoded {
+        Ok(signal) => Some(signal),
         Err(error) => {
-            tracing::warn!(%error, "undecodable event on the bus");
+            tracing::warn!(%error, "undecodable message on the bus");
             None
         }
     }
@@ -367,6 +385,17 @@ impl Bus for RedisBus {
             redis::cmd("PUBLISH")
                 .arg(channel(&self.inner.options.key_prefix, Topic::User(user)))
                 .arg(frame),
+        )
+        .await
+        .map(|_receivers: i64| ())
+    }
+
+    async fn notify_user(&self, user: Uuid, control: &Control) -> Result<(), BusError> {
+        let payload = serde_json::json!({ "notice": { "user_id": user, "frame": control } });
+        self.run(
+            redis::cmd("PUBLISH")
+                .arg(channel(&self.inner.options.key_prefix, Topic::User(user)))
+                .arg(payload.to_string()),
         )
         .await
         .map(|_receivers: i64| ())
