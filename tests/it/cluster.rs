@@ -28,14 +28,14 @@ fn redis_server(port: u16) -> Process {
 }
 
 /// A fresh database on the test server, dropped afterwards.
-struct Database {
+pub(crate) struct Database {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Database {
-    fn create() -> Self {
+    pub(crate) fn create() -> Self {
         let admin = std::env::var("SWITCHBOARD_TEST_POSTGRES_URL")
             .expect("cluster tests need SWITCHBOARD_TEST_POSTGRES_URL");
         let name = format!("cluster_{}", Uuid::new_v4().simple());
@@ -124,17 +124,7 @@ async fn assert_got(i: usize, stream: &mut EventStream, want: &[Message]) {
 
 /// `redis_pubsub_failure_total`, summed over reasons, from a node's `/metrics`.
 fn publish_failures(port: u16) -> u64 {
-    use std::io::{Read, Write};
-    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    socket
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    socket.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|line| line.starts_with("redis_pubsub_failure_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    crate::metric(port, "redis_pubsub_failure_total{")
 }
 
 fn text(conversation_id: Uuid, n: usize) -> SendMessage {

@@ -4,6 +4,8 @@
 //!   stopped and started again (embedded SQLite).
 //! - `cluster` (feature `cluster-tests`): three processes sharing
 //!   PostgreSQL and a `redis-server` this test starts and stops.
+//! - `scheduled`: scheduled messages across a stop, a SIGKILL and (with
+//!   `cluster-tests`) two nodes on PostgreSQL.
 
 // The tests drive processes from outside with real time and random ids.
 #![allow(clippy::disallowed_methods)]
@@ -11,6 +13,7 @@
 mod cli;
 #[cfg(feature = "cluster-tests")]
 mod cluster;
+mod scheduled;
 
 use std::process::Child;
 use std::time::Duration;
@@ -55,4 +58,22 @@ pub(crate) fn token(user: Uuid) -> String {
         .unwrap();
     assert!(output.status.success());
     String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// The sum of a node's `/metrics` samples whose line starts with `name`
+/// (a name, or a name and labels); 0 when the node does not answer.
+pub(crate) fn metric(port: u16, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut body = String::new();
+    if socket.write_all(request).is_err() || socket.read_to_string(&mut body).is_err() {
+        return 0;
+    }
+    body.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

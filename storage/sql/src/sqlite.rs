@@ -197,6 +197,16 @@ impl SqliteStore {
             .run(&writer)
             .await
             .map_err(|e| StoreError::Backend(format!("migration failed: {e}")))?;
+        // One node uses the file, so a claim on a scheduled message left
+        // from before this open is a dead process's: its entries are due
+        // now, not when its lease would have run out.
+        sqlx::query(
+            "UPDATE scheduled_messages SET leased_until = NULL \
+             WHERE status = 'pending' AND leased_until IS NOT NULL",
+        )
+        .execute(&writer)
+        .await
+        .map_err(db)?;
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(connect.clone())

@@ -1416,7 +1416,8 @@ pub(crate) async fn two_nodes_claim_disjoint_entries(b: Arc<Backend>) {
             }
         })
     };
-    let (a, b2) = (claim(b.store.clone()), claim(b.another().await));
+    let other_node = b.another().await;
+    let (a, b2) = (claim(b.store.clone()), claim(other_node));
     let (a, b2) = (a.await.unwrap(), b2.await.unwrap());
     let mut taken: Vec<Uuid> = a.iter().chain(&b2).copied().collect();
     taken.sort_unstable();
