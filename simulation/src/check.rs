@@ -28,6 +28,22 @@ pub struct Outcome {
     pub objects: BTreeSet<String>,
     /// Every attachment row an upload URL was issued for, at the end.
     pub attachments: Vec<AttachmentEnd>,
+    /// Every scheduled message a client was told it scheduled, at the end.
+    pub scheduled: Vec<ScheduledEnd>,
+}
+
+/// A scheduled message at the end of a run, with what its sender was told.
+#[derive(Debug, Clone)]
+pub struct ScheduledEnd {
+    /// The entry as stored at the end.
+    pub entry: switchboard_protocol::ScheduledMessage,
+    /// The content marker its messages carry (`sched KEY`, or `sched KEY
+    /// edited` after an edit).
+    pub marker: String,
+    /// A cancel of it was acknowledged.
+    pub cancelled: bool,
+    /// An edit of it was acknowledged: the content it must go out with.
+    pub edited: Option<String>,
 }
 
 /// An attachment row at the end of a run.
@@ -147,6 +163,15 @@ pub enum Violation {
         /// The object's key.
         key: String,
     },
+    /// A scheduled message that did not end sent exactly once, failed or
+    /// cancelled, as its sender was told.
+    #[error("scheduled message {id}: {what}")]
+    Scheduled {
+        /// The entry.
+        id: Uuid,
+        /// What went wrong.
+        what: String,
+    },
     /// A client received a frame it could not read.
     #[error("client {client} received an undecodable frame")]
     Undecodable {
@@ -167,6 +192,7 @@ pub fn check(history: &[Entry], outcome: &Outcome, quiet_bound: Duration) -> Vec
     deliveries(history, &mut found);
     bounds(history, &mut found);
     media(outcome, &mut found);
+    scheduled(outcome, &mut found);
     if outcome.quiet_after.is_none() {
         found.push(Violation::NotQuiet(quiet_bound));
     }
@@ -312,6 +338,78 @@ fn media(outcome: &Outcome, found: &mut Vec<Violation>) {
                     key: attachment.s3_key.clone(),
                 });
             }
+        }
+    }
+}
+
+/// Each scheduled message ended sent exactly once (at or after its time,
+/// by its sender, with the content of its last acknowledged edit), failed
+/// with a reason, or cancelled, and never sent after an acknowledged
+/// cancel. (That a sender was a member when it went, the log checker
+/// already holds of every message.)
+fn scheduled(outcome: &Outcome, found: &mut Vec<Violation>) {
+    use switchboard_protocol::ScheduledStatus;
+    for end in &outcome.scheduled {
+        let entry = &end.entry;
+        let mut report = |what: String| {
+            found.push(Violation::Scheduled { id: entry.id, what });
+        };
+        let sent: Vec<&switchboard_protocol::Message> = outcome
+            .logs
+            .get(&entry.conversation_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match e {
+                Event::MessageNew(m)
+                    if key_of(&m.encrypted_content).is_some_and(|k| k.starts_with(&end.marker)) =>
+                {
+                    Some(m)
+                }
+                _ => None,
+            })
+            .collect();
+        if end.cancelled && entry.status != ScheduledStatus::Cancelled {
+            report(format!("cancelled, but {}", entry.status.as_str()));
+        }
+        match entry.status {
+            ScheduledStatus::Sent => {
+                let [message] = sent.as_slice() else {
+                    report(format!("sent, with {} messages in the log", sent.len()));
+                    continue;
+                };
+                if entry.message_id != Some(message.id) {
+                    report(format!(
+                        "sent as {:?}, the log has {}",
+                        entry.message_id, message.id
+                    ));
+                }
+                if message.sender_id != entry.sender_id {
+                    report(format!("sent by {}", message.sender_id));
+                }
+                if message.created_at < entry.deliver_at {
+                    report(format!(
+                        "sent at {} before its time {}",
+                        message.created_at, entry.deliver_at
+                    ));
+                }
+                if let Some(edited) = &end.edited
+                    && key_of(&message.encrypted_content).as_ref() != Some(edited)
+                {
+                    report(format!("sent without its acknowledged edit to {edited:?}"));
+                }
+            }
+            ScheduledStatus::Failed if entry.failure_reason.is_none() => {
+                report("failed without a reason".into());
+            }
+            ScheduledStatus::Failed | ScheduledStatus::Cancelled if !sent.is_empty() => {
+                report(format!(
+                    "{}, with {} messages in the log",
+                    entry.status.as_str(),
+                    sent.len()
+                ));
+            }
+            ScheduledStatus::Pending => report("still pending at the end".into()),
+            _ => {}
         }
     }
 }

@@ -120,6 +120,7 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut totals = [0usize; 3];
+    let mut scheduled: BTreeMap<String, usize> = BTreeMap::new();
     for (done, seed) in seeds.iter().enumerate() {
         let report = match run(&options(*seed)) {
             Ok(report) => report,
@@ -134,6 +135,9 @@ fn main() -> ExitCode {
         totals[0] += report.stats.operations;
         totals[1] += report.stats.acknowledged;
         totals[2] += report.stats.deliveries;
+        for (how, count) in &report.stats.scheduled {
+            *scheduled.entry(how.clone()).or_default() += count;
+        }
         if seeds.len() == 1 {
             if args.history {
                 for entry in &report.history {
@@ -187,6 +191,7 @@ fn main() -> ExitCode {
             totals[1],
             totals[2]
         );
+        out!("scheduled messages ended: {scheduled:?}");
         out!("faults injected: {faults:?}");
     }
     if failed.is_empty() {
@@ -216,6 +221,7 @@ fn print_one(report: &Report) {
             .map_or_else(|| "never".to_owned(), |ms| format!("{ms} ms")),
     );
     let faults: BTreeMap<&str, u64> = report.faults.iter().map(|(k, v)| (k.name(), *v)).collect();
+    out!("scheduled messages ended: {:?}", stats.scheduled);
     out!("faults injected: {faults:?}");
     for violation in &report.violations {
         out!("violation: {violation}");

@@ -20,12 +20,12 @@ use base64::Engine;
 use chrono::{TimeZone, Utc};
 use switchboard_actors::{
     ActorError, BusLimits, ConnectRequest, ConnectionLink, Dependencies, Limits, MediaLimits, Node,
-    ResumeAt, SessionLimits, Supervisor, Transport,
+    ResumeAt, ScheduledLimits, SessionLimits, Supervisor, Transport,
 };
 use switchboard_client::{Class, Failure, Place, RetryPolicy, Step, classify};
 use switchboard_protocol::{
-    AddMember, ConversationKind, CreateConversation, EditMessage, Event, Message, Role, SendAudio,
-    SendMessage, ServerFrame, UploadRequest,
+    AddMember, ConversationKind, CreateConversation, EditMessage, EditScheduled, Event, Message,
+    Role, ScheduleMessage, ScheduledStatus, SendAudio, SendMessage, ServerFrame, UploadRequest,
 };
 use switchboard_storage::{
     AttachmentState, Blobs, Bus, Clock, MemoryBlobs, MemoryStore, Store, TokioClock,
@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::blobs::FaultyBlobs;
 use crate::bus::Network;
-use crate::check::{self, AttachmentEnd, ClientEnd, Outcome, Violation};
+use crate::check::{self, AttachmentEnd, ClientEnd, Outcome, ScheduledEnd, Violation};
 use crate::faults::{FaultKind, FaultPlan, Faults};
 use crate::history::{History, Record};
 use crate::rng::{Rng, SharedRng};
@@ -136,6 +136,9 @@ pub struct Stats {
     pub events: usize,
     /// Simulated (or real) milliseconds from the end of the faults to quiet.
     pub quiet_after_ms: Option<u64>,
+    /// Scheduled messages by how they ended (`sent`, `cancelled`,
+    /// `failed: too_late`…).
+    pub scheduled: BTreeMap<String, usize>,
 }
 
 /// Runs one seed and checks it.
@@ -194,6 +197,22 @@ fn limits(rng: &mut Rng) -> Limits {
             ..BusLimits::default()
         },
         media: media_limits(),
+        scheduled: ScheduledLimits {
+            // Small, so runs meet both caps.
+            per_user_max: 4,
+            total_max: 12,
+            // Sometimes short enough that a crash or an outage makes an
+            // entry too late.
+            late_max: rng.millis(2_000, 20_000),
+            batch_len: u32::try_from(rng.between(1, 8)).unwrap_or(4),
+            deliveries_max: usize::try_from(rng.between(1, 4)).unwrap_or(2),
+            // A crashed node's claims come free this soon.
+            lease: Duration::from_secs(2),
+            poll_every: Duration::from_millis(500),
+            retry_min: Duration::from_millis(100),
+            retry_max: Duration::from_secs(2),
+            ..ScheduledLimits::default()
+        },
         ..Limits::default()
     }
 }
@@ -315,6 +334,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
         grace: limits.sessions.grace,
         blobs,
         uploads: Mutex::new(Vec::new()),
+        scheduled: Mutex::new(Vec::new()),
     });
     let mut background = JoinSet::new();
     for client in &ctx.clients {
@@ -350,7 +370,11 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
     }
     let quiet_after = loop {
         while ops.try_join_next().is_some() {}
-        if ops.is_empty() && ctx.quiet().await && ctx.media_settled().await {
+        if ops.is_empty()
+            && ctx.quiet().await
+            && ctx.media_settled().await
+            && ctx.scheduled_settled().await
+        {
             break Some(ctx.clock.elapsed() - calm_from);
         }
         if ctx.clock.elapsed() - calm_from > options.quiet_within {
@@ -389,6 +413,17 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
             .count(),
         events: outcome.logs.values().map(Vec::len).sum(),
         quiet_after_ms: quiet_after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        scheduled: outcome
+            .scheduled
+            .iter()
+            .fold(BTreeMap::new(), |mut ended, end| {
+                let how = match end.entry.failure_reason {
+                    Some(reason) => format!("failed: {}", reason.as_str()),
+                    None => end.entry.status.as_str().to_owned(),
+                };
+                *ended.entry(how).or_default() += 1;
+                ended
+            }),
     };
     let report = Report {
         seed,
@@ -652,6 +687,18 @@ struct Ctx {
     blobs: Arc<MemoryBlobs>,
     /// Every attachment an upload URL was issued for.
     uploads: Mutex<Vec<Uuid>>,
+    /// Every scheduled message a client was told it scheduled.
+    scheduled: Mutex<Vec<Tracked>>,
+}
+
+/// A scheduled message and what its sender was told of it.
+#[derive(Debug, Clone)]
+struct Tracked {
+    id: Uuid,
+    /// What its content starts with.
+    marker: String,
+    cancelled: bool,
+    edited: Option<String>,
 }
 
 /// Why a call got no answer from a node.
@@ -839,6 +886,19 @@ impl Ctx {
             })
     }
 
+    /// Every scheduled message the clients know of has gone: sent, failed
+    /// or cancelled.
+    async fn scheduled_settled(&self) -> bool {
+        let ids: Vec<Uuid> = lock(&self.scheduled).iter().map(|t| t.id).collect();
+        for id in ids {
+            match self.store.scheduled(id).await {
+                Ok(Some(entry)) if entry.status != ScheduledStatus::Pending => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// The end state the checkers judge.
     async fn outcome(&self, quiet_after: Option<Duration>) -> anyhow::Result<Outcome> {
         let mut outcome = Outcome {
@@ -871,6 +931,17 @@ impl Ctx {
             })
             .collect();
         outcome.objects = self.blobs.keys().into_iter().collect();
+        let tracked = lock(&self.scheduled).clone();
+        for t in tracked {
+            if let Some(entry) = self.store.scheduled(t.id).await? {
+                outcome.scheduled.push(ScheduledEnd {
+                    entry,
+                    marker: t.marker,
+                    cancelled: t.cancelled,
+                    edited: t.edited,
+                });
+            }
+        }
         let uploads = lock(&self.uploads).clone();
         for id in uploads {
             if let Some(row) = self.store.attachment(id).await? {
@@ -893,6 +964,7 @@ const WORKER_FAULTS: &[(&str, &str)] = &[
     ("blob_cleanup", "request"),
     ("blob_deleter", "delete"),
     ("attachment_sweeper", "object"),
+    ("scheduled_dispatcher", "deliver"),
 ];
 
 /// Draws when each crash, worker crash and partition happens, and
@@ -1075,7 +1147,10 @@ fn step(ctx: &Arc<Ctx>, ops: &mut JoinSet<()>) {
         0..6 => {
             ops.spawn(media(ctx, conversation));
         }
-        6..50 => {
+        6..10 => {
+            ops.spawn(schedule(ctx, conversation));
+        }
+        10..50 => {
             ops.spawn(async move {
                 let members = ctx.members(conversation).await;
                 let user = ctx.rng.with(|r| {
@@ -1329,6 +1404,100 @@ async fn media(ctx: Arc<Ctx>, conversation: Uuid) {
         },
     )
     .await;
+}
+
+/// A scheduled message's life: scheduled a second or a few ahead by a
+/// member (mostly), retried with its key while no node answers, then as
+/// the draw says left alone, changed, or cancelled before it is due (or
+/// about when it is).
+async fn schedule(ctx: Arc<Ctx>, conversation: Uuid) {
+    let members = ctx.members(conversation).await;
+    let user = ctx.rng.with(|r| match r.pick(&members) {
+        Some((user, _)) if r.chance(0.9) => ctx.user_index(*user),
+        _ => r.index(ctx.users.len()),
+    });
+    let key = format!("u{user}k{}", ctx.keys.fetch_add(1, Ordering::Relaxed));
+    let marker = format!("sched {key}.");
+    let (ahead, fate, wait, moved) = ctx.rng.with(|r| {
+        (
+            r.millis(1_100, 4_000),
+            r.below(100),
+            r.millis(0, 4_000),
+            r.millis(1_100, 3_000),
+        )
+    });
+    let id = ctx.users[user];
+    let request = ScheduleMessage {
+        deliver_at: ctx.clock.now() + chrono::TimeDelta::from_std(ahead).unwrap_or_default(),
+        encrypted_content: content(&marker),
+        nonce: content("nonce"),
+        message_type: "text".into(),
+        idempotency_key: Some(key.clone()),
+    };
+    let mut scheduled = None;
+    for _ in 0..5 {
+        let slot = ctx.slot();
+        let body = request.clone();
+        let answer = ctx
+            .call(slot, "schedule", |node| async move {
+                node.schedule(id, conversation, body).await
+            })
+            .await;
+        answered(&ctx, user, format!("schedule {key} via {slot}"), &answer);
+        match answer {
+            Ok((entry, _)) => {
+                scheduled = Some(entry);
+                break;
+            }
+            Err(error) if classify(error.failure()) == Class::Permanent => return,
+            Err(_) => sleep(ctx.rng.with(|r| r.millis(100, 500))).await,
+        }
+    }
+    let Some(entry) = scheduled else {
+        return;
+    };
+    let index = {
+        let mut tracked = lock(&ctx.scheduled);
+        tracked.push(Tracked {
+            id: entry.id,
+            marker: marker.clone(),
+            cancelled: false,
+            edited: None,
+        });
+        tracked.len() - 1
+    };
+    if fate >= 40 {
+        return;
+    }
+    sleep(wait).await;
+    let slot = ctx.slot();
+    if fate < 20 {
+        let answer = ctx
+            .call(slot, "unschedule", |node| async move {
+                node.cancel_scheduled(id, entry.id).await
+            })
+            .await;
+        answered(&ctx, user, format!("unschedule {key} via {slot}"), &answer);
+        if answer.is_ok() {
+            lock(&ctx.scheduled)[index].cancelled = true;
+        }
+        return;
+    }
+    let edited = format!("{marker}edited");
+    let change = EditScheduled {
+        deliver_at: Some(ctx.clock.now() + chrono::TimeDelta::from_std(moved).unwrap_or_default()),
+        encrypted_content: Some(content(&edited)),
+        nonce: Some(content("nonce2")),
+    };
+    let answer = ctx
+        .call(slot, "reschedule", |node| async move {
+            node.edit_scheduled(id, entry.id, change).await
+        })
+        .await;
+    answered(&ctx, user, format!("reschedule {key} via {slot}"), &answer);
+    if answer.is_ok() {
+        lock(&ctx.scheduled)[index].edited = Some(edited);
+    }
 }
 
 /// Records a one-shot operation's answer.
