@@ -83,8 +83,8 @@ impl Default for ScheduledLimits {
             late_max: Duration::from_secs(24 * 3600),
             retention: Duration::from_secs(7 * 24 * 3600),
             list_len_max: 500,
-            batch_len: 200,
-            deliveries_max: 64,
+            batch_len: 500,
+            deliveries_max: 128,
             lease: Duration::from_secs(15),
             poll_every: Duration::from_secs(5),
             retry_min: Duration::from_millis(100),
@@ -227,40 +227,36 @@ impl Dispatcher {
         self.backoff(limits)
     }
 
-    /// Delivers a claimed batch, `deliveries_max` at a time; false when any
-    /// had to be put off.
+    /// Delivers a claimed batch, `deliveries_max` in flight at once; false
+    /// when any had to be put off.
     async fn deliver_all(
         &self,
         shared: &Arc<Shared>,
         limits: &ScheduledLimits,
         batch: Vec<Claimed>,
     ) -> bool {
+        use futures_util::StreamExt;
         let mut all_went = true;
-        let mut batch = batch.into_iter();
-        loop {
-            let chunk: Vec<Claimed> = batch.by_ref().take(limits.deliveries_max).collect();
-            if chunk.is_empty() {
-                return all_went;
-            }
-            let outcomes =
-                futures_util::future::join_all(chunk.into_iter().map(|c| deliver(shared, c))).await;
-            for outcome in outcomes {
-                let label = match outcome {
-                    Delivery::Sent => "sent",
-                    Delivery::Failed => "failed",
-                    Delivery::Superseded => continue,
-                    Delivery::Retry => {
-                        all_went = false;
-                        continue;
-                    }
-                };
-                shared
-                    .metrics
-                    .scheduled_messages_total
-                    .with_label_values(&[label])
-                    .inc();
-            }
+        let mut outcomes = futures_util::stream::iter(batch)
+            .map(|claimed| deliver(shared, claimed))
+            .buffer_unordered(limits.deliveries_max);
+        while let Some(outcome) = outcomes.next().await {
+            let label = match outcome {
+                Delivery::Sent => "sent",
+                Delivery::Failed => "failed",
+                Delivery::Superseded => continue,
+                Delivery::Retry => {
+                    all_went = false;
+                    continue;
+                }
+            };
+            shared
+                .metrics
+                .scheduled_messages_total
+                .with_label_values(&[label])
+                .inc();
         }
+        all_went
     }
 
     /// Purges finished entries past their retention, once per

@@ -342,14 +342,14 @@ async fn conversation(store: &dyn Store) -> anyhow::Result<Uuid> {
 }
 
 /// A database created for one run and dropped after it.
-struct Scratch {
+pub(crate) struct Scratch {
     admin: String,
     name: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Scratch {
-    async fn create(admin: &str) -> anyhow::Result<Self> {
+    pub(crate) async fn create(admin: &str) -> anyhow::Result<Self> {
         let name = format!("switchboard_bench_{}", Uuid::new_v4().simple());
         let mut connection = sqlx::PgConnection::connect(admin)
             .await
@@ -368,7 +368,7 @@ impl Scratch {
         })
     }
 
-    async fn drop_it(self) {
+    pub(crate) async fn drop_it(self) {
         if let Ok(mut connection) = sqlx::PgConnection::connect(&self.admin).await {
             let _ = connection
                 .execute(AssertSqlSafe(format!(

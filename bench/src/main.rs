@@ -15,7 +15,10 @@
 //!   the session buffer and, in the same run, from the store.
 //! - `connections`: memory while thousands of connections open and close,
 //!   and whether it comes back.
-//! - `all`: fanout, durable, idle and resume in turn.
+//! - `scheduled`: 10,000 scheduled messages due in the same second, until
+//!   all are committed and delivered, on SQLite and PostgreSQL, against
+//!   the same messages sent at once.
+//! - `all`: fanout, durable, idle, resume and scheduled in turn.
 
 // A benchmark measures the real world: real time and random ids are its job.
 #![allow(clippy::disallowed_methods)]
@@ -32,6 +35,7 @@ mod peer;
 mod process;
 mod report;
 mod resume;
+mod scheduled;
 mod server;
 
 use clap::{Parser, Subcommand};
@@ -67,8 +71,11 @@ enum Scenario {
     Resume(resume::Args),
     /// Server memory while thousands of connections open and close.
     Connections(connections::Args),
-    /// fanout, durable, idle and resume with their default sizes (or
-    /// `--quick`).
+    /// Scheduled messages due in the same second: until all are committed
+    /// and delivered, against the same messages sent at once.
+    Scheduled(scheduled::Args),
+    /// fanout, durable, idle, resume and scheduled with their default
+    /// sizes (or `--quick`).
     All(All),
     /// The bare broadcast server the ceilings are measured on (started by
     /// the scenarios themselves).
@@ -129,6 +136,12 @@ fn main() -> anyhow::Result<()> {
                 resume::run(&server, &args, json).await
             }
             Scenario::Connections(args) => connections::run(&server, &args, json).await,
+            Scenario::Scheduled(mut args) => {
+                if quick {
+                    quick_scheduled(&mut args);
+                }
+                scheduled::run(&server, &args, json).await
+            }
             Scenario::All(all) => {
                 let mut fanout = defaults::<fanout::Args>();
                 fanout.plot = all.plot;
@@ -137,16 +150,20 @@ fn main() -> anyhow::Result<()> {
                 durable.postgres_url = all.postgres_url;
                 let mut idle = defaults::<idle::Args>();
                 let mut resume = defaults::<resume::Args>();
+                let mut scheduled = defaults::<scheduled::Args>();
+                scheduled.postgres_url.clone_from(&durable.postgres_url);
                 if quick {
                     quick_fanout(&mut fanout);
                     quick_durable(&mut durable);
                     quick_idle(&mut idle);
                     resume.events = 2_000;
+                    quick_scheduled(&mut scheduled);
                 }
                 fanout::run(&server, &fanout, json).await?;
                 durable::run(&server, &durable, json).await?;
                 idle::run(&server, &idle, json).await?;
-                resume::run(&server, &resume, json).await
+                resume::run(&server, &resume, json).await?;
+                scheduled::run(&server, &scheduled, json).await
             }
             Scenario::BareServer(_) => unreachable!("handled above"),
         }
@@ -172,6 +189,12 @@ fn quick_fanout(args: &mut fanout::Args) {
 fn quick_durable(args: &mut durable::Args) {
     args.conversations = 8;
     args.secs = 1;
+}
+
+fn quick_scheduled(args: &mut scheduled::Args) {
+    args.entries = 500;
+    args.conversations = 10;
+    args.lead_secs = 5;
 }
 
 fn quick_idle(args: &mut idle::Args) {
