@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{BIN, Process, SECRET, free_port, token, wait_for_port};
 
-fn redis_server(port: u16) -> Process {
+pub(crate) fn redis_server(port: u16) -> Process {
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -64,7 +64,7 @@ fn psql(url: &str, sql: &str) {
     assert!(status.success(), "psql failed: {sql}");
 }
 
-fn node(port: u16, database: &str, redis: &str, data: &std::path::Path) -> Process {
+pub(crate) fn node(port: u16, database: &str, redis: &str, data: &std::path::Path) -> Process {
     let child = Command::new(BIN)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--database-url", database, "--redis-url", redis])

@@ -4,6 +4,8 @@
 //!   stopped and started again (embedded SQLite).
 //! - `cluster` (feature `cluster-tests`): three processes sharing
 //!   PostgreSQL and a `redis-server` this test starts and stops.
+//! - `rolling` (feature `cluster-tests`): three nodes restarted one at a
+//!   time with SIGTERM behind a balancer, under load.
 //! - `scheduled`: scheduled messages across a stop, a SIGKILL and (with
 //!   `cluster-tests`) two nodes on PostgreSQL.
 
@@ -13,6 +15,8 @@
 mod cli;
 #[cfg(feature = "cluster-tests")]
 mod cluster;
+#[cfg(feature = "cluster-tests")]
+mod rolling;
 mod scheduled;
 
 use std::process::Child;
