@@ -11,8 +11,13 @@ variable the chart sets is checked against the ones `serve --help` lists.
 import copy
 import os
 import re
+import socket
 import subprocess
+import tempfile
+import time
 import unittest
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import helm_python as helm
@@ -80,6 +85,12 @@ def render(values):
                 assert doc["kind"] not in objects, f"two {doc['kind']}s"
                 objects[doc["kind"]] = doc
     return objects
+
+
+def binary():
+    path = Path(os.environ.get("SWITCHBOARD_BIN", ROOT / "target" / "debug" / "switchboard"))
+    assert path.is_file(), f"{path}: build it first (cargo build -p switchboard)"
+    return path
 
 
 def container(objects):
@@ -226,11 +237,41 @@ class Chart(unittest.TestCase):
                     render(values)
                 self.assertIn(message, str(refused.exception))
 
+    def test_the_binary_serves_its_probes_with_the_charts_configuration(self):
+        objects = render({"publicUrl": "https://chat.example.com", "config": {"clientIpHeader": "x-forwarded-for"}})
+        env = dict(objects["ConfigMap"]["data"])
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        # The pod's address and volume, moved to loopback and a temp folder.
+        with tempfile.TemporaryDirectory() as data:
+            env.update(
+                SWITCHBOARD_LISTEN=f"127.0.0.1:{port}",
+                SWITCHBOARD_DATA_DIR=data,
+                SWITCHBOARD_JWT_SECRET="chart test secret, long enough for hs256",
+                PATH=os.environ.get("PATH", ""),
+            )
+            server = subprocess.Popen([str(binary()), "serve"], env=env, stderr=subprocess.DEVNULL)
+            try:
+                c = container(objects)
+                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    url = f"http://127.0.0.1:{port}{c[probe]['httpGet']['path']}"
+                    deadline = time.monotonic() + 30
+                    while True:
+                        try:
+                            with urllib.request.urlopen(url, timeout=3) as answer:
+                                self.assertEqual(answer.status, 200, probe)
+                                break
+                        except (urllib.error.URLError, ConnectionError):
+                            self.assertLess(time.monotonic(), deadline, f"{probe} never answered")
+                            time.sleep(0.05)
+            finally:
+                server.terminate()
+                self.assertEqual(server.wait(timeout=30), 0, "a clean stop on SIGTERM")
+
     def test_every_variable_the_chart_sets_is_one_the_binary_reads(self):
-        binary = Path(os.environ.get("SWITCHBOARD_BIN", ROOT / "target" / "debug" / "switchboard"))
-        self.assertTrue(binary.is_file(), f"{binary}: build it first (cargo build -p switchboard)")
         help_text = subprocess.run(
-            [str(binary), "serve", "--help"],
+            [str(binary()), "serve", "--help"],
             check=True,
             capture_output=True,
             text=True,
