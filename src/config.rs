@@ -11,6 +11,8 @@ use clap::Args;
 use serde::Deserialize;
 use switchboard_storage_sql::{PostgresOptions, SqliteOptions};
 
+use crate::logging::LogFormat;
+
 /// Settings every command shares; each can come from a flag, the environment
 /// or the config file.
 #[derive(Debug, Args)]
@@ -33,9 +35,18 @@ pub(crate) struct ConfigArgs {
     /// HS256 secret for bearer tokens [default: generated once into the data folder].
     #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// The `iss` a token must carry [default: any, or none].
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// An `aud` a token must carry [default: any, or none].
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
     /// Log filter, e.g. `info` or `switchboard=debug` [default: info].
     #[arg(long, env = "SWITCHBOARD_LOG")]
     log: Option<String>,
+    /// Log lines as `text` or `json` (one object per line) [default: text].
+    #[arg(long, env = "SWITCHBOARD_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     /// Seconds to let connections and queued work drain on shutdown [default: 10].
     #[arg(long, env = "SWITCHBOARD_DRAIN_TIMEOUT_SECS")]
     drain_timeout_secs: Option<u64>,
@@ -112,7 +123,10 @@ struct FileConfig {
     database_url: Option<String>,
     redis_url: Option<String>,
     jwt_secret: Option<String>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
     drain_timeout_secs: Option<u64>,
     session_grace_secs: Option<u64>,
     session_buffer_events: Option<usize>,
@@ -166,7 +180,10 @@ pub(crate) struct Settings {
     database_url: Option<String>,
     pub(crate) redis_url: Option<String>,
     jwt_secret: Option<String>,
+    pub(crate) jwt_issuer: Option<String>,
+    pub(crate) jwt_audience: Option<String>,
     pub(crate) log: String,
+    pub(crate) log_format: LogFormat,
     pub(crate) drain_timeout: Duration,
     pub(crate) session_grace: Duration,
     pub(crate) session_buffer_events: usize,
@@ -214,11 +231,17 @@ impl Settings {
             database_url: args.database_url.clone().or(file.database_url),
             redis_url: args.redis_url.clone().or(file.redis_url),
             jwt_secret: args.jwt_secret.clone().or(file.jwt_secret),
+            jwt_issuer: args.jwt_issuer.clone().or(file.jwt_issuer),
+            jwt_audience: args.jwt_audience.clone().or(file.jwt_audience),
             log: args
                 .log
                 .clone()
                 .or(file.log)
                 .unwrap_or_else(|| "info".into()),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             drain_timeout: Duration::from_secs(
                 args.drain_timeout_secs
                     .or(file.drain_timeout_secs)

@@ -6,6 +6,7 @@
 
 mod cli;
 mod config;
+mod logging;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,7 +20,6 @@ use switchboard_storage::{BlobServer, Blobs, Bus, Clock, OsRandom, Store, System
 use switchboard_storage_blobs::{LocalBlobs, S3Blobs};
 use switchboard_storage_redis::{RedisBus, RedisOptions};
 use switchboard_storage_sql::{PostgresStore, SqliteStore};
-use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 use crate::cli::{Conversations, ServerArgs};
@@ -173,7 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => {
             let settings = Settings::load(&config)?;
-            init_tracing(&settings.log);
+            logging::init(&settings.log, settings.log_format);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -265,12 +265,6 @@ fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-fn init_tracing(filter: &str) {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
-}
-
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let secret = settings.jwt_secret()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
@@ -313,7 +307,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let state = AppState::new(
         node.clone(),
         store.shared(),
-        Auth::new(&secret),
+        Auth::new(&secret)
+            .with_issuer(settings.jwt_issuer.as_deref())
+            .with_audience(settings.jwt_audience.as_deref()),
         HttpLimits {
             sse_heartbeat_interval: settings.sse_heartbeat,
             connections_per_ip_max: settings.connections_per_ip_max,

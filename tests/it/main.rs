@@ -4,6 +4,8 @@
 //!   stopped and started again (embedded SQLite).
 //! - `cluster` (feature `cluster-tests`): three processes sharing
 //!   PostgreSQL and a `redis-server` this test starts and stops.
+//! - `logs`: what the node's log holds (no token at any level, request
+//!   ids, JSON lines, no colour off a terminal).
 //! - `rolling` (feature `cluster-tests`): three nodes restarted one at a
 //!   time with SIGTERM behind a balancer, under load.
 //! - `scheduled`: scheduled messages across a stop, a SIGKILL and (with
@@ -15,6 +17,7 @@
 mod cli;
 #[cfg(feature = "cluster-tests")]
 mod cluster;
+mod logs;
 #[cfg(feature = "cluster-tests")]
 mod rolling;
 mod scheduled;

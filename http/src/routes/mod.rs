@@ -11,8 +11,10 @@ mod sse;
 mod ws;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderName;
 use axum::routing::{get, patch, post, put};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::{ApiError, AppState};
@@ -91,8 +93,54 @@ pub fn router(state: AppState) -> Router {
             crate::metrics::track,
         ))
         .layer(DefaultBodyLimit::max(state.limits.body_len_max))
-        .layer(TraceLayer::new_for_http())
+        // Innermost first: the span reads the request id the layers outside
+        // it accepted or made, and the response carries it back.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::map_request(drop_bad_request_id))
         .with_state(state)
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Longest `x-request-id` taken from a client.
+const REQUEST_ID_LEN_MAX: usize = 128;
+
+/// Removes a client's `x-request-id` that is too long or holds anything
+/// but letters, digits and `-_.:`, so one is made instead: the id goes into
+/// every log line of the request, and must not forge or break them.
+async fn drop_bad_request_id(mut request: Request) -> Request {
+    let fits = |value: &[u8]| {
+        !value.is_empty()
+            && value.len() <= REQUEST_ID_LEN_MAX
+            && value
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+    };
+    if let Some(value) = request.headers().get(&REQUEST_ID)
+        && !fits(value.as_bytes())
+    {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// The span every line of a request is logged in: method, path and request
+/// id. Never the query, which carries `access_token` on WebSocket and SSE
+/// requests, and never a header.
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "http",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id = %id,
+    )
 }
 
 async fn not_found() -> ApiError {
