@@ -1,8 +1,9 @@
 //! `GET /api/v1/subscribe`: the live event stream as Server-Sent Events.
 //!
-//! Each event's `id:` is its cursor and its `data:` the same JSON frame a
-//! WebSocket gets, so a browser's `EventSource` resumes with
-//! `Last-Event-ID` on its own. The stream carries heartbeat comments; it
+//! Each event's `id:` is `{session_id}:{cursor}` and its `data:` the same
+//! JSON frame a WebSocket gets, so a browser's `EventSource` resumes with
+//! `Last-Event-ID` on its own, with no `device` or `session_id` in its URL
+//! (a bare cursor is still taken, with `device` or `session_id`). The stream carries heartbeat comments; it
 //! ends with a `close` event when the server ends it (shutdown, slow
 //! consumer), and a client that vanishes is reaped when a write fails.
 
@@ -35,9 +36,20 @@ pub(super) struct SseQuery {
     device: Option<String>,
     /// The session to resume, when the client tracks it itself.
     session_id: Option<Uuid>,
-    /// The last cursor received, for clients that cannot set
-    /// `Last-Event-ID`.
-    last_event_id: Option<u64>,
+    /// The last event id received (`{session_id}:{cursor}`, or a cursor),
+    /// for clients that cannot set `Last-Event-ID`.
+    last_event_id: Option<String>,
+}
+
+/// Parses an event id: `{session_id}:{cursor}`, or a bare cursor.
+fn event_id(value: &str) -> Option<(Option<Uuid>, u64)> {
+    let value = value.trim();
+    match value.split_once(':') {
+        Some((session, cursor)) => {
+            Some((Some(Uuid::parse_str(session).ok()?), cursor.parse().ok()?))
+        }
+        None => Some((None, value.parse().ok()?)),
+    }
 }
 
 pub(super) async fn subscribe(
@@ -48,17 +60,19 @@ pub(super) async fn subscribe(
     let user = live_user(&state, &parts, query.access_token)?;
     let device = device_name(query.device)?;
     let last_event_id = match parts.headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::unprocessable("Last-Event-ID is not a cursor"))?,
-        ),
-        None => query.last_event_id,
+        Some(value) => Some(value.to_str().ok().and_then(event_id).ok_or_else(|| {
+            ApiError::unprocessable("Last-Event-ID is not an event id of this stream")
+        })?),
+        None => match &query.last_event_id {
+            Some(value) => Some(
+                event_id(value)
+                    .ok_or_else(|| ApiError::unprocessable("last_event_id is not an event id"))?,
+            ),
+            None => None,
+        },
     };
-    let resume = last_event_id.map(|cursor| ResumeAt {
-        session_id: query.session_id,
+    let resume = last_event_id.map(|(session, cursor)| ResumeAt {
+        session_id: session.or(query.session_id),
         cursor,
     });
     let peer = admit_peer(&state, &parts, Transport::Sse)?;
@@ -75,6 +89,7 @@ pub(super) async fn subscribe(
         .await?;
     let stream = events(Open {
         receivers,
+        session: connection.session_id(),
         connection,
         _peer: peer,
         done: false,
@@ -93,6 +108,8 @@ pub(super) async fn subscribe(
 /// connection actor and releases the address's slot.
 struct Open {
     receivers: LinkReceivers,
+    /// The session the stream is on, the first half of every event id.
+    session: Uuid,
     connection: Connection,
     _peer: Option<PeerTicket>,
     done: bool,
@@ -103,6 +120,7 @@ fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
         if open.done {
             return None;
         }
+        let session = open.session;
         let event = tokio::select! {
             biased;
             changed = open.receivers.close.changed() => {
@@ -114,7 +132,7 @@ fn events(open: Open) -> impl Stream<Item = Result<Event, Infallible>> {
                 let data = String::from_utf8_lossy(&frame.json);
                 let event = Event::default().data(data);
                 match frame.cursor {
-                    Some(cursor) => event.id(cursor.to_string()),
+                    Some(cursor) => event.id(format!("{session}:{cursor}")),
                     None => event,
                 }
             }),

@@ -24,6 +24,8 @@ enum Item {
 struct SseStream {
     response: reqwest::Response,
     buffer: String,
+    /// The id of the last message event read.
+    last_id: Option<String>,
 }
 
 /// How a refused subscribe was answered.
@@ -79,6 +81,7 @@ impl SseStream {
         Ok(Self {
             response,
             buffer: String::new(),
+            last_id: None,
         })
     }
 
@@ -135,7 +138,14 @@ impl SseStream {
         while messages.len() < count {
             match self.frame().await.expect("open") {
                 (Some(id), ServerFrame::Event(frame)) => {
-                    assert_eq!(id, frame.cursor.to_string(), "id is the cursor");
+                    let (session, cursor) = id.split_once(':').expect("{session}:{cursor}");
+                    Uuid::parse_str(session).expect("a session id");
+                    assert_eq!(
+                        cursor,
+                        frame.cursor.to_string(),
+                        "the id ends in the cursor"
+                    );
+                    self.last_id = Some(id);
                     if let Event::MessageNew(message) = frame.event {
                         messages.push(message);
                     }
@@ -174,6 +184,41 @@ async fn events_carry_their_cursor_as_id_and_last_event_id_resumes() {
     assert_eq!(stream.messages(2).await, missed);
     let live = send_texts(&alice, conversation.id, 1).await;
     assert_eq!(stream.messages(1).await, live);
+}
+
+#[tokio::test]
+async fn last_event_id_alone_resumes_a_stream_opened_without_a_device() {
+    let server = TestServer::start().await;
+    let alice = server.user();
+    let bob = server.user();
+    let conversation = group(&alice, &[&bob]).await;
+    // What a browser's `new EventSource(url)` does: the same URL each time,
+    // with no device, and the last id it saw in `Last-Event-ID`.
+    let mut stream = SseStream::open(&server, &bob, "", None)
+        .await
+        .expect("subscribed");
+    let Some((None, ServerFrame::Control(Control::Hello(hello)))) = stream.frame().await else {
+        panic!("hello first");
+    };
+    let first = send_texts(&alice, conversation.id, 3).await;
+    assert_eq!(stream.messages(3).await, first);
+    let last = stream.last_id.clone().expect("events carry ids");
+    assert_eq!(last, format!("{}:3", hello.session_id));
+    drop(stream);
+    let missed = send_texts(&alice, conversation.id, 2).await;
+    let mut stream = SseStream::open(&server, &bob, "", Some(&last))
+        .await
+        .expect("resubscribed");
+    let Some((None, ServerFrame::Control(Control::Hello(again)))) = stream.frame().await else {
+        panic!("hello first");
+    };
+    assert_eq!((again.session_id, again.cursor), (hello.session_id, 3));
+    assert_eq!(stream.messages(2).await, missed, "exactly the missed ones");
+    let live = send_texts(&alice, conversation.id, 1).await;
+    assert_eq!(stream.messages(1).await, live);
+    // An id that is not one of ours is refused, not taken as a fresh start.
+    let refused = SseStream::open(&server, &bob, "", Some("not-an-id")).await;
+    assert_eq!(refused.err().map(|r| r.status), Some(422));
 }
 
 #[tokio::test]
@@ -370,7 +415,11 @@ async fn a_client_that_stops_reading_is_reaped_and_resumes_with_last_event_id() 
     let Some((None, ServerFrame::Control(Control::Hello(hello)))) = stream.frame().await else {
         panic!("hello first");
     };
-    assert_eq!(hello.cursor.to_string(), last_id, "resumed where he was");
+    assert_eq!(
+        format!("{}:{}", hello.session_id, hello.cursor),
+        last_id,
+        "resumed where he was"
+    );
     let rest = sent.len() - got.len();
     got.extend(stream.messages(rest).await);
     assert_eq!(got, sent, "every message once, in order");
