@@ -2,11 +2,11 @@
 //! them, downloads and deletions.
 
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use switchboard_protocol::{Message, SendAttachment, SendAudio, UploadRequest};
+use switchboard_protocol::{SendAttachment, SendAudio, UploadRequest};
 use uuid::Uuid;
 
 use crate::extract::{AuthUser, Json, Path, Query};
@@ -62,19 +62,6 @@ fn caption(
     Ok(())
 }
 
-/// 201 with a new message, 200 with the one an idempotency key stored.
-fn sent((message, created): (Message, bool)) -> Response {
-    if created {
-        return (StatusCode::CREATED, axum::Json(message)).into_response();
-    }
-    let mut response = (StatusCode::OK, axum::Json(message)).into_response();
-    response.headers_mut().insert(
-        HeaderName::from_static("idempotent-replayed"),
-        HeaderValue::from_static("true"),
-    );
-    response
-}
-
 /// `POST /conversations/{id}/messages/audio`: sends the voice message
 /// once its object is uploaded and matches what was presigned.
 pub(super) async fn send_audio(
@@ -89,7 +76,9 @@ pub(super) async fn send_audio(
         body.nonce.as_ref(),
         body.idempotency_key.as_ref(),
     )?;
-    Ok(sent(state.node.send_audio(user, id, body).await?))
+    Ok(super::created_or_replayed(
+        state.node.send_audio(user, id, body).await?,
+    ))
 }
 
 /// `POST /conversations/{id}/messages/attachment`: sends a message
@@ -106,7 +95,9 @@ pub(super) async fn send_attachment(
         body.nonce.as_ref(),
         body.idempotency_key.as_ref(),
     )?;
-    Ok(sent(state.node.send_attachment(user, id, body).await?))
+    Ok(super::created_or_replayed(
+        state.node.send_attachment(user, id, body).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

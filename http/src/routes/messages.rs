@@ -1,8 +1,8 @@
 //! Messages, the event log and read positions.
 
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use switchboard_protocol::{EditMessage, EventPage, MarkRead, Message, MessagePage, SendMessage};
 use switchboard_storage::MessageRange;
@@ -37,19 +37,9 @@ pub(super) async fn send(
     if let Some(key) = &body.idempotency_key {
         validate::idempotency_key(key, limits)?;
     }
-    let (message, created) = state.node.send(user, body).await?;
-    let mut response = if created {
-        (StatusCode::CREATED, axum::Json(message)).into_response()
-    } else {
-        (StatusCode::OK, axum::Json(message)).into_response()
-    };
-    if !created {
-        response.headers_mut().insert(
-            HeaderName::from_static("idempotent-replayed"),
-            HeaderValue::from_static("true"),
-        );
-    }
-    Ok(response)
+    Ok(super::created_or_replayed(
+        state.node.send(user, body).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]

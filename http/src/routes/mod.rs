@@ -102,6 +102,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// 201 with what a request made, or 200 with `Idempotent-Replayed: true`
+/// and what its idempotency key made before.
+fn created_or_replayed<T: serde::Serialize>(
+    (made, created): (T, bool),
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if created {
+        return (axum::http::StatusCode::CREATED, axum::Json(made)).into_response();
+    }
+    let mut response = axum::Json(made).into_response();
+    response.headers_mut().insert(
+        HeaderName::from_static("idempotent-replayed"),
+        axum::http::HeaderValue::from_static("true"),
+    );
+    response
+}
+
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest `x-request-id` taken from a client.

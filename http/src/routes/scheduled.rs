@@ -1,8 +1,8 @@
 //! Scheduled messages: a member's messages to send later.
 
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use serde::Deserialize;
 use switchboard_protocol::{EditScheduled, ScheduleMessage, ScheduledList, ScheduledMessage};
 use uuid::Uuid;
@@ -30,20 +30,9 @@ pub(super) async fn create(
     if let Some(key) = &body.idempotency_key {
         validate::idempotency_key(key, limits)?;
     }
-    let (entry, created) = state.node.schedule(user, conversation, body).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let mut response = (status, axum::Json(entry)).into_response();
-    if !created {
-        response.headers_mut().insert(
-            HeaderName::from_static("idempotent-replayed"),
-            HeaderValue::from_static("true"),
-        );
-    }
-    Ok(response)
+    Ok(super::created_or_replayed(
+        state.node.schedule(user, conversation, body).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
