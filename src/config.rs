@@ -41,6 +41,10 @@ pub(crate) struct ConfigArgs {
     /// An `aud` a token must carry [default: any, or none].
     #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+    /// A JWKS file of an identity provider: RS256 and ES256 tokens signed
+    /// by its keys are taken too; re-read when it changes [default: none].
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_FILE")]
+    jwt_jwks_file: Option<PathBuf>,
     /// Log filter, e.g. `info` or `switchboard=debug` [default: info].
     #[arg(long, env = "SWITCHBOARD_LOG")]
     log: Option<String>,
@@ -125,6 +129,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
+    jwt_jwks_file: Option<PathBuf>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     drain_timeout_secs: Option<u64>,
@@ -182,6 +187,7 @@ pub(crate) struct Settings {
     jwt_secret: Option<String>,
     pub(crate) jwt_issuer: Option<String>,
     pub(crate) jwt_audience: Option<String>,
+    pub(crate) jwt_jwks_file: Option<PathBuf>,
     pub(crate) log: String,
     pub(crate) log_format: LogFormat,
     pub(crate) drain_timeout: Duration,
@@ -233,6 +239,7 @@ impl Settings {
             jwt_secret: args.jwt_secret.clone().or(file.jwt_secret),
             jwt_issuer: args.jwt_issuer.clone().or(file.jwt_issuer),
             jwt_audience: args.jwt_audience.clone().or(file.jwt_audience),
+            jwt_jwks_file: args.jwt_jwks_file.clone().or(file.jwt_jwks_file),
             log: args
                 .log
                 .clone()

@@ -188,6 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Settings::load(&config)?;
             let secret = settings.jwt_secret()?;
             let token = Auth::new(&secret)
+                .with_issuer(settings.jwt_issuer.as_deref())
+                .with_audience(settings.jwt_audience.as_deref())
                 .mint(user, Duration::from_secs(ttl_secs))
                 .context("cannot sign the token")?;
             println!("{token}");
@@ -309,7 +311,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         store.shared(),
         Auth::new(&secret)
             .with_issuer(settings.jwt_issuer.as_deref())
-            .with_audience(settings.jwt_audience.as_deref()),
+            .with_audience(settings.jwt_audience.as_deref())
+            .with_jwks_file(settings.jwt_jwks_file.clone())
+            .context("cannot use the key set")?,
         HttpLimits {
             sse_heartbeat_interval: settings.sse_heartbeat,
             connections_per_ip_max: settings.connections_per_ip_max,

@@ -1,11 +1,24 @@
-//! Bearer tokens: HS256 JWTs whose `sub` is the user id.
+//! Bearer tokens: JWTs whose `sub` is the user id, HS256 with the node's
+//! secret, or RS256 and ES256 with the public keys of a JWKS file (an
+//! identity provider's key set).
 //!
 //! `exp` and `sub` are required; `iat` is optional (many identity providers
 //! set it, some don't). `iss` and `aud` are checked when configured and
 //! ignored otherwise, so a provider's token, which carries both, is taken.
+//!
+//! The key set is read at start (a bad one fails the start) and again when
+//! its file changes: looked at when a token names a key it lacks (at most
+//! once a second) and at least once a minute, so a rotation is picked up
+//! and a removed key stops working. A file that no longer parses, or holds
+//! no usable key, is logged and the last good set kept. Only RSA keys (as
+//! RS256) and P-256 keys (as ES256) are taken from it: a symmetric key in
+//! a published set would let anyone who read it sign tokens.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -19,21 +32,178 @@ pub enum AuthError {
     /// The `sub` claim is not a UUID.
     #[error("token subject is not a user id")]
     Subject,
+    /// The key set file cannot be used.
+    #[error("key set {0}")]
+    KeySet(String),
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// What a token must say (`iss` and `aud` are checked by the validation).
+#[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    iat: Option<u64>,
-    exp: u64,
 }
 
-/// Mints and verifies tokens with one shared secret.
+/// What a token this node mints says: its configured `iss` and `aud` too,
+/// so its own tokens pass its own checks.
+#[derive(Debug, Serialize)]
+struct Minted<'a> {
+    sub: String,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// Mints and verifies tokens: HS256 with one shared secret, and RS256 or
+/// ES256 with a key set's public keys.
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    jwks: Option<Jwks>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+/// How often the key set's file is looked at, at least.
+const JWKS_RECHECK: Duration = Duration::from_secs(60);
+/// How often a token naming an unknown key may make it look.
+const JWKS_RECHECK_UNKNOWN: Duration = Duration::from_secs(1);
+/// The largest key set file read.
+const JWKS_LEN_MAX: u64 = 1024 * 1024;
+
+/// A JWKS file's usable keys, reloaded when the file changes.
+struct Jwks {
+    path: PathBuf,
+    state: Mutex<JwksState>,
+}
+
+struct JwksState {
+    keys: Vec<PublicKey>,
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+struct PublicKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// The file's modification time and its usable keys.
+fn read_jwks(path: &Path) -> Result<(Option<SystemTime>, Vec<PublicKey>), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > JWKS_LEN_MAX {
+        return Err(format!(
+            "{}: larger than {JWKS_LEN_MAX} bytes",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let set: JwkSet =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
+    let keys: Vec<PublicKey> = set
+        .keys
+        .iter()
+        .filter_map(|jwk| {
+            let algorithm = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => return None,
+            };
+            // A key marked for another algorithm is not used for this one.
+            if let Some(declared) = jwk.common.key_algorithm
+                && !matches!(
+                    (declared, algorithm),
+                    (KeyAlgorithm::RS256, Algorithm::RS256)
+                        | (KeyAlgorithm::ES256, Algorithm::ES256)
+                )
+            {
+                return None;
+            }
+            Some(PublicKey {
+                kid: jwk.common.key_id.clone(),
+                algorithm,
+                key: DecodingKey::from_jwk(jwk).ok()?,
+            })
+        })
+        .collect();
+    if keys.is_empty() {
+        return Err(format!("{}: no RS256 or ES256 key", path.display()));
+    }
+    Ok((meta.modified().ok(), keys))
+}
+
+// The key set's file changes in real time, as tokens expire in it.
+#[allow(clippy::disallowed_methods)]
+impl Jwks {
+    fn load(path: PathBuf) -> Result<Self, AuthError> {
+        let (modified, keys) = read_jwks(&path).map_err(AuthError::KeySet)?;
+        Ok(Self {
+            path,
+            state: Mutex::new(JwksState {
+                keys,
+                modified,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// Reads the file again if it changed and `since` has passed since the
+    /// last look; a bad file keeps the keys there were.
+    fn refresh(&self, state: &mut JwksState, since: Duration) {
+        if state.checked.elapsed() < since {
+            return;
+        }
+        state.checked = Instant::now();
+        let modified = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
+        if modified.is_some() && modified == state.modified {
+            return;
+        }
+        match read_jwks(&self.path) {
+            Ok((modified, keys)) => {
+                tracing::info!(path = %self.path.display(), keys = keys.len(), "key set reloaded");
+                state.keys = keys;
+                state.modified = modified;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "key set not reloaded; the last good one stays");
+            }
+        }
+    }
+
+    /// The key a token with this header is checked with.
+    fn key(&self, header: &Header) -> Option<DecodingKey> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.refresh(&mut state, JWKS_RECHECK);
+        let find = |state: &JwksState| {
+            let mut candidates = state.keys.iter().filter(|k| k.algorithm == header.alg);
+            match &header.kid {
+                Some(kid) => candidates
+                    .find(|k| k.kid.as_deref() == Some(kid))
+                    .map(|k| k.key.clone()),
+                // Without a kid only a set with one such key can say which.
+                None => match (candidates.next(), candidates.next()) {
+                    (Some(only), None) => Some(only.key.clone()),
+                    _ => None,
+                },
+            }
+        };
+        if let Some(key) = find(&state) {
+            return Some(key);
+        }
+        self.refresh(&mut state, JWKS_RECHECK_UNKNOWN);
+        find(&state)
+    }
 }
 
 impl std::fmt::Debug for Auth {
@@ -56,7 +226,24 @@ impl Auth {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            jwks: None,
+            issuer: None,
+            audience: None,
         }
+    }
+
+    /// Also takes RS256 and ES256 tokens signed by the keys in the JWKS
+    /// file at `path`, read now and again when it changes.
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::KeySet`] when the file cannot be read, is not a key
+    /// set, or holds no RS256 or ES256 key.
+    pub fn with_jwks_file(mut self, path: Option<PathBuf>) -> Result<Self, AuthError> {
+        if let Some(path) = path {
+            self.jwks = Some(Jwks::load(path)?);
+        }
+        Ok(self)
     }
 
     /// Requires `iss` to be `issuer`.
@@ -65,6 +252,7 @@ impl Auth {
         if let Some(issuer) = issuer {
             self.validation.set_issuer(&[issuer]);
             self.validation.required_spec_claims.insert("iss".into());
+            self.issuer = Some(issuer.to_owned());
         }
         self
     }
@@ -76,6 +264,7 @@ impl Auth {
             self.validation.set_audience(&[audience]);
             self.validation.validate_aud = true;
             self.validation.required_spec_claims.insert("aud".into());
+            self.audience = Some(audience.to_owned());
         }
         self
     }
@@ -91,10 +280,12 @@ impl Auth {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
-        let claims = Claims {
+        let claims = Minted {
             sub: user.to_string(),
-            iat: Some(now),
+            iat: now,
             exp: now + ttl.as_secs(),
+            iss: self.issuer.as_deref(),
+            aud: self.audience.as_deref(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Invalid(e.to_string()))
@@ -107,8 +298,25 @@ impl Auth {
     /// [`AuthError`] for a bad signature, an expired token or a subject that
     /// is not a UUID.
     pub fn verify(&self, token: &str) -> Result<Uuid, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let data = match header.alg {
+            Algorithm::HS256 => {
+                jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            }
+            Algorithm::RS256 | Algorithm::ES256 => {
+                let key = self
+                    .jwks
+                    .as_ref()
+                    .and_then(|jwks| jwks.key(&header))
+                    .ok_or_else(|| AuthError::Invalid("no key for this token".into()))?;
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![header.alg];
+                jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            }
+            other => return Err(AuthError::Invalid(format!("{other:?} is not accepted"))),
+        }
+        .map_err(|e| AuthError::Invalid(e.to_string()))?;
         Uuid::parse_str(&data.claims.sub).map_err(|_| AuthError::Subject)
     }
 }
@@ -199,6 +407,112 @@ mod tests {
         }
         let minted = auth.mint(user, Duration::from_secs(60)).unwrap();
         assert_eq!(auth.verify(&minted).unwrap(), user);
+    }
+
+    fn keys(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/keys")
+            .join(name)
+    }
+
+    fn provider_signed(algorithm: Algorithm, der: &str, kid: Option<&str>, user: Uuid) -> String {
+        let der = std::fs::read(keys(der)).unwrap();
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_der(&der),
+            _ => EncodingKey::from_ec_der(&der),
+        };
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_owned);
+        let claims = serde_json::json!({
+            "sub": user.to_string(),
+            "exp": now() + 600,
+            "iss": "https://idp.example.com/",
+            "aud": "switchboard",
+        });
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_are_checked_against_the_key_set() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("jwks.json");
+        std::fs::copy(keys("jwks.json"), &path).unwrap();
+        let auth = Auth::new(SECRET)
+            .with_audience(Some("switchboard"))
+            .with_jwks_file(Some(path.clone()))
+            .unwrap();
+        let user = Uuid::new_v4();
+        for token in [
+            provider_signed(Algorithm::RS256, "rs256.der", Some("rsa-1"), user),
+            provider_signed(Algorithm::RS256, "rs256.der", None, user),
+            provider_signed(Algorithm::ES256, "es256.der", Some("ec-1"), user),
+        ] {
+            assert_eq!(auth.verify(&token).unwrap(), user);
+        }
+        // HS256 with the node's secret still works beside them.
+        assert_eq!(
+            auth.verify(&auth.mint(user, Duration::from_secs(60)).unwrap())
+                .unwrap(),
+            user
+        );
+        // A key the set does not hold, or a kid naming another key, is refused.
+        let rotated = provider_signed(Algorithm::RS256, "other-rs256.der", Some("rsa-2"), user);
+        assert!(auth.verify(&rotated).is_err());
+        let lying = provider_signed(Algorithm::RS256, "other-rs256.der", Some("rsa-1"), user);
+        assert!(auth.verify(&lying).is_err());
+        // An HS256 token signed with a public key as its secret (the
+        // algorithm confusion attack) is refused: HS256 is the secret's.
+        let public = std::fs::read(keys("jwks.json")).unwrap();
+        let confused = signed(
+            &serde_json::json!({ "sub": user.to_string(), "exp": now() + 600 }),
+            &public,
+        );
+        assert!(auth.verify(&confused).is_err());
+
+        // The provider rotates: the new key works once the file has it.
+        std::thread::sleep(JWKS_RECHECK_UNKNOWN);
+        std::fs::copy(keys("jwks-rotated.json"), &path).unwrap();
+        bump_modified(&path);
+        assert_eq!(auth.verify(&rotated).unwrap(), user);
+        // A broken file keeps the last good set.
+        std::thread::sleep(JWKS_RECHECK_UNKNOWN);
+        std::fs::write(&path, "{not json").unwrap();
+        bump_modified(&path);
+        let fresh = provider_signed(Algorithm::RS256, "other-rs256.der", Some("rsa-3"), user);
+        assert!(auth.verify(&fresh).is_err());
+        assert_eq!(auth.verify(&rotated).unwrap(), user);
+    }
+
+    /// A modification time clearly after the last one, whatever the file
+    /// system's resolution.
+    fn bump_modified(path: &Path) {
+        let file = std::fs::File::options().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(5))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_key_set_without_a_usable_key_fails_the_start() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("jwks.json");
+        for text in [
+            "not json",
+            r#"{"keys":[]}"#,
+            r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","alg":"HS256"}]}"#,
+        ] {
+            std::fs::write(&path, text).unwrap();
+            assert!(
+                Auth::new(SECRET)
+                    .with_jwks_file(Some(path.clone()))
+                    .is_err(),
+                "{text}"
+            );
+        }
+        assert!(
+            Auth::new(SECRET)
+                .with_jwks_file(Some(folder.path().join("missing")))
+                .is_err()
+        );
     }
 
     fn base64_url(text: &str) -> String {
