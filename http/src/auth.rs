@@ -61,10 +61,35 @@ struct Minted<'a> {
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
-    validation: Validation,
+    /// The checks for HS256, RS256 and ES256 tokens, derived from `issuer`
+    /// and `audience` (jsonwebtoken wants one algorithm family per check).
+    hs256: Validation,
+    rs256: Validation,
+    es256: Validation,
     jwks: Option<Jwks>,
     issuer: Option<String>,
     audience: Option<String>,
+}
+
+/// What a token signed with `algorithm` must satisfy.
+fn validation(algorithm: Algorithm, issuer: Option<&str>, audience: Option<&str>) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    validation.leeway = 30;
+    if let Some(issuer) = issuer {
+        validation.set_issuer(&[issuer]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    match audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        // Without a configured audience any `aud` is fine (jsonwebtoken
+        // would refuse every token that has one).
+        None => validation.validate_aud = false,
+    }
+    validation
 }
 
 /// How often the key set's file is looked at, at least.
@@ -216,20 +241,25 @@ impl Auth {
     /// Keys from the HS256 secret.
     #[must_use]
     pub fn new(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        validation.leeway = 30;
-        // Without a configured audience any `aud` is fine (jsonwebtoken
-        // would refuse every token that has one).
-        validation.validate_aud = false;
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
-            validation,
+            hs256: validation(Algorithm::HS256, None, None),
+            rs256: validation(Algorithm::RS256, None, None),
+            es256: validation(Algorithm::ES256, None, None),
             jwks: None,
             issuer: None,
             audience: None,
         }
+    }
+
+    /// Derives the checks again after `issuer` or `audience` changed.
+    fn checks_changed(mut self) -> Self {
+        let (issuer, audience) = (self.issuer.as_deref(), self.audience.as_deref());
+        self.hs256 = validation(Algorithm::HS256, issuer, audience);
+        self.rs256 = validation(Algorithm::RS256, issuer, audience);
+        self.es256 = validation(Algorithm::ES256, issuer, audience);
+        self
     }
 
     /// Also takes RS256 and ES256 tokens signed by the keys in the JWKS
@@ -249,24 +279,21 @@ impl Auth {
     /// Requires `iss` to be `issuer`.
     #[must_use]
     pub fn with_issuer(mut self, issuer: Option<&str>) -> Self {
-        if let Some(issuer) = issuer {
-            self.validation.set_issuer(&[issuer]);
-            self.validation.required_spec_claims.insert("iss".into());
-            self.issuer = Some(issuer.to_owned());
+        if issuer.is_none() {
+            return self;
         }
-        self
+        self.issuer = issuer.map(str::to_owned);
+        self.checks_changed()
     }
 
     /// Requires `aud` to be, or to list, `audience`.
     #[must_use]
     pub fn with_audience(mut self, audience: Option<&str>) -> Self {
-        if let Some(audience) = audience {
-            self.validation.set_audience(&[audience]);
-            self.validation.validate_aud = true;
-            self.validation.required_spec_claims.insert("aud".into());
-            self.audience = Some(audience.to_owned());
+        if audience.is_none() {
+            return self;
         }
-        self
+        self.audience = audience.map(str::to_owned);
+        self.checks_changed()
     }
 
     /// A token for `user` valid for `ttl`.
@@ -301,18 +328,19 @@ impl Auth {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let data = match header.alg {
-            Algorithm::HS256 => {
-                jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            }
+            Algorithm::HS256 => jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.hs256),
             Algorithm::RS256 | Algorithm::ES256 => {
                 let key = self
                     .jwks
                     .as_ref()
                     .and_then(|jwks| jwks.key(&header))
                     .ok_or_else(|| AuthError::Invalid("no key for this token".into()))?;
-                let mut validation = self.validation.clone();
-                validation.algorithms = vec![header.alg];
-                jsonwebtoken::decode::<Claims>(token, &key, &validation)
+                let checks = if header.alg == Algorithm::RS256 {
+                    &self.rs256
+                } else {
+                    &self.es256
+                };
+                jsonwebtoken::decode::<Claims>(token, &key, checks)
             }
             other => return Err(AuthError::Invalid(format!("{other:?} is not accepted"))),
         }
