@@ -1,5 +1,5 @@
-//! The client commands (`conversations`, `send`, `schedule`, `history`,
-//! `tail` and the rest) over the client library. Results go to standard
+//! The client commands (`conversations`, `send`, `schedule`, `post`,
+//! `feed`, `history`, `tail` and the rest) over the client library. Results go to standard
 //! output (JSON lines where a program would read them); progress and
 //! errors go to standard error.
 
@@ -291,6 +291,84 @@ pub(crate) async fn unschedule(server: &ServerArgs, id: Uuid) -> anyhow::Result<
         .await
         .context("cannot cancel the scheduled message")?;
     eprintln!("cancelled {id}");
+    Ok(())
+}
+
+/// Runs `post`.
+pub(crate) async fn post(server: &ServerArgs, text: &str) -> anyhow::Result<()> {
+    let post = server
+        .client()
+        .create_post(text)
+        .await
+        .context("cannot post")?;
+    println!("{}", serde_json::to_string(&post)?);
+    Ok(())
+}
+
+/// Runs `follow`.
+pub(crate) async fn follow(server: &ServerArgs, user: Uuid, follow: bool) -> anyhow::Result<()> {
+    server
+        .client()
+        .follow(user, follow)
+        .await
+        .context("cannot change whom you follow")?;
+    eprintln!(
+        "{} {user}",
+        if follow {
+            "following"
+        } else {
+            "no longer following"
+        }
+    );
+    Ok(())
+}
+
+/// Runs `like`.
+pub(crate) async fn like(server: &ServerArgs, post: Uuid, like: bool) -> anyhow::Result<()> {
+    let liked = server
+        .client()
+        .like(post, like)
+        .await
+        .context("cannot change the like")?;
+    match liked {
+        Some(post) => println!("{}", serde_json::to_string(&post)?),
+        None => eprintln!("like taken back from {post}"),
+    }
+    Ok(())
+}
+
+/// Runs `feed`: one page, then where it came from and the next cursor on
+/// standard error.
+pub(crate) async fn feed(
+    server: &ServerArgs,
+    limit: u32,
+    cursor: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let page = server
+        .client()
+        .feed(Some(limit), cursor)
+        .await
+        .context("cannot read the feed")?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&page)?)?;
+        return Ok(());
+    }
+    for post in &page.posts {
+        writeln!(
+            out,
+            "{}  {}  {:>4} likes  {}",
+            post.created_at.format("%Y-%m-%d %H:%M"),
+            post.author_id,
+            post.like_count,
+            post.text.replace('\n', " ")
+        )?;
+    }
+    eprintln!("source: {}", page.source.as_str());
+    if let Some(next) = &page.next_cursor {
+        eprintln!("more: --cursor {next}");
+    }
     Ok(())
 }
 

@@ -116,6 +116,17 @@ pub(crate) struct ConfigArgs {
     /// [default: 604800].
     #[arg(long, env = "SWITCHBOARD_SCHEDULED_RETENTION_SECS")]
     scheduled_retention_secs: Option<u64>,
+    /// ClickHouse HTTP URL for feed engagement and ranking, e.g.
+    /// `http://127.0.0.1:8123` [default: none, the database ranks].
+    #[arg(long, env = "SWITCHBOARD_CLICKHOUSE_URL")]
+    clickhouse_url: Option<String>,
+    /// Milliseconds a feed ranking may take before the fallback answers
+    /// [default: 150].
+    #[arg(long, env = "SWITCHBOARD_FEED_RANK_DEADLINE_MS")]
+    feed_rank_deadline_ms: Option<u64>,
+    /// Seconds a ranked feed page stays cached for the fallback [default: 300].
+    #[arg(long, env = "SWITCHBOARD_FEED_CACHE_TTL_SECS")]
+    feed_cache_ttl_secs: Option<u64>,
 }
 
 /// The config file: the same settings, all optional.
@@ -152,6 +163,9 @@ struct FileConfig {
     scheduled_total_max: Option<u64>,
     scheduled_late_max_secs: Option<u64>,
     scheduled_retention_secs: Option<u64>,
+    clickhouse_url: Option<String>,
+    feed_rank_deadline_ms: Option<u64>,
+    feed_cache_ttl_secs: Option<u64>,
 }
 
 /// Where voice notes and attachments live.
@@ -210,6 +224,9 @@ pub(crate) struct Settings {
     pub(crate) scheduled_total_max: u64,
     pub(crate) scheduled_late_max: Duration,
     pub(crate) scheduled_retention: Duration,
+    pub(crate) clickhouse_url: Option<String>,
+    pub(crate) feed_rank_deadline: Duration,
+    pub(crate) feed_cache_ttl: Duration,
 }
 
 impl Settings {
@@ -328,6 +345,17 @@ impl Settings {
                 args.scheduled_retention_secs
                     .or(file.scheduled_retention_secs),
                 7 * 24 * 3600,
+            )?),
+            clickhouse_url: args.clickhouse_url.clone().or(file.clickhouse_url),
+            feed_rank_deadline: Duration::from_millis(positive(
+                "feed_rank_deadline_ms",
+                args.feed_rank_deadline_ms.or(file.feed_rank_deadline_ms),
+                150,
+            )?),
+            feed_cache_ttl: Duration::from_secs(positive(
+                "feed_cache_ttl_secs",
+                args.feed_cache_ttl_secs.or(file.feed_cache_ttl_secs),
+                300,
             )?),
         })
     }

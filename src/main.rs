@@ -16,8 +16,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_actors::{Dependencies, Limits, Node, Supervisor};
 use switchboard_http::{AppState, Auth, HttpLimits};
-use switchboard_storage::{BlobServer, Blobs, Bus, Clock, OsRandom, Store, SystemClock};
+use switchboard_storage::{
+    Analytics, BlobServer, Blobs, Bus, Clock, FeedCache, FeedStore, OsRandom, Store, SystemClock,
+};
 use switchboard_storage_blobs::{LocalBlobs, S3Blobs};
+use switchboard_storage_clickhouse::{ClickHouse, ClickHouseOptions};
 use switchboard_storage_redis::{RedisBus, RedisOptions};
 use switchboard_storage_sql::{PostgresStore, SqliteStore};
 use uuid::Uuid;
@@ -135,6 +138,47 @@ enum Command {
         /// The scheduled message's id.
         id: Uuid,
     },
+    /// Post `text` to your followers' feeds; prints the post as JSON.
+    Post {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// What the post says (up to 2,000 characters).
+        text: String,
+    },
+    /// Follow a user, so their posts come into your feed.
+    Follow {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The user's id.
+        user: Uuid,
+        /// Stop following them instead.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Like a post (or, with `--undo`, take the like back).
+    Like {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The post's id.
+        post: Uuid,
+        /// Take the like back instead.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Print a page of your feed, best first, and where it came from.
+    Feed {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Posts per page.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The `next_cursor` of the page before.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print the page as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a conversation's latest messages, oldest first.
     History {
         #[command(flatten)]
@@ -246,6 +290,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unschedule { server, id } => {
             client_runtime()?.block_on(cli::unschedule(&server, id))
         }
+        Command::Post { server, text } => client_runtime()?.block_on(cli::post(&server, &text)),
+        Command::Follow { server, user, undo } => {
+            client_runtime()?.block_on(cli::follow(&server, user, !undo))
+        }
+        Command::Like { server, post, undo } => {
+            client_runtime()?.block_on(cli::like(&server, post, !undo))
+        }
+        Command::Feed {
+            server,
+            limit,
+            cursor,
+            json,
+        } => client_runtime()?.block_on(cli::feed(&server, limit, cursor.as_deref(), json)),
         Command::History {
             server,
             conversation,
@@ -276,13 +333,22 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = open_store(settings.database()?, &supervisor).await?;
     // Signals from the bus (events of other nodes) are bounded; the node
     // catches up from the store on whatever it had to drop.
-    let link = match &settings.redis_url {
+    // With Redis, the feed's cache is shared there too.
+    let (link, feed_cache) = match &settings.redis_url {
         Some(url) => {
             let (sender, receiver) = tokio::sync::mpsc::channel(4096);
             let bus = RedisBus::new(RedisOptions::new(url.clone()), sender, &supervisor)
                 .context("invalid redis url")?;
-            Some((Arc::new(bus) as Arc<dyn Bus>, receiver))
+            let cache: Arc<dyn FeedCache> = Arc::new(bus.clone());
+            (Some((Arc::new(bus) as Arc<dyn Bus>, receiver)), Some(cache))
         }
+        None => (None, None),
+    };
+    let analytics = match &settings.clickhouse_url {
+        Some(url) => Some(Arc::new(
+            ClickHouse::new(&ClickHouseOptions::new(url.clone()))
+                .context("invalid clickhouse url")?,
+        ) as Arc<dyn Analytics>),
         None => None,
     };
     let bus = link.as_ref().map(|(bus, _)| Arc::clone(bus));
@@ -294,6 +360,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             random: Arc::new(OsRandom),
             bus: link,
             blobs: Some(Arc::clone(&blobs.store)),
+            feed: store.feed(),
+            analytics,
+            feed_cache,
             supervisor,
         },
         limits(&settings),
@@ -357,6 +426,8 @@ fn limits(settings: &Settings) -> Limits {
     limits.scheduled.total_max = settings.scheduled_total_max;
     limits.scheduled.late_max = settings.scheduled_late_max;
     limits.scheduled.retention = settings.scheduled_retention;
+    limits.feed.rank_deadline = settings.feed_rank_deadline;
+    limits.feed.cache_ttl = settings.feed_cache_ttl;
     limits
 }
 
@@ -405,6 +476,13 @@ enum OpenStore {
 
 impl OpenStore {
     fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    fn feed(&self) -> Arc<dyn FeedStore> {
         match self {
             Self::Sqlite(store) => Arc::new(store.clone()),
             Self::Postgres(store) => Arc::new(store.clone()),

@@ -16,6 +16,7 @@ mod connection;
 mod conversation;
 mod deleter;
 mod error;
+mod feed;
 mod hub;
 mod mailbox;
 mod media;
@@ -33,6 +34,7 @@ pub use connection::{
     ClientFrameError, Close, Connection, ConnectionLink, Frame, LinkReceivers, Transport,
 };
 pub use error::ActorError;
+pub use feed::{CLICKHOUSE, FEED_SQL, FeedLimits};
 pub use hub::EncodedEvent;
 pub use media::{ATTACHMENT_TYPES, AUDIO_TYPES, MediaLimits};
 pub use metrics::Metrics;

@@ -99,6 +99,16 @@ pub struct Metrics {
     pub(crate) scheduled_messages_total: IntCounterVec,
     /// From a scheduled message's due time to its send's commit.
     pub(crate) scheduled_delivery_lag_seconds: Histogram,
+    /// Feed requests, by where the page came from (`ranked`, `cache`,
+    /// `recent`).
+    pub(crate) feed_request_duration_seconds: HistogramVec,
+    /// Feed cache lookups, by `event` (`hit`, `miss`).
+    pub(crate) feed_cache_events_total: IntCounterVec,
+    /// Candidates a ranking looked at.
+    pub(crate) feed_candidate_count: Histogram,
+    /// Engagement events not recorded: the buffer was full, or ClickHouse
+    /// failed or refused the batch.
+    pub(crate) feed_engagement_dropped_total: IntCounter,
 }
 
 impl Metrics {
@@ -325,6 +335,40 @@ impl Metrics {
                         0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
                     ]),
                 ),
+            ),
+            feed_request_duration_seconds: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "feed_request_duration_seconds",
+                        "Feed requests, by where the page came from",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5,
+                    ]),
+                    &["source"],
+                ),
+            ),
+            feed_cache_events_total: counters(
+                r,
+                "feed_cache_events_total",
+                "Feed cache lookups, by event",
+                &["event"],
+            ),
+            feed_candidate_count: register(
+                r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "feed_candidate_count",
+                        "Candidates a feed ranking looked at",
+                    )
+                    .buckets(vec![0.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0]),
+                ),
+            ),
+            feed_engagement_dropped_total: counter(
+                r,
+                "feed_engagement_dropped_total",
+                "Engagement events not recorded (buffer full, or ClickHouse down)",
             ),
             registry,
         }

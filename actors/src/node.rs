@@ -16,8 +16,8 @@ use switchboard_protocol::{
     Synced,
 };
 use switchboard_storage::{
-    Blobs, Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome, MessageRange,
-    Random, Store,
+    Analytics, Blobs, Bus, BusSignal, Clock, CreateConversation as StoreCreate, CreateOutcome,
+    FeedCache, FeedStore, MessageRange, Random, Store,
 };
 use switchboard_supervisors::{BreakerPolicy, RestartPolicy, Supervisor, TaskReport, WorkerPolicy};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +28,7 @@ use crate::connection::{
     Sockets, Transport, control, slots,
 };
 use crate::conversation::{Command, ConversationSupervisor, Conversations};
+use crate::feed::{Feed, FeedLimits, FeedParts};
 use crate::hub::{EncodedEvent, Hub, NewSession};
 use crate::mailbox::Mailbox;
 use crate::media::{Media, MediaLimits};
@@ -70,6 +71,8 @@ pub struct Limits {
     pub media: MediaLimits,
     /// Bounds of scheduled messages and the pacing of their dispatcher.
     pub scheduled: ScheduledLimits,
+    /// The feed's.
+    pub feed: FeedLimits,
 }
 
 /// Bounds and pacing of the node's use of the bus.
@@ -138,6 +141,7 @@ impl Default for Limits {
             bus: BusLimits::default(),
             media: MediaLimits::default(),
             scheduled: ScheduledLimits::default(),
+            feed: FeedLimits::default(),
         }
     }
 }
@@ -157,6 +161,13 @@ pub struct Dependencies {
     /// Where voice messages and attachments live; `None` leaves the node
     /// without media (text messaging only).
     pub blobs: Option<Arc<dyn Blobs>>,
+    /// Posts and follows: the same database as `store`.
+    pub feed: Arc<dyn FeedStore>,
+    /// Where the feed's engagement goes and is ranked from; `None` ranks
+    /// with the database.
+    pub analytics: Option<Arc<dyn Analytics>>,
+    /// The feed's last ranked pages; `None` keeps them in this process.
+    pub feed_cache: Option<Arc<dyn FeedCache>>,
     /// The supervisor of the node's tasks and workers, the store's and the
     /// bus's included (they were started under it): its metrics join the
     /// node's, and readiness reads it.
@@ -191,6 +202,8 @@ pub(crate) struct Shared {
     pub(crate) bus: Option<Arc<dyn Bus>>,
     /// Wakes the scheduled dispatcher for an entry due before it looks.
     pub(crate) scheduled: Arc<ScheduledWake>,
+    /// Posts, follows and the ranked feed.
+    pub(crate) feed: Feed,
 }
 
 impl Shared {
@@ -304,9 +317,13 @@ impl Node {
             random,
             bus,
             blobs,
+            feed,
+            analytics,
+            feed_cache,
             supervisor,
         } = dependencies;
         limits.media.check().map_err(ActorError::Invalid)?;
+        limits.feed.check().map_err(ActorError::Invalid)?;
         limits.scheduled.check().map_err(ActorError::Invalid)?;
         let metrics = Metrics::new();
         for collector in supervisor.collectors() {
@@ -325,7 +342,19 @@ impl Node {
         let media = blobs
             .as_ref()
             .map(|blobs| Media::start(&supervisor, blobs, &store, &clock, limits.media, &metrics));
+        let feed = Feed::start(
+            &supervisor,
+            FeedParts {
+                store: feed,
+                analytics,
+                cache: feed_cache,
+            },
+            &clock,
+            limits.feed,
+            &metrics,
+        );
         let shared = Arc::new(Shared {
+            feed,
             store,
             clock,
             random,

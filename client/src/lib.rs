@@ -13,6 +13,7 @@
 mod entropy;
 mod error;
 mod events;
+mod feed;
 mod live;
 mod media;
 mod outbox;

@@ -7,6 +7,7 @@
 
 mod error;
 mod event;
+mod feed;
 mod frame;
 mod request;
 mod resource;
@@ -16,6 +17,7 @@ pub use event::{
     ConversationCreated, Event, MemberJoined, MemberLeft, MemberRoleChanged, MessageDeleted,
     MessageEdited, MessageRead,
 };
+pub use feed::{CreatePost, FeedPage, FeedSource, Post};
 pub use frame::{
     ClientFrame, CloseReason, Control, EventFrame, Hello, Resume, ResumeFailed, ResumeRefusal,
     ScheduledFailed, ServerFrame, Sync, Synced,

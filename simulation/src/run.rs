@@ -28,7 +28,7 @@ use switchboard_protocol::{
     Role, ScheduleMessage, ScheduledStatus, SendAudio, SendMessage, ServerFrame, UploadRequest,
 };
 use switchboard_storage::{
-    AttachmentState, Blobs, Bus, Clock, MemoryBlobs, MemoryStore, Store, TokioClock,
+    AttachmentState, Blobs, Bus, Clock, FeedStore, MemoryBlobs, MemoryStore, Store, TokioClock,
 };
 use switchboard_storage_redis::{RedisBus, RedisOptions};
 use switchboard_storage_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
@@ -251,7 +251,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
     };
     let faults = Arc::new(Faults::new(plan, SharedRng::new(seed, "faults")));
     let clock = TokioClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
-    let (store, cleanup) = open_store(&options.backend, seed, clock).await?;
+    let (store, feed, cleanup) = open_store(&options.backend, seed, clock).await?;
     let network = matches!(options.backend, Backend::Memory).then(|| Network::new(faults.clone()));
     let redis = match &options.backend {
         Backend::Memory => None,
@@ -275,6 +275,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
             .collect(),
         limits,
         store: Arc::new(FaultyStore::new(store.clone(), faults.clone())),
+        feed: feed.clone(),
         clock,
         random: SharedRng::new(seed, "ids"),
         network: network.clone(),
@@ -483,9 +484,12 @@ async fn open_store(
     backend: &Backend,
     seed: u64,
     clock: TokioClock,
-) -> anyhow::Result<(Arc<dyn Store>, Cleanup)> {
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn FeedStore>, Cleanup)> {
     Ok(match backend {
-        Backend::Memory => (Arc::new(MemoryStore::new()), Cleanup::Nothing),
+        Backend::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            (store.clone(), store, Cleanup::Nothing)
+        }
         Backend::Sqlite { .. } => {
             let dir = tempfile::tempdir()?;
             let mut options = SqliteOptions::new(dir.path().join("simulation.db"));
@@ -493,7 +497,8 @@ async fn open_store(
             let store = SqliteStore::open(&options, &Supervisor::new(Arc::new(clock)))
                 .await
                 .context("cannot open SQLite")?;
-            (Arc::new(store), Cleanup::Dir(dir))
+            let store = Arc::new(store);
+            (store.clone(), store, Cleanup::Dir(dir))
         }
         Backend::Postgres { url, .. } => {
             let schema = format!("sim_{seed}_{}", unique());
@@ -503,8 +508,10 @@ async fn open_store(
             let store = PostgresStore::open(&options)
                 .await
                 .with_context(|| format!("cannot open PostgreSQL at {url}"))?;
+            let store = Arc::new(store);
             (
-                Arc::new(store),
+                store.clone(),
+                store,
                 Cleanup::Schema {
                     url: url.clone(),
                     schema,
@@ -553,6 +560,8 @@ struct Cluster {
     slots: Vec<Slot>,
     limits: Limits,
     store: Arc<dyn Store>,
+    /// Posts and follows, in the same database.
+    feed: Arc<dyn FeedStore>,
     clock: TokioClock,
     random: SharedRng,
     network: Option<Arc<Network>>,
@@ -588,6 +597,9 @@ impl Cluster {
                 random: Arc::new(self.random.clone()),
                 bus,
                 blobs: Some(Arc::clone(&self.blobs)),
+                feed: Arc::clone(&self.feed),
+                analytics: None,
+                feed_cache: None,
                 supervisor,
             },
             self.limits,

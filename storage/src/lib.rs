@@ -1,5 +1,6 @@
 //! Every dependency of the actors sits behind a trait here: the [`Store`] of
-//! conversations, members, messages, events and attachments, the [`Bus`]
+//! conversations, members, messages, events and attachments, the
+//! [`FeedStore`] of posts and follows, [`Analytics`], the [`Bus`]
 //! between nodes, the [`Blobs`] store of uploads, the [`Clock`] and the
 //! [`Random`] source.
 //!
@@ -17,8 +18,10 @@ mod blobs;
 mod bus;
 mod clock;
 mod error;
+mod feed;
 mod memory;
 mod memory_blobs;
+mod memory_feed;
 mod random;
 mod scheduled;
 mod store;
@@ -34,8 +37,14 @@ pub use blobs::{
 pub use bus::{Bus, BusError, BusSignal, Topic};
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use error::{Rejection, StoreError};
+pub use feed::{
+    Analytics, AnalyticsError, CacheError, ENGAGEMENT_WINDOW, EngagementEvent, EngagementKind,
+    FeedCache, FeedQuery, FeedStore, FollowOutcome, NewPost, PostEngagement, PostPosition,
+    VIEW_WEIGHT, rank, score,
+};
 pub use memory::MemoryStore;
 pub use memory_blobs::MemoryBlobs;
+pub use memory_feed::MemoryFeedCache;
 pub use random::{OsRandom, Random};
 pub use scheduled::{
     Claimed, NewScheduled, ScheduleCaps, ScheduleOutcome, ScheduledChange, ScheduledClaim,

@@ -38,6 +38,8 @@ use crate::{Rejection, StoreError};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Posts, likes and follows (`memory_feed.rs`).
+    pub(crate) feed: Mutex<crate::memory_feed::FeedState>,
 }
 
 #[derive(Debug, Default)]

@@ -2,6 +2,7 @@
 
 mod blobs;
 mod conversations;
+mod feed;
 mod live;
 mod media;
 mod messages;
@@ -79,6 +80,14 @@ pub fn router(state: AppState) -> Router {
             "/messages/{id}",
             patch(messages::edit).delete(messages::delete),
         )
+        .route("/posts", post(feed::create))
+        .route("/posts/{id}", get(feed::get).delete(feed::delete))
+        .route("/posts/{id}/like", put(feed::like).delete(feed::unlike))
+        .route(
+            "/users/{id}/follow",
+            put(feed::follow).delete(feed::unfollow),
+        )
+        .route("/feed", get(feed::feed))
         .route("/ws", get(ws::upgrade))
         .route("/subscribe", get(sse::subscribe))
         .route("/sessions/{id}/sync", post(live::sync));

@@ -91,6 +91,23 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         entry["breaker"] = json!(state.node.breakers().get("blobs"));
         dependencies.insert("blobs".into(), entry);
     }
+    // Reported, never a reason to leave the load balancer: the feed falls
+    // back to the cache and the database without it.
+    let (ranking, breaker) = state.node.feed_ranking();
+    let analytics = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, state.node.ping_analytics())
+        .await
+        .unwrap_or_else(|_| {
+            Some(Err(switchboard_storage::AnalyticsError(
+                "ping timed out".into(),
+            )))
+        });
+    if let Some(ping) = analytics {
+        let mut entry = health(&ping);
+        entry["breaker"] = json!(breaker);
+        dependencies.insert(ranking.into(), entry);
+    } else {
+        dependencies.insert(ranking.into(), json!({ "breaker": breaker }));
+    }
     let tasks: serde_json::Map<String, serde_json::Value> = supervisor
         .tasks()
         .into_iter()

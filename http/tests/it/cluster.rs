@@ -97,6 +97,7 @@ pub(crate) async fn node(redis_url: &str, bus_limits: BusLimits) -> TestNode {
     let clock = Arc::new(SystemClock::new());
     let supervisor = Supervisor::new(clock.clone());
     let store = Arc::new(SqliteStore::open(&options, &supervisor).await.unwrap());
+    let feed = store.clone();
     let (signals, receiver) = mpsc::channel(4096);
     let bus = RedisBus::new(RedisOptions::new(redis_url), signals, &supervisor).unwrap();
     let node = Node::start(
@@ -106,6 +107,9 @@ pub(crate) async fn node(redis_url: &str, bus_limits: BusLimits) -> TestNode {
             random: Arc::new(OsRandom),
             bus: Some((Arc::new(bus.clone()), receiver)),
             blobs: None,
+            feed,
+            analytics: None,
+            feed_cache: Some(Arc::new(bus.clone())),
             supervisor,
         },
         Limits {
@@ -281,8 +285,8 @@ impl Cluster {
             options.synchronous_full = false;
             let clock = Arc::new(SystemClock::new());
             let supervisor = Supervisor::new(clock.clone());
-            let store: Arc<dyn switchboard_storage::Store> =
-                Arc::new(SqliteStore::open(&options, &supervisor).await.unwrap());
+            let sqlite = Arc::new(SqliteStore::open(&options, &supervisor).await.unwrap());
+            let store: Arc<dyn switchboard_storage::Store> = sqlite.clone();
             let (signals, receiver) = mpsc::channel(4096);
             let bus: Arc<dyn Bus> = Arc::new(
                 RedisBus::new(RedisOptions::new(redis_url), signals, &supervisor).unwrap(),
@@ -294,6 +298,9 @@ impl Cluster {
                     random: Arc::new(OsRandom),
                     bus: Some((Arc::clone(&bus), receiver)),
                     blobs: None,
+                    feed: sqlite,
+                    analytics: None,
+                    feed_cache: None,
                     supervisor,
                 },
                 limits,

@@ -5,9 +5,12 @@
 #![allow(clippy::disallowed_methods)]
 
 mod authz;
+#[cfg(feature = "clickhouse-tests")]
+mod clickhouse;
 #[cfg(feature = "redis-tests")]
 mod cluster;
 mod errors;
+mod feed;
 mod idempotency;
 mod live;
 mod media;

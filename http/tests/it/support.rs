@@ -62,7 +62,7 @@ impl TestServer {
         http_limits: HttpLimits,
         setup: impl FnOnce(AppState) -> AppState,
     ) -> Self {
-        Self::build(limits, http_limits, setup, Blobs::Local).await
+        Self::build(limits, http_limits, setup, Blobs::Local, None).await
     }
 
     /// A server whose blobs are in this S3 bucket.
@@ -72,7 +72,30 @@ impl TestServer {
         options: switchboard_storage_blobs::S3Options,
     ) -> Self {
         let s3 = Arc::new(switchboard_storage_blobs::S3Blobs::connect(&options).await);
-        Self::build(limits, HttpLimits::default(), |state| state, Blobs::S3(s3)).await
+        Self::build(
+            limits,
+            HttpLimits::default(),
+            |state| state,
+            Blobs::S3(s3),
+            None,
+        )
+        .await
+    }
+
+    /// A server whose feed ranks with `analytics`.
+    #[cfg(feature = "clickhouse-tests")]
+    pub(crate) async fn with_analytics(
+        limits: Limits,
+        analytics: Arc<dyn switchboard_storage::Analytics>,
+    ) -> Self {
+        Self::build(
+            limits,
+            HttpLimits::default(),
+            |state| state,
+            Blobs::Local,
+            Some(analytics),
+        )
+        .await
     }
 
     async fn build(
@@ -80,6 +103,7 @@ impl TestServer {
         http_limits: HttpLimits,
         setup: impl FnOnce(AppState) -> AppState,
         blobs: Blobs,
+        analytics: Option<Arc<dyn switchboard_storage::Analytics>>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut options = SqliteOptions::new(dir.path().join("switchboard.db"));
@@ -87,11 +111,12 @@ impl TestServer {
         options.synchronous_full = false;
         let clock = Arc::new(SystemClock::new());
         let supervisor = Supervisor::new(clock.clone());
-        let store: Arc<dyn Store> = Arc::new(
+        let sqlite = Arc::new(
             SqliteStore::open(&options, &supervisor)
                 .await
                 .expect("store"),
         );
+        let store: Arc<dyn Store> = sqlite.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -116,6 +141,9 @@ impl TestServer {
                 random: Arc::new(OsRandom),
                 bus: None,
                 blobs: Some(Arc::clone(&blobs)),
+                feed: sqlite,
+                analytics,
+                feed_cache: None,
                 supervisor,
             },
             limits,

@@ -23,7 +23,7 @@ use switchboard_protocol::{Control, Event};
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
 
-use switchboard_storage::{Bus, BusError, BusSignal, Topic};
+use switchboard_storage::{Bus, BusError, BusSignal, CacheError, FeedCache, Topic};
 use switchboard_supervisors::{RestartPolicy, Supervisor, Task, TaskContext};
 
 /// How to reach Redis.
@@ -471,5 +471,30 @@ impl Bus for RedisBus {
         {
             self.inner.changed.notify_one();
         }
+    }
+}
+
+/// The feed's last ranked pages, shared by every node: `SET {prefix}feed:{key}
+/// EX ttl` on the bus's command connection, within its timeout.
+#[async_trait]
+impl FeedCache for RedisBus {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        let key = format!("{}feed:{key}", self.inner.options.key_prefix);
+        self.run(redis::cmd("GET").arg(key))
+            .await
+            .map_err(|e| CacheError(e.to_string()))
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, ttl: Duration) -> Result<(), CacheError> {
+        let key = format!("{}feed:{key}", self.inner.options.key_prefix);
+        self.run(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("PX")
+                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+        )
+        .await
+        .map_err(|e| CacheError(e.to_string()))
     }
 }

@@ -9,6 +9,7 @@
 //! and to the in-memory store.
 
 mod error;
+mod feed_sql;
 mod migrations;
 mod postgres;
 mod rows;

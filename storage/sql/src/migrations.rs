@@ -45,6 +45,11 @@ pub(crate) fn sqlite() -> Migrator {
             "scheduled",
             include_str!("../migrations/sqlite/0003_scheduled.sql"),
         ),
+        (
+            4,
+            "feed",
+            include_str!("../migrations/sqlite/0004_feed.sql"),
+        ),
     ])
 }
 
@@ -65,6 +70,11 @@ pub(crate) fn postgres() -> Migrator {
             3,
             "scheduled",
             include_str!("../migrations/postgres/0003_scheduled.sql"),
+        ),
+        (
+            4,
+            "feed",
+            include_str!("../migrations/postgres/0004_feed.sql"),
         ),
     ])
 }

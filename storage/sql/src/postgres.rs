@@ -35,6 +35,8 @@ use switchboard_storage::{
 use crate::error::db;
 use crate::rows;
 
+mod feed;
+
 /// How to connect to PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct PostgresOptions {

@@ -322,3 +322,31 @@ pub(crate) fn decode_events(
         })
         .collect()
 }
+
+/// The columns [`post`] reads, in a form `concat!` accepts.
+macro_rules! post_columns {
+    () => {
+        "id, author_id, text, created_at, like_count"
+    };
+}
+pub(crate) use post_columns;
+
+/// A post from a row with the [`post_columns`].
+pub(crate) fn post<'r, R>(row: &'r R) -> Result<switchboard_protocol::Post, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let likes: i64 = row.try_get("like_count").map_err(db)?;
+    Ok(switchboard_protocol::Post {
+        id: row.try_get("id").map_err(db)?,
+        author_id: row.try_get("author_id").map_err(db)?,
+        text: row.try_get("text").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        like_count: u64::try_from(likes).unwrap_or(0),
+    })
+}

@@ -50,6 +50,8 @@ use switchboard_storage::{
 use crate::error::db;
 use crate::rows;
 
+mod feed;
+
 /// How to open the SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {

@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
-use switchboard_storage::{MemoryStore, Store};
+use switchboard_storage::{FeedStore, MemoryStore, Store};
 use switchboard_storage_sql::{PostgresOptions, PostgresStore, SqliteOptions, SqliteStore};
 
 use crate::supervisor;
 
 pub(crate) struct Backend {
     pub(crate) store: Arc<dyn Store>,
+    /// The same database's posts and follows.
+    pub(crate) feed: Arc<dyn FeedStore>,
     kind: Kind,
 }
 
@@ -28,6 +30,7 @@ impl Backend {
         let store = Arc::new(MemoryStore::new());
         Self {
             store: store.clone(),
+            feed: store.clone(),
             kind: Kind::Memory(store),
         }
     }
@@ -36,7 +39,8 @@ impl Backend {
         let dir = tempfile::tempdir().unwrap();
         let store = open_sqlite(&dir).await;
         Self {
-            store,
+            store: store.clone(),
+            feed: store,
             kind: Kind::Sqlite(dir),
         }
     }
@@ -48,7 +52,8 @@ impl Backend {
         let schema = format!("contract_{}", uuid::Uuid::new_v4().simple());
         let store = open_postgres(&url, &schema).await;
         Self {
-            store,
+            store: store.clone(),
+            feed: store,
             kind: Kind::Postgres { url, schema },
         }
     }
@@ -88,13 +93,13 @@ impl Backend {
     }
 }
 
-async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+async fn open_sqlite(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
     let mut options = SqliteOptions::new(dir.path().join("contract.db"));
     options.synchronous_full = false;
     Arc::new(SqliteStore::open(&options, &supervisor()).await.unwrap())
 }
 
-async fn open_postgres(url: &str, schema: &str) -> Arc<dyn Store> {
+async fn open_postgres(url: &str, schema: &str) -> Arc<PostgresStore> {
     let mut options = PostgresOptions::new(url);
     options.schema = Some(schema.to_owned());
     options.connections_max = 4;

@@ -13,6 +13,7 @@ mod backend;
 #[cfg(feature = "redis-tests")]
 mod bus;
 mod contract;
+mod feed;
 mod sqlite_metrics;
 mod sqlite_supervision;
 mod sqlite_wal;
@@ -25,13 +26,14 @@ pub(crate) fn supervisor() -> switchboard_supervisors::Supervisor {
 }
 
 macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
+    ($suite:ident as $module:ident: $($test:ident),* $(,)?) => {
+        mod $module {
         mod memory {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     let backend = crate::backend::Backend::memory();
-                    backend.run(crate::contract::$test).await;
+                    backend.run(crate::$suite::$test).await;
                 }
             )*
         }
@@ -40,7 +42,7 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     let backend = crate::backend::Backend::sqlite().await;
-                    backend.run(crate::contract::$test).await;
+                    backend.run(crate::$suite::$test).await;
                 }
             )*
         }
@@ -50,14 +52,15 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
                     let backend = crate::backend::Backend::postgres().await;
-                    backend.run(crate::contract::$test).await;
+                    backend.run(crate::$suite::$test).await;
                 }
             )*
+        }
         }
     };
 }
 
-contract!(
+contract!(contract as store:
     creates_and_reads_a_group,
     a_direct_pair_has_one_conversation,
     concurrent_sends_take_gap_free_seqs,
@@ -80,4 +83,10 @@ contract!(
     a_due_entry_is_sent_once_under_its_claim,
     a_batch_delivers_each_entry_at_most_once,
     two_nodes_claim_disjoint_entries,
+);
+
+contract!(feed as feed_store:
+    posts_follows_and_likes_keep_their_rules,
+    the_ranking_query_is_the_shared_score,
+    recent_pages_are_newest_first_without_gaps,
 );

@@ -1,0 +1,84 @@
+//! The feed: post, follow, like, and read the ranked feed.
+
+use reqwest::Method;
+use switchboard_protocol::{CreatePost, FeedPage, Post};
+use uuid::Uuid;
+
+use crate::{Client, ClientError};
+
+impl Client {
+    /// Posts `text`.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; `unprocessable` for empty or too long text.
+    pub async fn create_post(&self, text: &str) -> Result<Post, ClientError> {
+        let body = CreatePost {
+            text: text.to_owned(),
+        };
+        self.call(self.request(Method::POST, "/posts").json(&body))
+            .await
+    }
+
+    /// Deletes one of the caller's posts.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; `not_found`, or `forbidden` for someone else's.
+    pub async fn delete_post(&self, id: Uuid) -> Result<(), ClientError> {
+        self.call_empty(self.request(Method::DELETE, &format!("/posts/{id}")))
+            .await
+    }
+
+    /// Follows `user`, or (`follow` false) stops.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; `unprocessable` for oneself, `conflict` past the
+    /// follow limit.
+    pub async fn follow(&self, user: Uuid, follow: bool) -> Result<(), ClientError> {
+        let method = if follow { Method::PUT } else { Method::DELETE };
+        self.call_empty(self.request(method, &format!("/users/{user}/follow")))
+            .await
+    }
+
+    /// Likes a post (answering it), or takes the like back.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; `not_found` for a post that does not exist.
+    pub async fn like(&self, post: Uuid, like: bool) -> Result<Option<Post>, ClientError> {
+        let path = format!("/posts/{post}/like");
+        if like {
+            self.call(self.request(Method::PUT, &path)).await.map(Some)
+        } else {
+            self.call_empty(self.request(Method::DELETE, &path))
+                .await
+                .map(|()| None)
+        }
+    }
+
+    /// A page of the caller's feed.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; `unprocessable` for a bad limit or cursor.
+    pub async fn feed(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Result<FeedPage, ClientError> {
+        // Cursors are made of `[A-Za-z0-9_]`: nothing to escape.
+        let mut path = String::from("/feed");
+        let mut separator = '?';
+        if let Some(limit) = limit {
+            path.push_str(&format!("{separator}limit={limit}"));
+            separator = '&';
+        }
+        if let Some(cursor) = cursor {
+            path.push_str(&format!("{separator}cursor={cursor}"));
+        }
+        let request = self.request(Method::GET, &path);
+        self.call(request).await
+    }
+}

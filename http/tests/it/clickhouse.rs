@@ -1,0 +1,428 @@
+//! The feed on a real ClickHouse server (Debian's `clickhouse-server`,
+//! started here on private ports): ranked from its engagement, then the
+//! cache and the newest posts while it is stopped or frozen, and ranked
+//! again once the breaker's probe finds it back.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use switchboard_actors::Limits;
+use switchboard_storage::{Analytics, Clock, EngagementEvent, EngagementKind, SystemClock};
+use switchboard_storage_clickhouse::{ClickHouse, ClickHouseOptions};
+use uuid::Uuid;
+
+use crate::feed::call;
+use crate::support::TestServer;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `clickhouse-server` over a temporary folder.
+pub(crate) struct ClickHouseServer {
+    child: Option<Child>,
+    pub(crate) http_port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl ClickHouseServer {
+    pub(crate) fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (http_port, tcp_port) = (free_port(), free_port());
+        let path = |name: &str| {
+            let p = dir.path().join(name);
+            std::fs::create_dir_all(&p).unwrap();
+            format!("{}/", p.display())
+        };
+        let config = format!(
+            "<yandex>\
+               <logger><level>warning</level><log>{log}/server.log</log>\
+                 <errorlog>{log}/error.log</errorlog></logger>\
+               <listen_host>127.0.0.1</listen_host>\
+               <http_port>{http_port}</http_port><tcp_port>{tcp_port}</tcp_port>\
+               <path>{data}</path><tmp_path>{tmp}</tmp_path>\
+               <user_files_path>{files}</user_files_path>\
+               <format_schema_path>{schemas}</format_schema_path>\
+               <users_config>{users}</users_config>\
+               <mark_cache_size>268435456</mark_cache_size>\
+             </yandex>",
+            log = dir.path().display(),
+            data = path("data"),
+            tmp = path("tmp"),
+            files = path("files"),
+            schemas = path("schemas"),
+            users = dir.path().join("users.xml").display(),
+        );
+        std::fs::write(dir.path().join("config.xml"), config).unwrap();
+        std::fs::write(
+            dir.path().join("users.xml"),
+            "<yandex><profiles><default/></profiles>\
+               <users><default><password/><networks><ip>127.0.0.1</ip></networks>\
+                 <profile>default</profile><quota>default</quota></default></users>\
+               <quotas><default/></quotas></yandex>",
+        )
+        .unwrap();
+        let mut server = Self {
+            child: None,
+            http_port,
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    pub(crate) fn restart(&mut self) {
+        let binary = std::env::var("SWITCHBOARD_TEST_CLICKHOUSE")
+            .unwrap_or_else(|_| "/usr/sbin/clickhouse-server".into());
+        let child = Command::new(&binary)
+            .arg(format!(
+                "--config-file={}",
+                self.dir.path().join("config.xml").display()
+            ))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} does not start: {e}"));
+        self.child = Some(crate::support::listening(
+            child,
+            self.http_port,
+            "clickhouse-server",
+        ));
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
+    /// SIGTERM, and wait for it to exit.
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: it accepts connections and answers nothing.
+    pub(crate) fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub(crate) fn thaw(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Limits that let a test see the breaker open and close within seconds.
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.feed.engagement_flush_every = Duration::from_millis(100);
+    limits.feed.ranker.breaker.cool_down_min = Duration::from_millis(500);
+    limits.feed.ranker.breaker.cool_down_max = Duration::from_secs(1);
+    limits
+}
+
+async fn feed(server: &TestServer, token: &str) -> Value {
+    let (status, headers, page) = call(server, token, Method::GET, "/feed?limit=10", None).await;
+    assert_eq!(status, StatusCode::OK, "never a 5xx: {page}");
+    assert_eq!(headers["feed-source"], page["source"].as_str().unwrap());
+    page
+}
+
+fn ids(page: &Value) -> Vec<String> {
+    page["posts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A counter's value in the node's metrics, summed over the series whose
+/// labels contain every one of `labels`.
+async fn counter(server: &TestServer, name: &str, labels: &[&str]) -> f64 {
+    server
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn until_source(server: &TestServer, token: &str, source: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = feed(server, token).await;
+        if page["source"] == source {
+            return page;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed never came from {source}: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
+    let mut clickhouse = ClickHouseServer::start();
+    let analytics = Arc::new(ClickHouse::new(&ClickHouseOptions::new(clickhouse.url())).unwrap());
+    let server = TestServer::with_analytics(limits(), analytics.clone()).await;
+    let (me, other, author) = (server.user(), server.user(), server.user());
+    let (t, o, a) = (
+        server.token(me.id),
+        server.token(other.id),
+        server.token(author.id),
+    );
+    for token in [&t, &o] {
+        call(
+            &server,
+            token,
+            Method::PUT,
+            &format!("/users/{}/follow", author.id),
+            None,
+        )
+        .await;
+    }
+    let mut posts = Vec::new();
+    for text in ["liked", "quiet", "newest"] {
+        let (_, _, post) = call(
+            &server,
+            &a,
+            Method::POST,
+            "/posts",
+            Some(json!({ "text": text })),
+        )
+        .await;
+        posts.push(post["id"].as_str().unwrap().to_owned());
+    }
+    let liked: Uuid = posts[0].parse().unwrap();
+    for _ in 0..5 {
+        let liker = server.token(Uuid::new_v4());
+        call(
+            &server,
+            &liker,
+            Method::PUT,
+            &format!("/posts/{liked}/like"),
+            None,
+        )
+        .await;
+    }
+    // The likes reach ClickHouse in a batch.
+    let since = SystemClock::new().now() - chrono::TimeDelta::hours(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while analytics
+        .engagement(&[liked], since)
+        .await
+        .unwrap()
+        .first()
+        .is_none_or(|e| e.likes < 5)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "likes never reached ClickHouse"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let page = feed(&server, &t).await;
+    assert_eq!(page["source"], "ranked");
+    assert_eq!(
+        ids(&page)[0],
+        posts[0],
+        "recent likes lift the oldest post: {page}"
+    );
+    assert!(
+        server
+            .metrics()
+            .await
+            .contains("feed_candidate_count_count 1")
+    );
+
+    // Views only ClickHouse knows of lift the quiet post above it: the
+    // ranking is ClickHouse's.
+    let quiet: Uuid = posts[1].parse().unwrap();
+    let at = SystemClock::new().now();
+    let views: Vec<EngagementEvent> = (0..200)
+        .map(|_| EngagementEvent {
+            post_id: quiet,
+            user_id: Uuid::new_v4(),
+            kind: EngagementKind::View,
+            at,
+        })
+        .collect();
+    analytics.record(&views).await.unwrap();
+    let page = feed(&server, &t).await;
+    assert_eq!(page["source"], "ranked");
+    assert_eq!(
+        ids(&page)[..2],
+        [posts[1].clone(), posts[0].clone()],
+        "{page}"
+    );
+
+    // ClickHouse stopped: the last ranked page for one who had one, the
+    // newest posts for one who had none, and never a 5xx.
+    clickhouse.stop();
+    let cached = until_source(&server, &t, "cache").await;
+    assert_eq!(
+        ids(&cached),
+        ids(&page),
+        "the cache serves the last ranked page"
+    );
+    let recent = feed(&server, &o).await;
+    assert_eq!(recent["source"], "recent");
+    assert_eq!(
+        ids(&recent),
+        vec![posts[2].clone(), posts[1].clone(), posts[0].clone()]
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.node.feed_ranking().1 != "open" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker never opened"
+        );
+        feed(&server, &o).await;
+    }
+    let health = ready(&server).await;
+    assert_eq!(
+        health["ready"], true,
+        "ClickHouse down keeps the node ready: {health}"
+    );
+    assert_eq!(
+        health["dependencies"]["clickhouse"]["ok"], false,
+        "{health}"
+    );
+    assert_eq!(
+        health["dependencies"]["clickhouse"]["breaker"], "open",
+        "{health}"
+    );
+    // With the breaker open a ranking is refused at once, never sent.
+    let refused = counter(
+        &server,
+        "worker_request_duration_seconds_count",
+        &["feed_ranker", "unavailable"],
+    )
+    .await;
+    let page = feed(&server, &o).await;
+    assert_eq!(page["source"], "recent");
+    let now_refused = counter(
+        &server,
+        "worker_request_duration_seconds_count",
+        &["feed_ranker", "unavailable"],
+    )
+    .await;
+    assert!(
+        now_refused > refused,
+        "the open breaker answered, not ClickHouse"
+    );
+    // Engagement while it is down is dropped and counted.
+    call(
+        &server,
+        &o,
+        Method::PUT,
+        &format!("/posts/{quiet}/like"),
+        None,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counter(&server, "feed_engagement_dropped_total", &[]).await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no engagement was counted dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(cached_events(&server, "hit").await >= 1.0);
+    assert!(cached_events(&server, "miss").await >= 1.0);
+
+    // Back: ranked again once the half-open probe passes.
+    clickhouse.restart();
+    until_source(&server, &o, "ranked").await;
+
+    // Frozen: the first ranking times out at the deadline and the cache
+    // answers; the breaker opens, and the rest are refused at once.
+    clickhouse.freeze();
+    let timed_out = counter(
+        &server,
+        "worker_request_duration_seconds_count",
+        &["feed_ranker", "timed_out"],
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let page = feed(&server, &o).await;
+    let took = started.elapsed();
+    assert_eq!(page["source"], "cache", "{page}");
+    assert!(
+        counter(
+            &server,
+            "worker_request_duration_seconds_count",
+            &["feed_ranker", "timed_out"]
+        )
+        .await
+            > timed_out,
+        "the ranking was cut off at its deadline"
+    );
+    // Far below the client's own 10 s request timeout: the deadline cut it.
+    assert!(
+        took < Duration::from_secs(5),
+        "a frozen ClickHouse held the feed for {took:?}"
+    );
+    eprintln!("frozen ClickHouse: first feed answered from cache in {took:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while server.node.feed_ranking().1 != "open" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the breaker never opened"
+        );
+        feed(&server, &o).await;
+    }
+    clickhouse.thaw();
+    until_source(&server, &o, "ranked").await;
+    clickhouse.stop();
+}
+
+async fn ready(server: &TestServer) -> Value {
+    reqwest::get(server.url("/health/ready"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn cached_events(server: &TestServer, event: &str) -> f64 {
+    counter(
+        server,
+        "feed_cache_events_total",
+        &[&format!("event=\"{event}\"")],
+    )
+    .await
+}

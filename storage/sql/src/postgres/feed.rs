@@ -1,0 +1,266 @@
+//! PostgreSQL's feed: a post's row is locked by the writes that change it
+//! or its likes, and a follower's advisory lock serializes their follows,
+//! so the cap holds across nodes.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::AssertSqlSafe;
+use switchboard_protocol::Post;
+use switchboard_storage::{
+    ENGAGEMENT_WINDOW, FeedQuery, FeedStore, FollowOutcome, NewPost, PostPosition, Rejection,
+    StoreError,
+};
+use uuid::Uuid;
+
+use super::PostgresStore;
+use crate::error::db;
+use crate::feed_sql::POSTGRES;
+use crate::rows;
+
+#[async_trait]
+impl FeedStore for PostgresStore {
+    async fn create_post(&self, post: NewPost) -> Result<Post, StoreError> {
+        sqlx::query("INSERT INTO posts (id, author_id, text, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(post.id)
+            .bind(post.author_id)
+            .bind(&post.text)
+            .bind(post.at)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(Post {
+            id: post.id,
+            author_id: post.author_id,
+            text: post.text,
+            created_at: post.at,
+            like_count: 0,
+        })
+    }
+
+    async fn post(&self, id: Uuid) -> Result<Option<Post>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            rows::post_columns!(),
+            " FROM posts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::post)
+        .transpose()
+    }
+
+    async fn delete_post(&self, id: Uuid, by: Uuid) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let author: Option<Uuid> =
+            sqlx::query_scalar("SELECT author_id FROM posts WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        match author {
+            None => return Err(StoreError::NotFound),
+            Some(author) if author != by => {
+                return Err(StoreError::Rejected(Rejection::NotPermitted));
+            }
+            Some(_) => {}
+        }
+        for sql in [
+            "DELETE FROM post_likes WHERE post_id = $1",
+            "DELETE FROM posts WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn follow(
+        &self,
+        follower: Uuid,
+        followee: Uuid,
+        at: DateTime<Utc>,
+        follows_max: u32,
+    ) -> Result<FollowOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+            .bind(follower)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let (following, total): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE followee_id = $2), COUNT(*) FROM follows \
+             WHERE follower_id = $1",
+        )
+        .bind(follower)
+        .bind(followee)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        if following > 0 {
+            return Ok(FollowOutcome::Already);
+        }
+        if total >= i64::from(follows_max) {
+            return Ok(FollowOutcome::Full);
+        }
+        sqlx::query(
+            "INSERT INTO follows (follower_id, followee_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(follower)
+        .bind(followee)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(FollowOutcome::Followed)
+    }
+
+    async fn unfollow(&self, follower: Uuid, followee: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM follows WHERE follower_id = $1 AND followee_id = $2")
+            .bind(follower)
+            .bind(followee)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn like(&self, user: Uuid, post: Uuid, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM posts WHERE id = $1 FOR UPDATE")
+                .bind(post)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        if exists.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let added = sqlx::query(
+            "INSERT INTO post_likes (post_id, user_id, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(post)
+        .bind(user)
+        .bind(at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?
+        .rows_affected()
+            > 0;
+        if added {
+            sqlx::query("UPDATE posts SET like_count = like_count + 1 WHERE id = $1")
+                .bind(post)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(added)
+    }
+
+    async fn unlike(&self, user: Uuid, post: Uuid) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT 1 FROM posts WHERE id = $1 FOR UPDATE")
+            .bind(post)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let removed = sqlx::query("DELETE FROM post_likes WHERE post_id = $1 AND user_id = $2")
+            .bind(post)
+            .bind(user)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?
+            .rows_affected()
+            > 0;
+        if removed {
+            sqlx::query("UPDATE posts SET like_count = like_count - 1 WHERE id = $1")
+                .bind(post)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(removed)
+    }
+
+    async fn ranked(
+        &self,
+        query: FeedQuery,
+        now: DateTime<Utc>,
+        offset: u32,
+        limit: u32,
+    ) -> Result<Vec<Post>, StoreError> {
+        let found = sqlx::query(AssertSqlSafe(POSTGRES.ranked.as_str()))
+            .bind(query.user)
+            .bind(query.since)
+            .bind(i64::from(query.candidates_max))
+            .bind(now - ENGAGEMENT_WINDOW)
+            .bind(now)
+            .bind(i64::from(limit))
+            .bind(i64::from(offset))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        found.iter().map(rows::post).collect()
+    }
+
+    async fn candidates(&self, query: FeedQuery) -> Result<Vec<Post>, StoreError> {
+        let found = sqlx::query(AssertSqlSafe(POSTGRES.candidates.as_str()))
+            .bind(query.user)
+            .bind(query.since)
+            .bind(i64::from(query.candidates_max))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        found.iter().map(rows::post).collect()
+    }
+
+    async fn recent(
+        &self,
+        user: Uuid,
+        after: Option<PostPosition>,
+        limit: u32,
+    ) -> Result<Vec<Post>, StoreError> {
+        let found = match after {
+            None => {
+                sqlx::query(AssertSqlSafe(POSTGRES.recent.as_str()))
+                    .bind(user)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+            Some(after) => {
+                sqlx::query(AssertSqlSafe(POSTGRES.recent_after.as_str()))
+                    .bind(user)
+                    .bind(after.created_at)
+                    .bind(after.id)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+            }
+        }
+        .map_err(db)?;
+        found.iter().map(rows::post).collect()
+    }
+
+    async fn posts(&self, ids: &[Uuid]) -> Result<Vec<Post>, StoreError> {
+        let found = sqlx::query(concat!(
+            "SELECT ",
+            rows::post_columns!(),
+            " FROM posts WHERE id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        found.iter().map(rows::post).collect()
+    }
+}
