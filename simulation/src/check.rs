@@ -139,6 +139,14 @@ pub enum Violation {
         /// Which task.
         task: &'static str,
     },
+    /// A feed answer broke its rules.
+    #[error("user {user}'s feed: {what}")]
+    Feed {
+        /// Whose.
+        user: usize,
+        /// How.
+        what: String,
+    },
     /// An object the blob store holds that no live attachment row claims:
     /// an orphan the sweeper should have removed.
     #[error("object {key} has no live attachment row")]
@@ -193,12 +201,67 @@ pub fn check(history: &[Entry], outcome: &Outcome, quiet_bound: Duration) -> Vec
     bounds(history, &mut found);
     media(outcome, &mut found);
     scheduled(outcome, &mut found);
+    feed(history, &mut found);
     if outcome.quiet_after.is_none() {
         found.push(Violation::NotQuiet(quiet_bound));
     }
     // Once quiet this must hold; if never quiet, it says who is behind.
     complete(outcome, &mut found);
     found
+}
+
+/// Every feed request a live node answered was a page (the ranking's
+/// failures fall back, never fail the request); every page holds each
+/// post once, by the reader or someone they asked to follow before, and
+/// none whose deletion was acknowledged before it began.
+fn feed(history: &[Entry], found: &mut Vec<Violation>) {
+    let mut deleted: BTreeMap<Uuid, u64> = BTreeMap::new();
+    let mut asked: BTreeSet<(usize, usize)> = BTreeSet::new();
+    for entry in history {
+        match &entry.record {
+            Record::PostDeleted { post } => {
+                deleted.entry(*post).or_insert(entry.at_ms);
+            }
+            Record::FollowAsked { user, followee } => {
+                asked.insert((*user, *followee));
+            }
+            Record::Op { user, op, outcome }
+                if op.starts_with("feed ")
+                    && !["ok", "node_down", "node_crashed"].contains(&outcome.as_str()) =>
+            {
+                found.push(Violation::Feed {
+                    user: *user,
+                    what: format!("{op} answered {outcome}"),
+                });
+            }
+            Record::FeedRead {
+                user,
+                started_ms,
+                source,
+                posts: page,
+            } => {
+                let mut seen = BTreeSet::new();
+                for (post, author) in page {
+                    let what = if !seen.insert(*post) {
+                        Some("a post twice")
+                    } else if author != user && !asked.contains(&(*user, *author)) {
+                        Some("a post by someone never followed")
+                    } else if deleted.get(post).is_some_and(|at| at < started_ms) {
+                        Some("a post deleted before the request")
+                    } else {
+                        None
+                    };
+                    if let Some(what) = what {
+                        found.push(Violation::Feed {
+                            user: *user,
+                            what: format!("{what} ({post}, from {source})"),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// `seq` is gap-free per conversation and no event was the act of a

@@ -106,6 +106,36 @@ pub enum Record {
         /// Its supervised tasks that spent their restart budget.
         failed_tasks: Vec<&'static str>,
     },
+    /// A post was acknowledged.
+    Posted {
+        /// The post.
+        post: Uuid,
+        /// Its author.
+        author: usize,
+    },
+    /// A post's deletion was acknowledged.
+    PostDeleted {
+        /// The post.
+        post: Uuid,
+    },
+    /// A follow was asked for (it may take effect whatever the answer).
+    FollowAsked {
+        /// Who follows.
+        user: usize,
+        /// Whom.
+        followee: usize,
+    },
+    /// A feed page a user was served.
+    FeedRead {
+        /// Whose.
+        user: usize,
+        /// When the request began.
+        started_ms: u64,
+        /// `ranked`, `cache` or `recent`.
+        source: String,
+        /// Each post and its author.
+        posts: Vec<(Uuid, usize)>,
+    },
     /// The longest replay stream on the bus, and how long it may be.
     Stream {
         /// Its length.

@@ -121,6 +121,7 @@ fn main() -> ExitCode {
     let mut faults: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut totals = [0usize; 3];
     let mut scheduled: BTreeMap<String, usize> = BTreeMap::new();
+    let mut feed: BTreeMap<String, usize> = BTreeMap::new();
     for (done, seed) in seeds.iter().enumerate() {
         let report = match run(&options(*seed)) {
             Ok(report) => report,
@@ -135,6 +136,9 @@ fn main() -> ExitCode {
         totals[0] += report.stats.operations;
         totals[1] += report.stats.acknowledged;
         totals[2] += report.stats.deliveries;
+        for (source, count) in &report.stats.feed {
+            *feed.entry(source.clone()).or_default() += count;
+        }
         for (how, count) in &report.stats.scheduled {
             *scheduled.entry(how.clone()).or_default() += count;
         }
@@ -192,6 +196,7 @@ fn main() -> ExitCode {
             totals[2]
         );
         out!("scheduled messages ended: {scheduled:?}");
+        out!("feed pages by source: {feed:?}");
         out!("faults injected: {faults:?}");
     }
     if failed.is_empty() {
@@ -222,6 +227,7 @@ fn print_one(report: &Report) {
     );
     let faults: BTreeMap<&str, u64> = report.faults.iter().map(|(k, v)| (k.name(), *v)).collect();
     out!("scheduled messages ended: {:?}", stats.scheduled);
+    out!("feed pages by source: {:?}", stats.feed);
     out!("faults injected: {faults:?}");
     for violation in &report.violations {
         out!("violation: {violation}");

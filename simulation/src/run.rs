@@ -139,6 +139,8 @@ pub struct Stats {
     /// Scheduled messages by how they ended (`sent`, `cancelled`,
     /// `failed: too_late`…).
     pub scheduled: BTreeMap<String, usize>,
+    /// Feed pages served, by source (`ranked`, `cache`, `recent`).
+    pub feed: BTreeMap<String, usize>,
 }
 
 /// Runs one seed and checks it.
@@ -336,6 +338,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
         blobs,
         uploads: Mutex::new(Vec::new()),
         scheduled: Mutex::new(Vec::new()),
+        posts: Mutex::new(Vec::new()),
     });
     let mut background = JoinSet::new();
     for client in &ctx.clients {
@@ -425,6 +428,12 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
                 *ended.entry(how).or_default() += 1;
                 ended
             }),
+        feed: history.iter().fold(BTreeMap::new(), |mut pages, entry| {
+            if let Record::FeedRead { source, .. } = &entry.record {
+                *pages.entry(source.clone()).or_default() += 1;
+            }
+            pages
+        }),
     };
     let report = Report {
         seed,
@@ -701,6 +710,8 @@ struct Ctx {
     uploads: Mutex<Vec<Uuid>>,
     /// Every scheduled message a client was told it scheduled.
     scheduled: Mutex<Vec<Tracked>>,
+    /// Every acknowledged post and its author.
+    posts: Mutex<Vec<(Uuid, usize)>>,
 }
 
 /// A scheduled message and what its sender was told of it.
@@ -977,6 +988,8 @@ const WORKER_FAULTS: &[(&str, &str)] = &[
     ("blob_deleter", "delete"),
     ("attachment_sweeper", "object"),
     ("scheduled_dispatcher", "deliver"),
+    ("feed_ranker_0", "request"),
+    ("feed_ranker_1", "request"),
 ];
 
 /// Draws when each crash, worker crash and partition happens, and
@@ -1161,6 +1174,10 @@ fn step(ctx: &Arc<Ctx>, ops: &mut JoinSet<()>) {
         }
         6..10 => {
             ops.spawn(schedule(ctx, conversation));
+        }
+        // Feed operations leave the conversation alone.
+        96..100 => {
+            ops.spawn(feed(ctx));
         }
         10..50 => {
             ops.spawn(async move {
@@ -1509,6 +1526,127 @@ async fn schedule(ctx: Arc<Ctx>, conversation: Uuid) {
     answered(&ctx, user, format!("reschedule {key} via {slot}"), &answer);
     if answer.is_ok() {
         lock(&ctx.scheduled)[index].edited = Some(edited);
+    }
+}
+
+/// One feed operation by a random user: post, follow or unfollow, like or
+/// unlike, delete one of theirs, or read a page (and maybe the next).
+async fn feed(ctx: Arc<Ctx>) {
+    let users = ctx.users.len();
+    let (user, what, other, pick, limit) = ctx.rng.with(|r| {
+        (
+            r.index(users),
+            r.below(100),
+            r.index(users),
+            r.next_u64(),
+            u32::try_from(r.between(1, 8)).unwrap_or(5),
+        )
+    });
+    let id = ctx.users[user];
+    let slot = ctx.slot();
+    let posts = lock(&ctx.posts).clone();
+    let chosen =
+        (!posts.is_empty()).then(|| posts[usize::try_from(pick % posts.len() as u64).unwrap_or(0)]);
+    match what {
+        0..30 => {
+            let n = ctx.keys.fetch_add(1, Ordering::Relaxed);
+            let answer = ctx
+                .call(slot, "post", |node| async move {
+                    node.create_post(id, format!("post {n}")).await
+                })
+                .await;
+            answered(&ctx, user, format!("post {n} via {slot}"), &answer);
+            if let Ok(post) = answer {
+                lock(&ctx.posts).push((post.id, user));
+                ctx.record(Record::Posted {
+                    post: post.id,
+                    author: user,
+                });
+            }
+        }
+        30..50 if other != user => {
+            let followee = ctx.users[other];
+            let unfollow = pick % 5 == 0;
+            if !unfollow {
+                ctx.record(Record::FollowAsked {
+                    user,
+                    followee: other,
+                });
+            }
+            let answer = ctx
+                .call(slot, "follow", |node| async move {
+                    if unfollow {
+                        node.unfollow(id, followee).await
+                    } else {
+                        node.follow(id, followee).await
+                    }
+                })
+                .await;
+            let op = if unfollow { "unfollow" } else { "follow" };
+            answered(&ctx, user, format!("{op} {other} via {slot}"), &answer);
+        }
+        50..65 => {
+            let Some((post, _)) = chosen else { return };
+            let unlike = pick % 4 == 0;
+            let answer = ctx
+                .call(slot, "like", |node| async move {
+                    if unlike {
+                        node.unlike(id, post).await
+                    } else {
+                        node.like(id, post).await.map(drop)
+                    }
+                })
+                .await;
+            let op = if unlike { "unlike" } else { "like" };
+            answered(&ctx, user, format!("{op} {post} via {slot}"), &answer);
+        }
+        65..70 => {
+            let Some((post, author)) = chosen else { return };
+            let by = ctx.users[author];
+            let answer = ctx
+                .call(slot, "delete post", |node| async move {
+                    node.delete_post(by, post).await
+                })
+                .await;
+            answered(
+                &ctx,
+                author,
+                format!("delete post {post} via {slot}"),
+                &answer,
+            );
+            if answer.is_ok() {
+                lock(&ctx.posts).retain(|(p, _)| *p != post);
+                ctx.record(Record::PostDeleted { post });
+            }
+        }
+        _ => {
+            let mut cursor: Option<String> = None;
+            for page in 0..2 {
+                let started_ms = ctx.now_ms();
+                let after = cursor.clone();
+                let answer = ctx
+                    .call(slot, "feed", |node| async move {
+                        node.feed(id, Some(limit), after.as_deref()).await
+                    })
+                    .await;
+                answered(&ctx, user, format!("feed {page} via {slot}"), &answer);
+                let Ok(found) = answer else { return };
+                ctx.record(Record::FeedRead {
+                    user,
+                    started_ms,
+                    source: found.source.as_str().to_owned(),
+                    posts: found
+                        .posts
+                        .iter()
+                        .map(|p| (p.id, ctx.user_index(p.author_id)))
+                        .collect(),
+                });
+                match found.next_cursor {
+                    Some(next) if pick % 2 == 0 => cursor = Some(next),
+                    _ => return,
+                }
+            }
+        }
     }
 }
 

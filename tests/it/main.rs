@@ -4,6 +4,8 @@
 //!   stopped and started again (embedded SQLite).
 //! - `cluster` (feature `cluster-tests`): three processes sharing
 //!   PostgreSQL and a `redis-server` this test starts and stops.
+//! - `feed_queries`: the database queries of one feed request, counted
+//!   from sqlx's statement log at two page sizes and two graph sizes.
 //! - `logs`: what the node's log holds (no token at any level, request
 //!   ids, JSON lines, no colour off a terminal).
 //! - `rolling` (feature `cluster-tests`): three nodes restarted one at a
@@ -17,6 +19,7 @@
 mod cli;
 #[cfg(feature = "cluster-tests")]
 mod cluster;
+mod feed_queries;
 mod logs;
 #[cfg(feature = "cluster-tests")]
 mod rolling;

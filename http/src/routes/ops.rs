@@ -106,7 +106,10 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         entry["breaker"] = json!(breaker);
         dependencies.insert(ranking.into(), entry);
     } else {
-        dependencies.insert(ranking.into(), json!({ "breaker": breaker }));
+        dependencies.insert(
+            ranking.into(),
+            json!({ "ok": breaker != "open", "breaker": breaker }),
+        );
     }
     let tasks: serde_json::Map<String, serde_json::Value> = supervisor
         .tasks()
