@@ -18,7 +18,9 @@
 //! - `scheduled`: 10,000 scheduled messages due in the same second, until
 //!   all are committed and delivered, on SQLite and PostgreSQL, against
 //!   the same messages sent at once.
-//! - `all`: fanout, durable, idle, resume and scheduled in turn.
+//! - `feed`: feed requests per second and latency, ranked by the database,
+//!   by ClickHouse, and with ClickHouse stopped (baseline: ClickHouse up).
+//! - `all`: fanout, durable, idle, resume, scheduled and feed in turn.
 
 // A benchmark measures the real world: real time and random ids are its job.
 #![allow(clippy::disallowed_methods)]
@@ -29,6 +31,7 @@ mod bare;
 mod connections;
 mod durable;
 mod fanout;
+mod feed;
 mod idle;
 mod limits;
 mod peer;
@@ -74,8 +77,11 @@ enum Scenario {
     /// Scheduled messages due in the same second: until all are committed
     /// and delivered, against the same messages sent at once.
     Scheduled(scheduled::Args),
-    /// fanout, durable, idle, resume and scheduled with their default
-    /// sizes (or `--quick`).
+    /// Feed requests per second and latency: ranked by the database, by
+    /// ClickHouse, and with ClickHouse stopped.
+    Feed(feed::Args),
+    /// fanout, durable, idle, resume, scheduled and feed with their
+    /// default sizes (or `--quick`).
     All(All),
     /// The bare broadcast server the ceilings are measured on (started by
     /// the scenarios themselves).
@@ -142,6 +148,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 scheduled::run(&server, &args, json).await
             }
+            Scenario::Feed(mut args) => {
+                if quick {
+                    quick_feed(&mut args);
+                }
+                feed::run(&server, &args, json).await
+            }
             Scenario::All(all) => {
                 let mut fanout = defaults::<fanout::Args>();
                 fanout.plot = all.plot;
@@ -151,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                 let mut idle = defaults::<idle::Args>();
                 let mut resume = defaults::<resume::Args>();
                 let mut scheduled = defaults::<scheduled::Args>();
+                let mut feed = defaults::<feed::Args>();
                 scheduled.postgres_url.clone_from(&durable.postgres_url);
                 if quick {
                     quick_fanout(&mut fanout);
@@ -158,12 +171,14 @@ fn main() -> anyhow::Result<()> {
                     quick_idle(&mut idle);
                     resume.events = 2_000;
                     quick_scheduled(&mut scheduled);
+                    quick_feed(&mut feed);
                 }
                 fanout::run(&server, &fanout, json).await?;
                 durable::run(&server, &durable, json).await?;
                 idle::run(&server, &idle, json).await?;
                 resume::run(&server, &resume, json).await?;
-                scheduled::run(&server, &scheduled, json).await
+                scheduled::run(&server, &scheduled, json).await?;
+                feed::run(&server, &feed, json).await
             }
             Scenario::BareServer(_) => unreachable!("handled above"),
         }
@@ -195,6 +210,14 @@ fn quick_scheduled(args: &mut scheduled::Args) {
     args.entries = 500;
     args.conversations = 10;
     args.lead_secs = 5;
+}
+
+fn quick_feed(args: &mut feed::Args) {
+    args.authors = 10;
+    args.posts = 3;
+    args.readers = 10;
+    args.follows = 5;
+    args.secs = 1;
 }
 
 fn quick_idle(args: &mut idle::Args) {

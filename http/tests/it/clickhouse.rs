@@ -3,7 +3,6 @@
 //! cache and the newest posts while it is stopped or frozen, and ranked
 //! again once the breaker's probe finds it back.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,134 +10,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use switchboard_actors::Limits;
 use switchboard_storage::{Analytics, Clock, EngagementEvent, EngagementKind, SystemClock};
-use switchboard_storage_clickhouse::{ClickHouse, ClickHouseOptions};
+use switchboard_storage_clickhouse::{ClickHouse, ClickHouseOptions, LocalServer};
 use uuid::Uuid;
 
 use crate::feed::call;
 use crate::support::TestServer;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A private `clickhouse-server` over a temporary folder.
-pub(crate) struct ClickHouseServer {
-    child: Option<Child>,
-    pub(crate) http_port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl ClickHouseServer {
-    pub(crate) fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (http_port, tcp_port) = (free_port(), free_port());
-        let path = |name: &str| {
-            let p = dir.path().join(name);
-            std::fs::create_dir_all(&p).unwrap();
-            format!("{}/", p.display())
-        };
-        let config = format!(
-            "<yandex>\
-               <logger><level>warning</level><log>{log}/server.log</log>\
-                 <errorlog>{log}/error.log</errorlog></logger>\
-               <listen_host>127.0.0.1</listen_host>\
-               <http_port>{http_port}</http_port><tcp_port>{tcp_port}</tcp_port>\
-               <path>{data}</path><tmp_path>{tmp}</tmp_path>\
-               <user_files_path>{files}</user_files_path>\
-               <format_schema_path>{schemas}</format_schema_path>\
-               <users_config>{users}</users_config>\
-               <mark_cache_size>268435456</mark_cache_size>\
-             </yandex>",
-            log = dir.path().display(),
-            data = path("data"),
-            tmp = path("tmp"),
-            files = path("files"),
-            schemas = path("schemas"),
-            users = dir.path().join("users.xml").display(),
-        );
-        std::fs::write(dir.path().join("config.xml"), config).unwrap();
-        std::fs::write(
-            dir.path().join("users.xml"),
-            "<yandex><profiles><default/></profiles>\
-               <users><default><password/><networks><ip>127.0.0.1</ip></networks>\
-                 <profile>default</profile><quota>default</quota></default></users>\
-               <quotas><default/></quotas></yandex>",
-        )
-        .unwrap();
-        let mut server = Self {
-            child: None,
-            http_port,
-            dir,
-        };
-        server.restart();
-        server
-    }
-
-    pub(crate) fn restart(&mut self) {
-        let binary = std::env::var("SWITCHBOARD_TEST_CLICKHOUSE")
-            .unwrap_or_else(|_| "/usr/sbin/clickhouse-server".into());
-        let child = Command::new(&binary)
-            .arg(format!(
-                "--config-file={}",
-                self.dir.path().join("config.xml").display()
-            ))
-            .current_dir(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{binary} does not start: {e}"));
-        self.child = Some(crate::support::listening(
-            child,
-            self.http_port,
-            "clickhouse-server",
-        ));
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("running").id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(status.success(), "kill {signal} {pid}");
-    }
-
-    /// SIGTERM, and wait for it to exit.
-    pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &child.id().to_string()])
-                .status();
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGSTOP: it accepts connections and answers nothing.
-    pub(crate) fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    pub(crate) fn thaw(&self) {
-        self.signal("-CONT");
-    }
-}
-
-impl Drop for ClickHouseServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Limits that let a test see the breaker open and close within seconds.
 fn limits() -> Limits {
@@ -194,7 +70,7 @@ async fn until_source(server: &TestServer, token: &str, source: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
-    let mut clickhouse = ClickHouseServer::start();
+    let mut clickhouse = LocalServer::start().expect("clickhouse-server starts");
     let analytics = Arc::new(ClickHouse::new(&ClickHouseOptions::new(clickhouse.url())).unwrap());
     let server = TestServer::with_analytics(limits(), analytics.clone()).await;
     let (me, other, author) = (server.user(), server.user(), server.user());
@@ -364,7 +240,7 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
     assert!(cached_events(&server, "miss").await >= 1.0);
 
     // Back: ranked again once the half-open probe passes.
-    clickhouse.restart();
+    clickhouse.restart().expect("clickhouse-server restarts");
     until_source(&server, &o, "ranked").await;
 
     // Frozen: the first ranking times out at the deadline and the cache

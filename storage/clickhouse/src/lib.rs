@@ -10,6 +10,9 @@
 //! down. Plain HTTP only (the client is built without TLS): reach it inside
 //! the cluster.
 
+#[cfg(feature = "local-server")]
+mod local;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,6 +22,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use switchboard_storage::{Analytics, AnalyticsError, EngagementEvent, PostEngagement};
 use uuid::Uuid;
+
+#[cfg(feature = "local-server")]
+pub use local::LocalServer;
 
 /// The table's name.
 pub const TABLE: &str = "switchboard_engagement";
