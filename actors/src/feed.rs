@@ -39,11 +39,15 @@ use uuid::Uuid;
 use crate::{ActorError, Metrics, Node};
 
 /// The ranking workers, in metrics and readiness.
-pub(crate) const RANKERS: [&str; 4] = [
+pub(crate) const RANKERS: [&str; 8] = [
     "feed_ranker_0",
     "feed_ranker_1",
     "feed_ranker_2",
     "feed_ranker_3",
+    "feed_ranker_4",
+    "feed_ranker_5",
+    "feed_ranker_6",
+    "feed_ranker_7",
 ];
 /// The engagement writer.
 pub(crate) const ENGAGEMENT: &str = "engagement";
@@ -476,6 +480,10 @@ impl Feed {
                 Ok(RankAnswer::Engagement(_)) => Err("unexpected answer".into()),
                 Err(error) => Err(error.to_string()),
             });
+        }
+        // An open breaker refuses the call: skip the query that feeds it.
+        if self.rankers[0].refuses_calls() {
+            return Ok(Err("the ranking's breaker is open".into()));
         }
         let candidates = self.store.candidates(query).await?;
         self.metrics.feed_candidate_count.observe(f64::from(

@@ -37,6 +37,7 @@ CLUSTER = {
     "jwt": {"secret": "x" * 40},
     "database": {"url": "postgres://switchboard:pw@db:5432/switchboard"},
     "redis": {"url": "redis://redis:6379"},
+    "clickhouse": {"url": "http://feed:pw@clickhouse:8123"},
     "s3": {
         "bucket": "chat-media",
         "region": "eu-west-1",
@@ -51,6 +52,7 @@ EVERYTHING = {
     "existingSecret": "switchboard-credentials",
     "database": {"fromExistingSecret": True},
     "redis": {"fromExistingSecret": True},
+    "clickhouse": {"fromExistingSecret": True},
     "s3": {
         "bucket": "chat-media",
         "endpoint": "https://minio.storage:9000",

@@ -341,6 +341,21 @@ impl<W: Worker> WorkerHandle<W> {
         lock(&self.shared.breaker.breaker).state()
     }
 
+    /// Whether a call now would be refused at once (the breaker open
+    /// within its cool-down, or the worker not running), so a caller can
+    /// skip the work that only feeds the call; a refusal is counted as a
+    /// call refused. A breaker past its cool-down admits, so its probe
+    /// still goes out.
+    #[must_use]
+    pub fn refuses_calls(&self) -> bool {
+        let arrived = self.shared.now();
+        let refusal = self.refusal(true);
+        if let Some(refusal) = refusal {
+            self.shared.observe(refusal.as_str(), arrived);
+        }
+        refusal.is_some()
+    }
+
     /// Why a request must be refused before it is queued, if it must.
     fn refusal(&self, call: bool) -> Option<Refusal> {
         let shared = &self.shared;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard_actors::Limits;
 use switchboard_storage::{Analytics, Clock, EngagementEvent, EngagementKind, SystemClock};
 use switchboard_storage_clickhouse::{ClickHouse, ClickHouseOptions, LocalServer};
 use uuid::Uuid;
 
-use crate::feed::call;
+use crate::feed::Api;
 use crate::support::TestServer;
 
 /// Limits that let a test see the breaker open and close within seconds.
@@ -25,8 +25,8 @@ fn limits() -> Limits {
     limits
 }
 
-async fn feed(server: &TestServer, token: &str) -> Value {
-    let (status, headers, page) = call(server, token, Method::GET, "/feed?limit=10", None).await;
+async fn feed(api: &Api<'_>) -> Value {
+    let (status, headers, page) = api.call(Method::GET, "/feed?limit=10", None).await;
     assert_eq!(status, StatusCode::OK, "never a 5xx: {page}");
     assert_eq!(headers["feed-source"], page["source"].as_str().unwrap());
     page
@@ -53,10 +53,10 @@ async fn counter(server: &TestServer, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-async fn until_source(server: &TestServer, token: &str, source: &str) -> Value {
+async fn until_source(api: &Api<'_>, source: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let page = feed(server, token).await;
+        let page = feed(api).await;
         if page["source"] == source {
             return page;
         }
@@ -75,43 +75,22 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
     let server = TestServer::with_analytics(limits(), analytics.clone()).await;
     let (me, other, author) = (server.user(), server.user(), server.user());
     let (t, o, a) = (
-        server.token(me.id),
-        server.token(other.id),
-        server.token(author.id),
+        Api::new(&server, me.id),
+        Api::new(&server, other.id),
+        Api::new(&server, author.id),
     );
-    for token in [&t, &o] {
-        call(
-            &server,
-            token,
-            Method::PUT,
-            &format!("/users/{}/follow", author.id),
-            None,
-        )
-        .await;
+    for reader in [&t, &o] {
+        reader.put(&format!("/users/{}/follow", author.id)).await;
     }
     let mut posts = Vec::new();
     for text in ["liked", "quiet", "newest"] {
-        let (_, _, post) = call(
-            &server,
-            &a,
-            Method::POST,
-            "/posts",
-            Some(json!({ "text": text })),
-        )
-        .await;
+        let (_, post) = a.post(text).await;
         posts.push(post["id"].as_str().unwrap().to_owned());
     }
     let liked: Uuid = posts[0].parse().unwrap();
     for _ in 0..5 {
-        let liker = server.token(Uuid::new_v4());
-        call(
-            &server,
-            &liker,
-            Method::PUT,
-            &format!("/posts/{liked}/like"),
-            None,
-        )
-        .await;
+        let liker = Api::new(&server, Uuid::new_v4());
+        liker.put(&format!("/posts/{liked}/like")).await;
     }
     // The likes reach ClickHouse in a batch.
     let since = SystemClock::new().now() - chrono::TimeDelta::hours(1);
@@ -129,7 +108,7 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let page = feed(&server, &t).await;
+    let page = feed(&t).await;
     assert_eq!(page["source"], "ranked");
     assert_eq!(
         ids(&page)[0],
@@ -156,7 +135,7 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
         })
         .collect();
     analytics.record(&views).await.unwrap();
-    let page = feed(&server, &t).await;
+    let page = feed(&t).await;
     assert_eq!(page["source"], "ranked");
     assert_eq!(
         ids(&page)[..2],
@@ -167,26 +146,19 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
     // ClickHouse stopped: the last ranked page for one who had one, the
     // newest posts for one who had none, and never a 5xx.
     clickhouse.stop();
-    let cached = until_source(&server, &t, "cache").await;
+    let cached = until_source(&t, "cache").await;
     assert_eq!(
         ids(&cached),
         ids(&page),
         "the cache serves the last ranked page"
     );
-    let recent = feed(&server, &o).await;
+    let recent = feed(&o).await;
     assert_eq!(recent["source"], "recent");
     assert_eq!(
         ids(&recent),
         vec![posts[2].clone(), posts[1].clone(), posts[0].clone()]
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while server.node.feed_ranking().1 != "open" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the breaker never opened"
-        );
-        feed(&server, &o).await;
-    }
+    until_breaker_opens(&server, &o).await;
     let health = ready(&server).await;
     assert_eq!(
         health["ready"], true,
@@ -201,33 +173,15 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
         "{health}"
     );
     // With the breaker open a ranking is refused at once, never sent.
-    let refused = counter(
-        &server,
-        "worker_request_duration_seconds_count",
-        &["feed_ranker", "unavailable"],
-    )
-    .await;
-    let page = feed(&server, &o).await;
+    let refused = ranker_outcomes(&server, "unavailable").await;
+    let page = feed(&o).await;
     assert_eq!(page["source"], "recent");
-    let now_refused = counter(
-        &server,
-        "worker_request_duration_seconds_count",
-        &["feed_ranker", "unavailable"],
-    )
-    .await;
     assert!(
-        now_refused > refused,
+        ranker_outcomes(&server, "unavailable").await > refused,
         "the open breaker answered, not ClickHouse"
     );
     // Engagement while it is down is dropped and counted.
-    call(
-        &server,
-        &o,
-        Method::PUT,
-        &format!("/posts/{quiet}/like"),
-        None,
-    )
-    .await;
+    o.put(&format!("/posts/{quiet}/like")).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while counter(&server, "feed_engagement_dropped_total", &[]).await < 1.0 {
         assert!(
@@ -241,29 +195,18 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
 
     // Back: ranked again once the half-open probe passes.
     clickhouse.restart().expect("clickhouse-server restarts");
-    until_source(&server, &o, "ranked").await;
+    until_source(&o, "ranked").await;
 
     // Frozen: the first ranking times out at the deadline and the cache
     // answers; the breaker opens, and the rest are refused at once.
     clickhouse.freeze();
-    let timed_out = counter(
-        &server,
-        "worker_request_duration_seconds_count",
-        &["feed_ranker", "timed_out"],
-    )
-    .await;
+    let timed_out = ranker_outcomes(&server, "timed_out").await;
     let started = tokio::time::Instant::now();
-    let page = feed(&server, &o).await;
+    let page = feed(&o).await;
     let took = started.elapsed();
     assert_eq!(page["source"], "cache", "{page}");
     assert!(
-        counter(
-            &server,
-            "worker_request_duration_seconds_count",
-            &["feed_ranker", "timed_out"]
-        )
-        .await
-            > timed_out,
+        ranker_outcomes(&server, "timed_out").await > timed_out,
         "the ranking was cut off at its deadline"
     );
     // Far below the client's own 10 s request timeout: the deadline cut it.
@@ -272,17 +215,33 @@ async fn the_feed_ranks_with_clickhouse_and_falls_back_without_it() {
         "a frozen ClickHouse held the feed for {took:?}"
     );
     eprintln!("frozen ClickHouse: first feed answered from cache in {took:?}");
+    until_breaker_opens(&server, &o).await;
+    clickhouse.thaw();
+    until_source(&o, "ranked").await;
+    clickhouse.stop();
+}
+
+/// Feeds until the ranking's breaker is open.
+async fn until_breaker_opens(server: &TestServer, api: &Api<'_>) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while server.node.feed_ranking().1 != "open" {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the breaker never opened"
         );
-        feed(&server, &o).await;
+        feed(api).await;
     }
-    clickhouse.thaw();
-    until_source(&server, &o, "ranked").await;
-    clickhouse.stop();
+}
+
+/// Ranking calls that ended with `outcome`.
+async fn ranker_outcomes(server: &TestServer, outcome: &str) -> f64 {
+    let outcome = format!("outcome=\"{outcome}\"");
+    counter(
+        server,
+        "worker_request_duration_seconds_count",
+        &["feed_ranker", &outcome],
+    )
+    .await
 }
 
 async fn ready(server: &TestServer) -> Value {

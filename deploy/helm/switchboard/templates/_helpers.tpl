@@ -48,6 +48,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "switchboard.hasRedis" -}}
 {{- if or .Values.redis.url .Values.redis.fromExistingSecret }}true{{ end }}
 {{- end }}
+{{- define "switchboard.hasClickhouse" -}}
+{{- if or .Values.clickhouse.url .Values.clickhouse.fromExistingSecret }}true{{ end }}
+{{- end }}
 {{- define "switchboard.hasS3Keys" -}}
 {{- if or .Values.s3.accessKeyId .Values.s3.fromExistingSecret }}true{{ end }}
 {{- end }}
@@ -78,7 +81,7 @@ three, one node on embedded SQLite and its own blob folder.
 {{- if and .Values.existingSecret (or .Values.jwt.secret .Values.database.url .Values.redis.url .Values.s3.accessKeyId) }}
 {{- fail "with existingSecret, put the secrets in it (and set *.fromExistingSecret) rather than in values" }}
 {{- end }}
-{{- if and (or .Values.database.fromExistingSecret .Values.redis.fromExistingSecret .Values.s3.fromExistingSecret) (not .Values.existingSecret) }}
+{{- if and (or .Values.database.fromExistingSecret .Values.redis.fromExistingSecret .Values.clickhouse.fromExistingSecret .Values.s3.fromExistingSecret) (not .Values.existingSecret) }}
 {{- fail "*.fromExistingSecret needs existingSecret" }}
 {{- end }}
 {{- if and .Values.terminationGracePeriodSeconds (le (int .Values.terminationGracePeriodSeconds) (add (int .Values.preStopSleepSeconds) (int .Values.config.drainTimeoutSecs))) }}
