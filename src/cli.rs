@@ -295,12 +295,23 @@ pub(crate) async fn unschedule(server: &ServerArgs, id: Uuid) -> anyhow::Result<
 }
 
 /// Runs `post`.
-pub(crate) async fn post(server: &ServerArgs, text: &str) -> anyhow::Result<()> {
-    let post = server
-        .client()
-        .create_post(text)
-        .await
-        .context("cannot post")?;
+pub(crate) async fn post(
+    server: &ServerArgs,
+    text: &str,
+    file: Option<&std::path::Path>,
+    content_type: Option<String>,
+) -> anyhow::Result<()> {
+    let client = server.client();
+    let post = match file {
+        None => client.create_post(text, None).await,
+        Some(path) => {
+            let upload = upload_of(path, content_type, false)?;
+            client
+                .create_post_with(text, &upload, RetryPolicy::default())
+                .await
+        }
+    }
+    .context("cannot post")?;
     println!("{}", serde_json::to_string(&post)?);
     Ok(())
 }
@@ -516,10 +527,26 @@ pub(crate) async fn send_file(
     content_type: Option<String>,
     duration_ms: Option<u64>,
 ) -> anyhow::Result<()> {
+    let upload = upload_of(path, content_type, duration_ms.is_some())?;
+    let sent = server
+        .client()
+        .send_file(conversation, &upload, duration_ms, RetryPolicy::default())
+        .await
+        .with_context(|| format!("cannot send {}", path.display()))?;
+    println!("{}", serde_json::to_string(&sent.message)?);
+    Ok(())
+}
+
+/// A file read to upload, its type given or told by its extension.
+fn upload_of(
+    path: &std::path::Path,
+    content_type: Option<String>,
+    audio: bool,
+) -> anyhow::Result<switchboard_client::Upload> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let content_type = match content_type {
         Some(given) => given,
-        None => content_type_of(path, duration_ms.is_some())
+        None => content_type_of(path, audio)
             .with_context(|| {
                 format!(
                     "cannot tell the type of {}: pass --content-type",
@@ -528,18 +555,11 @@ pub(crate) async fn send_file(
             })?
             .to_owned(),
     };
-    let upload = switchboard_client::Upload {
+    Ok(switchboard_client::Upload {
         bytes: bytes.into(),
         content_type,
         file_name: path.file_name().and_then(|n| n.to_str()).map(str::to_owned),
-    };
-    let sent = server
-        .client()
-        .send_file(conversation, &upload, duration_ms, RetryPolicy::default())
-        .await
-        .with_context(|| format!("cannot send {}", path.display()))?;
-    println!("{}", serde_json::to_string(&sent.message)?);
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -138,12 +138,19 @@ enum Command {
         /// The scheduled message's id.
         id: Uuid,
     },
-    /// Post `text` to your followers' feeds; prints the post as JSON.
+    /// Post `text` to your followers' feeds, with an image or file if
+    /// given; prints the post as JSON.
     Post {
         #[command(flatten)]
         server: ServerArgs,
         /// What the post says (up to 2,000 characters).
         text: String,
+        /// An image or file to post with it (uploaded first).
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// Its MIME type [default: from the file's extension].
+        #[arg(long)]
+        content_type: Option<String>,
     },
     /// Follow a user, so their posts come into your feed.
     Follow {
@@ -290,7 +297,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unschedule { server, id } => {
             client_runtime()?.block_on(cli::unschedule(&server, id))
         }
-        Command::Post { server, text } => client_runtime()?.block_on(cli::post(&server, &text)),
+        Command::Post {
+            server,
+            text,
+            file,
+            content_type,
+        } => client_runtime()?.block_on(cli::post(&server, &text, file.as_deref(), content_type)),
         Command::Follow { server, user, undo } => {
             client_runtime()?.block_on(cli::follow(&server, user, !undo))
         }

@@ -23,11 +23,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{FeedPage, FeedSource, Post};
+use switchboard_protocol::{
+    Attachment, AttachmentKind, FeedPage, FeedSource, Post, PresignedUpload, UploadRequest,
+};
+use switchboard_storage::AttachmentState;
 use switchboard_storage::{
     Analytics, AnalyticsError, Clock, ENGAGEMENT_WINDOW, EngagementEvent, EngagementKind,
     FeedCache, FeedQuery, FeedStore, FollowOutcome, MemoryFeedCache, NewPost, PostEngagement,
-    PostPosition, StoreError, rank,
+    PostPosition, PostUpload, PresignedRequest, StoreError, rank,
 };
 use switchboard_supervisors::{
     BreakerPolicy, CallError, RestartPolicy, Supervisor, Task, TaskContext, Worker, WorkerHandle,
@@ -36,6 +39,7 @@ use switchboard_supervisors::{
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::media::kind_of;
 use crate::{ActorError, Metrics, Node};
 
 /// The ranking workers, in metrics and readiness.
@@ -560,12 +564,72 @@ impl Node {
         &self.shared().feed
     }
 
-    /// Posts `text` as `user`.
+    /// Issues an upload URL for an image or file to post
+    /// (`posts/{user}/{id}`); the row comes first.
     ///
     /// # Errors
     ///
-    /// [`ActorError::Invalid`] for empty or too long text.
-    pub async fn create_post(&self, user: Uuid, text: String) -> Result<Post, ActorError> {
+    /// `UnsupportedType` for a type not in [`crate::ATTACHMENT_TYPES`],
+    /// `TooLarge` past `attachment_size_max`, `Unavailable` while the blob
+    /// store fails or the node has none.
+    pub async fn presign_post_attachment(
+        &self,
+        user: Uuid,
+        request: UploadRequest,
+    ) -> Result<PresignedUpload, ActorError> {
+        let media = self.media()?;
+        let kind = kind_of(&request.content_type, false)?;
+        if kind == AttachmentKind::Audio {
+            return Err(ActorError::UnsupportedType(
+                "a post carries an image or a file; voice messages go to conversations".into(),
+            ));
+        }
+        media.check_upload(&request, media.limits.attachment_size_max)?;
+        let shared = self.shared();
+        let id = shared.new_id();
+        let at = shared.clock.now();
+        let ttl = chrono::TimeDelta::from_std(media.limits.upload_url_ttl)
+            .unwrap_or(chrono::TimeDelta::MAX);
+        let key = format!("posts/{user}/{id}");
+        let content_type = request.content_type.to_ascii_lowercase();
+        self.feed_part()
+            .store
+            .create_post_upload(PostUpload {
+                attachment: Attachment {
+                    id,
+                    s3_key: key.clone(),
+                    content_type: content_type.clone(),
+                    size_bytes: request.size_bytes,
+                    duration_ms: None,
+                    file_name: request.file_name,
+                },
+                author_id: user,
+                state: AttachmentState::Pending,
+                post_id: None,
+                created_at: at,
+                upload_expires_at: at + ttl,
+            })
+            .await?;
+        media
+            .issue_upload(id, key, content_type, request.size_bytes)
+            .await
+    }
+
+    /// Posts `text` as `user`, with the upload `attachment_id` when given
+    /// (claimed in the post's transaction, once).
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::Invalid`] for empty or too long text or an object not
+    /// as presigned, `NotFound` for an upload not the caller's, `Conflict`
+    /// for one not uploaded yet or posted already.
+    pub async fn create_post(
+        &self,
+        user: Uuid,
+        text: String,
+        attachment_id: Option<Uuid>,
+    ) -> Result<Post, ActorError> {
+        const MISSING: ActorError = ActorError::NotFound("attachment not found");
         let feed = self.feed_part();
         let length = text.chars().count();
         if text.trim().is_empty() || length > feed.limits.text_len_max {
@@ -574,13 +638,46 @@ impl Node {
                 feed.limits.text_len_max
             )));
         }
+        let attachment = match attachment_id {
+            None => None,
+            Some(id) => {
+                let upload = feed.store.post_upload(id).await?.ok_or(MISSING)?;
+                if upload.author_id != user || upload.state == AttachmentState::Deleted {
+                    return Err(MISSING);
+                }
+                if upload.state == AttachmentState::Attached {
+                    return Err(ActorError::Conflict(
+                        "the attachment is posted already".into(),
+                    ));
+                }
+                self.media()?.check_uploaded(&upload.attachment).await?;
+                Some(upload.attachment)
+            }
+        };
         let post = NewPost {
             id: self.shared().new_id(),
             author_id: user,
             text,
             at: feed.clock.now(),
+            attachment,
         };
         Ok(feed.store.create_post(post).await?)
+    }
+
+    /// A short-lived download URL of a post's attachment; every signed-in
+    /// user may read every post.
+    ///
+    /// # Errors
+    ///
+    /// [`ActorError::NotFound`] for a post without one, `Unavailable`
+    /// while the blob store fails.
+    pub async fn post_attachment_url(&self, post: Uuid) -> Result<PresignedRequest, ActorError> {
+        let attachment = self
+            .post(post)
+            .await?
+            .attachment
+            .ok_or(ActorError::NotFound("the post has no attachment"))?;
+        self.media()?.download(attachment.s3_key).await
     }
 
     /// One post; every signed-in user may read every post.
@@ -603,10 +700,17 @@ impl Node {
     /// [`ActorError::NotFound`] when it does not exist,
     /// [`ActorError::Forbidden`] when it is someone else's.
     pub async fn delete_post(&self, user: Uuid, id: Uuid) -> Result<(), ActorError> {
-        match self.feed_part().store.delete_post(id, user).await {
+        let at = self.feed_part().clock.now();
+        match self.feed_part().store.delete_post(id, user, at).await {
             Err(StoreError::NotFound) => Err(ActorError::NotFound("post not found")),
             Err(StoreError::Rejected(_)) => Err(ActorError::Forbidden("only its author may")),
-            other => Ok(other?),
+            Err(other) => Err(other.into()),
+            Ok(()) => {
+                if let Ok(media) = self.media() {
+                    media.wake_deleter();
+                }
+                Ok(())
+            }
         }
     }
 

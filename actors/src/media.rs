@@ -21,8 +21,8 @@ use switchboard_protocol::{
     UploadRequest,
 };
 use switchboard_storage::{
-    AttachmentState, BlobError, Blobs, Clock, DeleteAttachment, DeletionReason, NewAttachment,
-    PresignedRequest, Rejection, Store, StoreError, StoredAttachment,
+    AttachmentState, BlobError, Blobs, Clock, DeleteAttachment, DeletionReason, FeedStore,
+    NewAttachment, PresignedRequest, Rejection, Store, StoreError, StoredAttachment,
 };
 use switchboard_supervisors::{
     BreakerState, CallError, RestartPolicy, Supervisor, WorkerHandle, WorkerPolicy,
@@ -171,7 +171,7 @@ impl MediaLimits {
 #[derive(Debug)]
 pub(crate) struct Media {
     request: WorkerHandle<BlobWorker>,
-    limits: MediaLimits,
+    pub(crate) limits: MediaLimits,
     /// Wakes the deleter as soon as a deletion is owed.
     deleter: Arc<Notify>,
 }
@@ -181,11 +181,12 @@ impl Media {
     pub(crate) fn start(
         supervisor: &Supervisor,
         blobs: &Arc<dyn Blobs>,
-        store: &Arc<dyn Store>,
+        stores: (&Arc<dyn Store>, &Arc<dyn FeedStore>),
         clock: &Arc<dyn Clock>,
         limits: MediaLimits,
         metrics: &Metrics,
     ) -> Self {
+        let (store, feed) = stores;
         let worker = || BlobWorker {
             blobs: Arc::clone(blobs),
             clock: Arc::clone(clock),
@@ -199,6 +200,7 @@ impl Media {
         let deleter = Arc::new(Notify::new());
         let janitor = Janitor {
             store: Arc::clone(store),
+            feed: Arc::clone(feed),
             clock: Arc::clone(clock),
             blobs: cleanup,
             limits,
@@ -222,12 +224,122 @@ impl Media {
         self.request.breaker() == BreakerState::Closed
     }
 
+    /// Whether `request` may be presigned: a size within `size_max`, a
+    /// sane file name, and a blob store not known to be down (checked
+    /// before any row is written).
+    pub(crate) fn check_upload(
+        &self,
+        request: &UploadRequest,
+        size_max: u64,
+    ) -> Result<(), ActorError> {
+        if request.size_bytes == 0 {
+            return Err(ActorError::Invalid("size_bytes must be at least 1".into()));
+        }
+        if request.size_bytes > size_max {
+            return Err(ActorError::TooLarge(format!(
+                "an upload of this kind is at most {size_max} bytes"
+            )));
+        }
+        let name_max = self.limits.file_name_len_max;
+        if let Some(name) = &request.file_name
+            && (name.is_empty()
+                || name.chars().count() > name_max
+                || name.chars().any(char::is_control))
+        {
+            return Err(ActorError::Invalid(format!(
+                "file_name must be 1 to {name_max} characters, none of them control characters"
+            )));
+        }
+        if !self.is_healthy() {
+            return Err(ActorError::Unavailable(
+                "the media store is unavailable: retry".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The presigned upload of object `key` (of attachment `id`), whose
+    /// row is written.
+    pub(crate) async fn issue_upload(
+        &self,
+        id: Uuid,
+        key: String,
+        content_type: String,
+        size_bytes: u64,
+    ) -> Result<PresignedUpload, ActorError> {
+        let ttl = self.limits.upload_url_ttl;
+        let answer = self
+            .call(BlobCall::PresignPut {
+                key: key.clone(),
+                content_type,
+                size_bytes,
+                expires_in: ttl,
+            })
+            .await?;
+        let BlobAnswer::Presigned(put) = answer else {
+            return Err(ActorError::Internal(
+                "the blob store answered out of turn".into(),
+            ));
+        };
+        Ok(PresignedUpload {
+            presigned_url: put.url,
+            expiration: ttl.as_secs(),
+            s3_key: key,
+            attachment_id: id,
+            method: put.method.to_owned(),
+            headers: put.headers,
+        })
+    }
+
+    /// Whether the object of `attachment` is uploaded as presigned.
+    ///
+    /// # Errors
+    ///
+    /// `Conflict` when it is not there yet, `Invalid` when its size or
+    /// type differ, `Unavailable` while the blob store fails.
+    pub(crate) async fn check_uploaded(&self, attachment: &Attachment) -> Result<(), ActorError> {
+        let answer = self.call(BlobCall::Head(attachment.s3_key.clone())).await?;
+        let BlobAnswer::Head(head) = answer else {
+            return Err(ActorError::Internal(
+                "the blob store answered out of turn".into(),
+            ));
+        };
+        let head =
+            head.ok_or_else(|| ActorError::Conflict("the attachment is not uploaded yet".into()))?;
+        let same_type = head
+            .content_type
+            .as_deref()
+            .is_none_or(|t| t.eq_ignore_ascii_case(&attachment.content_type));
+        if head.size_bytes != attachment.size_bytes || !same_type {
+            return Err(ActorError::Invalid(
+                "the uploaded object is not what was presigned".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A download URL of object `key`, valid `download_url_ttl`.
+    pub(crate) async fn download(&self, key: String) -> Result<PresignedRequest, ActorError> {
+        let answer = self
+            .call(BlobCall::PresignGet {
+                key,
+                expires_in: self.limits.download_url_ttl,
+            })
+            .await?;
+        match answer {
+            BlobAnswer::Presigned(get) => Ok(get),
+            _ => Err(ActorError::Internal(
+                "the blob store answered out of turn".into(),
+            )),
+        }
+    }
+
     /// Tells the deleter a deletion may be owed.
     pub(crate) fn wake_deleter(&self) {
         self.deleter.notify_one();
     }
 
-    async fn call(&self, call: BlobCall) -> Result<BlobAnswer, ActorError> {
+    pub(crate) async fn call(&self, call: BlobCall) -> Result<BlobAnswer, ActorError> {
         match self
             .request
             .call(call, self.limits.worker.call_timeout)
@@ -244,6 +356,8 @@ impl Media {
 #[derive(Debug, Clone)]
 pub(crate) struct Janitor {
     pub(crate) store: Arc<dyn Store>,
+    /// Posts' uploads, which the sweeper expires too.
+    pub(crate) feed: Arc<dyn FeedStore>,
     pub(crate) clock: Arc<dyn Clock>,
     /// The cleanup worker.
     pub(crate) blobs: WorkerHandle<BlobWorker>,
@@ -270,7 +384,7 @@ pub(crate) fn unavailable<E: std::fmt::Display>(error: &CallError<E>) -> ActorEr
 }
 
 /// What an attachment's content type makes it, if the call takes it.
-fn kind_of(content_type: &str, audio_only: bool) -> Result<AttachmentKind, ActorError> {
+pub(crate) fn kind_of(content_type: &str, audio_only: bool) -> Result<AttachmentKind, ActorError> {
     let content_type = content_type.to_ascii_lowercase();
     if AUDIO_TYPES.contains(&content_type.as_str()) {
         return Ok(AttachmentKind::Audio);
@@ -306,7 +420,7 @@ fn refused(error: StoreError, missing: &'static str) -> ActorError {
 }
 
 impl Node {
-    fn media(&self) -> Result<&Media, ActorError> {
+    pub(crate) fn media(&self) -> Result<&Media, ActorError> {
         self.shared()
             .media
             .as_ref()
@@ -364,30 +478,7 @@ impl Node {
     ) -> Result<PresignedUpload, ActorError> {
         let media = self.media()?;
         let limits = media.limits;
-        if request.size_bytes == 0 {
-            return Err(ActorError::Invalid("size_bytes must be at least 1".into()));
-        }
-        if request.size_bytes > size_max {
-            return Err(ActorError::TooLarge(format!(
-                "an upload of this kind is at most {size_max} bytes"
-            )));
-        }
-        if let Some(name) = &request.file_name
-            && (name.is_empty()
-                || name.chars().count() > limits.file_name_len_max
-                || name.chars().any(char::is_control))
-        {
-            return Err(ActorError::Invalid(format!(
-                "file_name must be 1 to {} characters, none of them control characters",
-                limits.file_name_len_max
-            )));
-        }
-        // Fail fast, before writing a row, while the store is known down.
-        if !media.is_healthy() {
-            return Err(ActorError::Unavailable(
-                "the media store is unavailable: retry".into(),
-            ));
-        }
+        media.check_upload(&request, size_max)?;
         let shared = self.shared();
         let id = shared.new_id();
         let at = shared.clock.now();
@@ -410,27 +501,9 @@ impl Node {
             })
             .await
             .map_err(|e| refused(e, "conversation not found"))?;
-        let answer = media
-            .call(BlobCall::PresignPut {
-                key: key.clone(),
-                content_type,
-                size_bytes: request.size_bytes,
-                expires_in: limits.upload_url_ttl,
-            })
-            .await?;
-        let BlobAnswer::Presigned(put) = answer else {
-            return Err(ActorError::Internal(
-                "the blob store answered out of turn".into(),
-            ));
-        };
-        Ok(PresignedUpload {
-            presigned_url: put.url,
-            expiration: limits.upload_url_ttl.as_secs(),
-            s3_key: key,
-            attachment_id: id,
-            method: put.method.to_owned(),
-            headers: put.headers,
-        })
+        media
+            .issue_upload(id, key, content_type, request.size_bytes)
+            .await
     }
 
     /// Sends a voice message whose upload is done.
@@ -546,26 +619,7 @@ impl Node {
         // A sent one goes to the store unchecked: a retry with its key is
         // answered the stored message, anything else is refused there.
         if stored.state == AttachmentState::Pending {
-            let answer = self
-                .media()?
-                .call(BlobCall::Head(stored.attachment.s3_key.clone()))
-                .await?;
-            let BlobAnswer::Head(head) = answer else {
-                return Err(ActorError::Internal(
-                    "the blob store answered out of turn".into(),
-                ));
-            };
-            let head = head
-                .ok_or_else(|| ActorError::Conflict("the attachment is not uploaded yet".into()))?;
-            let same_type = head
-                .content_type
-                .as_deref()
-                .is_none_or(|t| t.eq_ignore_ascii_case(&stored.attachment.content_type));
-            if head.size_bytes != stored.attachment.size_bytes || !same_type {
-                return Err(ActorError::Invalid(
-                    "the uploaded object is not what was presigned".into(),
-                ));
-            }
+            self.media()?.check_uploaded(&stored.attachment).await?;
         }
         let attachment = Box::new(Attachment {
             duration_ms,
@@ -608,18 +662,7 @@ impl Node {
         if !visible {
             return Err(MISSING);
         }
-        let answer = media
-            .call(BlobCall::PresignGet {
-                key: stored.attachment.s3_key,
-                expires_in: media.limits.download_url_ttl,
-            })
-            .await?;
-        match answer {
-            BlobAnswer::Presigned(get) => Ok(get),
-            _ => Err(ActorError::Internal(
-                "the blob store answered out of turn".into(),
-            )),
-        }
+        media.download(stored.attachment.s3_key).await
     }
 
     /// Deletes an attachment not yet sent (its uploader, or a moderator of

@@ -339,9 +339,10 @@ impl Node {
         let subscriptions = bus
             .clone()
             .map(|bus| Subscriptions::new(bus, limits.bus.conversations_per_user_max));
-        let media = blobs
-            .as_ref()
-            .map(|blobs| Media::start(&supervisor, blobs, &store, &clock, limits.media, &metrics));
+        let media = blobs.as_ref().map(|blobs| {
+            let stores = (&store, &feed);
+            Media::start(&supervisor, blobs, stores, &clock, limits.media, &metrics)
+        });
         let feed = Feed::start(
             &supervisor,
             FeedParts {

@@ -121,6 +121,21 @@ impl Sweeper {
         Ok(owed)
     }
 
+    /// Uploads for posts never posted within `unattached_ttl`: tombstoned,
+    /// their objects owed a deletion (objects under `posts/` arrive only
+    /// through a URL issued with a row, and it expires long before).
+    async fn post_uploads(&self, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let j = &self.janitor;
+        let limit = u32::try_from(j.limits.sweep_batch_len).unwrap_or(u32::MAX);
+        let before = now - delta(j.limits.unattached_ttl);
+        let expired = j.feed.expire_post_uploads(before, now, limit).await?;
+        j.metrics
+            .attachment_orphans_removed_total
+            .with_label_values(&[DeletionReason::Unattached.as_str()])
+            .inc_by(expired);
+        Ok(expired > 0)
+    }
+
     /// Objects with no live row, older than the grace.
     async fn objects(
         &mut self,
@@ -215,6 +230,11 @@ impl Task for Sweeper {
                 Ok(true) => deleter.notify_one(),
                 Ok(false) => {}
                 Err(error) => tracing::warn!(%error, "the sweeper cannot read pending attachments"),
+            }
+            match self.post_uploads(now).await {
+                Ok(true) => deleter.notify_one(),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "the sweeper cannot expire post uploads"),
             }
             if let Err(error) = self.objects(context, now).await {
                 tracing::warn!(%error, "the sweeper cannot read the objects' rows");

@@ -125,10 +125,11 @@ async fn populate(server: &Server, args: &Args) -> anyhow::Result<Vec<(Uuid, Cli
     let writes = authors
         .iter()
         .flat_map(|(_, author)| (0..args.posts).map(move |n| (author, n)));
-    let mut made = futures_util::stream::iter(
-        writes.map(|(author, n)| async move { author.create_post(&format!("post {n}")).await }),
-    )
-    .buffer_unordered(32);
+    let mut made =
+        futures_util::stream::iter(writes.map(|(author, n)| async move {
+            author.create_post(&format!("post {n}"), None).await
+        }))
+        .buffer_unordered(32);
     while let Some(post) = made.next().await {
         posts.push(post?.id);
     }

@@ -1,10 +1,11 @@
 //! The feed: post, follow, like, and read the ranked feed.
 
 use reqwest::Method;
-use switchboard_protocol::{CreatePost, FeedPage, Post};
+use switchboard_protocol::{CreatePost, FeedPage, Post, PresignedUpload, UploadRequest};
 use uuid::Uuid;
 
-use crate::{Client, ClientError};
+use crate::retry::retried;
+use crate::{Client, ClientError, RetryPolicy, Upload};
 
 impl Client {
     /// Posts `text`.
@@ -12,12 +13,59 @@ impl Client {
     /// # Errors
     ///
     /// [`ClientError`]; `unprocessable` for empty or too long text.
-    pub async fn create_post(&self, text: &str) -> Result<Post, ClientError> {
+    pub async fn create_post(
+        &self,
+        text: &str,
+        attachment_id: Option<Uuid>,
+    ) -> Result<Post, ClientError> {
         let body = CreatePost {
             text: text.to_owned(),
+            attachment_id,
         };
         self.call(self.request(Method::POST, "/posts").json(&body))
             .await
+    }
+
+    /// An upload URL for an image or file to post.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError`]; `unsupported_media_type`, `payload_too_large`.
+    pub async fn presign_post_attachment(
+        &self,
+        body: &UploadRequest,
+    ) -> Result<PresignedUpload, ClientError> {
+        self.call(self.request(Method::POST, "/posts/attachments").json(body))
+            .await
+    }
+
+    /// Posts `text` with `upload`: presigned, uploaded and posted, each
+    /// step retried as `policy` allows (the post only once the upload is
+    /// done, so it is never posted without it).
+    ///
+    /// # Errors
+    ///
+    /// The last [`ClientError`] once a step fails permanently or its
+    /// attempts run out.
+    pub async fn create_post_with(
+        &self,
+        text: &str,
+        upload: &Upload,
+        policy: RetryPolicy,
+    ) -> Result<Post, ClientError> {
+        let request = UploadRequest {
+            content_type: upload.content_type.clone(),
+            size_bytes: upload.bytes.len() as u64,
+            file_name: upload.file_name.clone(),
+        };
+        let presigned = retried(policy, || self.presign_post_attachment(&request)).await?;
+        retried(policy, || self.upload(&presigned, upload.bytes.clone())).await?;
+        // A post whose answer was lost is refused as posted already (409):
+        // a permanent failure, so it is never posted twice.
+        retried(policy, || {
+            self.create_post(text, Some(presigned.attachment_id))
+        })
+        .await
     }
 
     /// Deletes one of the caller's posts.

@@ -17,6 +17,10 @@ pub struct Post {
     pub created_at: DateTime<Utc>,
     /// Likes it has now.
     pub like_count: u64,
+    /// An image or file posted with it (download it with
+    /// `GET /posts/{id}/attachment`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<crate::Attachment>,
 }
 
 /// `POST /posts`.
@@ -24,6 +28,9 @@ pub struct Post {
 pub struct CreatePost {
     /// 1 to 2,000 characters.
     pub text: String,
+    /// An upload from `POST /posts/attachments`, done, to post with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment_id: Option<Uuid>,
 }
 
 /// Where a feed page came from.

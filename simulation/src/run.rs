@@ -339,6 +339,7 @@ async fn simulate(options: Options) -> anyhow::Result<Report> {
         uploads: Mutex::new(Vec::new()),
         scheduled: Mutex::new(Vec::new()),
         posts: Mutex::new(Vec::new()),
+        post_uploads: Mutex::new(Vec::new()),
     });
     let mut background = JoinSet::new();
     for client in &ctx.clients {
@@ -712,6 +713,8 @@ struct Ctx {
     scheduled: Mutex<Vec<Tracked>>,
     /// Every acknowledged post and its author.
     posts: Mutex<Vec<(Uuid, usize)>>,
+    /// Every upload for a post a URL was issued for.
+    post_uploads: Mutex<Vec<Uuid>>,
 }
 
 /// A scheduled message and what its sender was told of it.
@@ -899,7 +902,27 @@ impl Ctx {
         {
             return false;
         }
-        let keys = self.blobs.keys();
+        let (posts, keys): (Vec<String>, Vec<String>) = self
+            .blobs
+            .keys()
+            .into_iter()
+            .partition(|k| k.starts_with("posts/"));
+        let uploads = lock(&self.post_uploads).clone();
+        for id in uploads {
+            match self.cluster.feed.post_upload(id).await {
+                Ok(Some(u)) if u.state != AttachmentState::Pending => {}
+                _ => return false,
+            }
+        }
+        for key in posts {
+            let upload = match key.rsplit('/').next().map(Uuid::try_parse) {
+                Some(Ok(id)) => self.cluster.feed.post_upload(id).await,
+                _ => return false,
+            };
+            if !matches!(upload, Ok(Some(u)) if u.state == AttachmentState::Attached) {
+                return false;
+            }
+        }
         self.store
             .attachments_by_keys(&keys)
             .await
@@ -968,6 +991,17 @@ impl Ctx {
         let uploads = lock(&self.uploads).clone();
         for id in uploads {
             if let Some(row) = self.store.attachment(id).await? {
+                outcome.attachments.push(AttachmentEnd {
+                    key: row.attachment.s3_key,
+                    state: row.state,
+                });
+            }
+        }
+        // A post's upload is held to the same rules: an object only while
+        // it is attached to a post that exists, nothing left pending.
+        let uploads = lock(&self.post_uploads).clone();
+        for id in uploads {
+            if let Some(row) = self.cluster.feed.post_upload(id).await? {
                 outcome.attachments.push(AttachmentEnd {
                     key: row.attachment.s3_key,
                     state: row.state,
@@ -1550,9 +1584,15 @@ async fn feed(ctx: Arc<Ctx>) {
     match what {
         0..30 => {
             let n = ctx.keys.fetch_add(1, Ordering::Relaxed);
+            // A third carry an upload, uploaded (or not) a while before.
+            let attachment = if pick % 3 == 0 {
+                post_upload(&ctx, user, slot, pick).await
+            } else {
+                None
+            };
             let answer = ctx
                 .call(slot, "post", |node| async move {
-                    node.create_post(id, format!("post {n}")).await
+                    node.create_post(id, format!("post {n}"), attachment).await
                 })
                 .await;
             answered(&ctx, user, format!("post {n} via {slot}"), &answer);
@@ -1648,6 +1688,36 @@ async fn feed(ctx: Arc<Ctx>) {
             }
         }
     }
+}
+
+/// An upload for a post: presigned, then uploaded after a while (or, now
+/// and then, never); its id, to post with.
+async fn post_upload(ctx: &Arc<Ctx>, user: usize, slot: usize, pick: u64) -> Option<Uuid> {
+    let id = ctx.users[user];
+    let size = 1 + pick % 2048;
+    let request = UploadRequest {
+        content_type: "image/png".into(),
+        size_bytes: size,
+        file_name: None,
+    };
+    let presigned = ctx
+        .call(slot, "presign post", |node| async move {
+            node.presign_post_attachment(id, request).await
+        })
+        .await;
+    answered(ctx, user, format!("presign post via {slot}"), &presigned);
+    let upload = presigned.ok()?;
+    lock(&ctx.post_uploads).push(upload.attachment_id);
+    if !pick.is_multiple_of(7) {
+        sleep(ctx.rng.with(|r| r.millis(0, 1_500))).await;
+        let uploaded = ctx.blobs.upload(&upload.presigned_url, "image/png", size);
+        ctx.record(Record::Op {
+            user,
+            op: format!("upload {}", upload.s3_key),
+            outcome: uploaded.map_or_else(|e| e.to_string(), |()| "ok".into()),
+        });
+    }
+    Some(upload.attachment_id)
 }
 
 /// Records a one-shot operation's answer.

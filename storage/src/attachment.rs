@@ -199,6 +199,8 @@ pub enum DeletionReason {
     Orphan,
     /// The sweeper: an object that arrived after its row was deleted.
     LateUpload,
+    /// The post that carried it was deleted.
+    PostDeleted,
 }
 
 impl DeletionReason {
@@ -212,6 +214,7 @@ impl DeletionReason {
             Self::NeverUploaded => "never_uploaded",
             Self::Orphan => "orphan",
             Self::LateUpload => "late_upload",
+            Self::PostDeleted => "post_deleted",
         }
     }
 
@@ -225,6 +228,7 @@ impl DeletionReason {
             Self::NeverUploaded,
             Self::Orphan,
             Self::LateUpload,
+            Self::PostDeleted,
         ]
         .into_iter()
         .find(|r| r.as_str() == name)

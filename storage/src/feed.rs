@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use switchboard_protocol::Post;
+use switchboard_protocol::{Attachment, Post};
 use uuid::Uuid;
 
-use crate::StoreError;
+use crate::{AttachmentState, StoreError};
 
 /// How far back engagement counts towards a post's score.
 pub const ENGAGEMENT_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
@@ -65,6 +65,26 @@ pub struct NewPost {
     pub text: String,
     /// When.
     pub at: DateTime<Utc>,
+    /// An uploaded attachment of the author's to claim in the post's
+    /// transaction (`Conflict` when it is no longer pending).
+    pub attachment: Option<Attachment>,
+}
+
+/// An upload a post may carry: a row from the moment its URL is issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostUpload {
+    /// What the post will show of it.
+    pub attachment: Attachment,
+    /// Who may post it.
+    pub author_id: Uuid,
+    /// Pending, attached (to `post_id`) or deleted.
+    pub state: AttachmentState,
+    /// The post that carries it.
+    pub post_id: Option<Uuid>,
+    /// When its URL was issued.
+    pub created_at: DateTime<Utc>,
+    /// When its upload URL stops working.
+    pub upload_expires_at: DateTime<Utc>,
 }
 
 /// What a follow did.
@@ -108,10 +128,26 @@ pub trait FeedStore: Send + Sync + Debug + 'static {
     /// One post.
     async fn post(&self, id: Uuid) -> Result<Option<Post>, StoreError>;
 
-    /// Deletes a post and its likes; only its author may
+    /// Deletes a post and its likes, and tombstones its attachment, owing
+    /// the object a deletion, in one transaction; only its author may
     /// (`Rejected(NotPermitted)`), and a post that does not exist is
     /// `NotFound`.
-    async fn delete_post(&self, id: Uuid, by: Uuid) -> Result<(), StoreError>;
+    async fn delete_post(&self, id: Uuid, by: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Writes an upload's row (pending), before its URL is issued.
+    async fn create_post_upload(&self, upload: PostUpload) -> Result<(), StoreError>;
+
+    /// One upload.
+    async fn post_upload(&self, id: Uuid) -> Result<Option<PostUpload>, StoreError>;
+
+    /// Tombstones up to `limit` pending uploads created before `before`
+    /// (never posted), owing their objects a deletion; how many.
+    async fn expire_post_uploads(
+        &self,
+        before: DateTime<Utc>,
+        at: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 
     /// `follower` follows `followee`, unless they follow `follows_max`
     /// already (counted in the insert's transaction).

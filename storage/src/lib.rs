@@ -40,7 +40,7 @@ pub use error::{Rejection, StoreError};
 pub use feed::{
     Analytics, AnalyticsError, CacheError, ENGAGEMENT_WINDOW, EngagementEvent, EngagementKind,
     FeedCache, FeedQuery, FeedStore, FollowOutcome, NewPost, PostEngagement, PostPosition,
-    VIEW_WEIGHT, rank, score,
+    PostUpload, VIEW_WEIGHT, rank, score,
 };
 pub use memory::MemoryStore;
 pub use memory_blobs::MemoryBlobs;

@@ -43,7 +43,7 @@ pub struct MemoryStore {
 }
 
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     conversations: HashMap<Uuid, Row>,
     /// Direct conversations by their pair key.
     direct: HashMap<String, Uuid>,
@@ -148,7 +148,7 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves no half-written state behind
         // (every write checks before it changes anything), so carry on.
         self.state
@@ -158,6 +158,31 @@ impl MemoryStore {
 }
 
 impl State {
+    /// Owes object `s3_key` (of attachment or upload `id`) a deletion and
+    /// audits it.
+    pub(crate) fn owe_deletion(
+        &mut self,
+        id: Uuid,
+        s3_key: String,
+        actor: Option<Uuid>,
+        reason: DeletionReason,
+        at: DateTime<Utc>,
+    ) {
+        self.deletions.entry(id).or_insert(Deletion {
+            s3_key: s3_key.clone(),
+            attempts: 0,
+            due: at,
+            leased_until: None,
+        });
+        self.audit.push(AuditEntry {
+            attachment_id: Some(id),
+            s3_key,
+            actor,
+            reason,
+            at,
+        });
+    }
+
     /// Tombstones an attachment, owes its object a deletion and audits it:
     /// one step, as one transaction is in the SQL stores.
     fn tombstone(
@@ -172,22 +197,7 @@ impl State {
         stored.deleted_at = Some(at);
         let s3_key = stored.attachment.s3_key.clone();
         let tombstone = stored.clone();
-        self.deletions.insert(
-            id,
-            Deletion {
-                s3_key: s3_key.clone(),
-                attempts: 0,
-                due: at,
-                leased_until: None,
-            },
-        );
-        self.audit.push(AuditEntry {
-            attachment_id: Some(id),
-            s3_key,
-            actor,
-            reason,
-            at,
-        });
+        self.owe_deletion(id, s3_key, actor, reason, at);
         Some(tombstone)
     }
 

@@ -9,11 +9,12 @@ use chrono::{DateTime, Utc};
 use switchboard_protocol::Post;
 use uuid::Uuid;
 
+use crate::feed::PostUpload;
 use crate::feed::{
     CacheError, ENGAGEMENT_WINDOW, FeedCache, FeedQuery, FeedStore, FollowOutcome, NewPost,
     PostPosition, rank,
 };
-use crate::{Clock, MemoryStore, Rejection, StoreError};
+use crate::{AttachmentState, Clock, DeletionReason, MemoryStore, Rejection, StoreError};
 
 /// What the memory store keeps of the feed.
 #[derive(Debug, Default)]
@@ -23,6 +24,8 @@ pub(crate) struct FeedState {
     likes: HashMap<Uuid, BTreeMap<Uuid, DateTime<Utc>>>,
     /// Whom each user follows.
     follows: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Uploads for posts, by id.
+    uploads: BTreeMap<Uuid, PostUpload>,
 }
 
 impl FeedState {
@@ -60,14 +63,27 @@ fn index(n: u32) -> usize {
 #[async_trait]
 impl FeedStore for MemoryStore {
     async fn create_post(&self, post: NewPost) -> Result<Post, StoreError> {
+        let mut feed = self.feed();
+        if let Some(attachment) = &post.attachment {
+            let upload = feed
+                .uploads
+                .get_mut(&attachment.id)
+                .filter(|u| u.author_id == post.author_id && u.state == AttachmentState::Pending)
+                .ok_or_else(|| {
+                    StoreError::Conflict("the attachment is no longer pending".into())
+                })?;
+            upload.state = AttachmentState::Attached;
+            upload.post_id = Some(post.id);
+        }
         let post = Post {
             id: post.id,
             author_id: post.author_id,
             text: post.text,
             created_at: post.at,
             like_count: 0,
+            attachment: post.attachment,
         };
-        self.feed().posts.insert(post.id, post.clone());
+        feed.posts.insert(post.id, post.clone());
         Ok(post)
     }
 
@@ -75,7 +91,7 @@ impl FeedStore for MemoryStore {
         Ok(self.feed().posts.get(&id).cloned())
     }
 
-    async fn delete_post(&self, id: Uuid, by: Uuid) -> Result<(), StoreError> {
+    async fn delete_post(&self, id: Uuid, by: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut feed = self.feed();
         match feed.posts.get(&id) {
             None => Err(StoreError::NotFound),
@@ -83,11 +99,67 @@ impl FeedStore for MemoryStore {
                 Err(StoreError::Rejected(Rejection::NotPermitted))
             }
             Some(_) => {
-                feed.posts.remove(&id);
+                let post = feed.posts.remove(&id);
                 feed.likes.remove(&id);
+                if let Some(attachment) = post.and_then(|p| p.attachment) {
+                    if let Some(upload) = feed.uploads.get_mut(&attachment.id) {
+                        upload.state = AttachmentState::Deleted;
+                    }
+                    self.state().owe_deletion(
+                        attachment.id,
+                        attachment.s3_key,
+                        Some(by),
+                        DeletionReason::PostDeleted,
+                        at,
+                    );
+                }
                 Ok(())
             }
         }
+    }
+
+    async fn create_post_upload(&self, upload: PostUpload) -> Result<(), StoreError> {
+        let mut feed = self.feed();
+        if feed
+            .uploads
+            .values()
+            .any(|u| u.attachment.s3_key == upload.attachment.s3_key)
+        {
+            return Err(StoreError::Conflict("the key is taken".into()));
+        }
+        feed.uploads.insert(upload.attachment.id, upload);
+        Ok(())
+    }
+
+    async fn post_upload(&self, id: Uuid) -> Result<Option<PostUpload>, StoreError> {
+        Ok(self.feed().uploads.get(&id).cloned())
+    }
+
+    async fn expire_post_uploads(
+        &self,
+        before: DateTime<Utc>,
+        at: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut feed = self.feed();
+        let mut expired = 0;
+        for upload in feed
+            .uploads
+            .values_mut()
+            .filter(|u| u.state == AttachmentState::Pending && u.created_at < before)
+            .take(index(limit))
+        {
+            upload.state = AttachmentState::Deleted;
+            self.state().owe_deletion(
+                upload.attachment.id,
+                upload.attachment.s3_key.clone(),
+                None,
+                DeletionReason::Unattached,
+                at,
+            );
+            expired += 1;
+        }
+        Ok(expired)
     }
 
     async fn follow(

@@ -54,7 +54,10 @@ async fn a_feed_request_costs_the_same_queries_at_any_size() {
     for author in &authors {
         let author = client(*author);
         for n in 0..3 {
-            author.create_post(&format!("post {n}")).await.unwrap();
+            author
+                .create_post(&format!("post {n}"), None)
+                .await
+                .unwrap();
         }
     }
     let mut counts = Vec::new();

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use switchboard_protocol::{CreatePost, Post};
+use switchboard_protocol::{CreatePost, Post, PresignedUpload, UploadRequest};
 use uuid::Uuid;
 
 use crate::extract::{AuthUser, Json, Path, Query};
@@ -16,8 +16,34 @@ pub(super) async fn create(
     AuthUser(user): AuthUser,
     Json(body): Json<CreatePost>,
 ) -> Result<(StatusCode, axum::Json<Post>), ApiError> {
-    let post = state.node.create_post(user, body.text).await?;
+    let post = state
+        .node
+        .create_post(user, body.text, body.attachment_id)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(post)))
+}
+
+/// `POST /posts/attachments`: 201 with a presigned upload of an image or
+/// file to post.
+pub(super) async fn presign(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Json(body): Json<UploadRequest>,
+) -> Result<(StatusCode, axum::Json<PresignedUpload>), ApiError> {
+    let upload = state.node.presign_post_attachment(user, body).await?;
+    Ok((StatusCode::CREATED, axum::Json(upload)))
+}
+
+/// `GET /posts/{id}/attachment`: 302 to a short-lived download URL, or
+/// with `?redirect=false` the URL as JSON.
+pub(super) async fn attachment(
+    State(state): State<AppState>,
+    AuthUser(_): AuthUser,
+    Path(id): Path<Uuid>,
+    Query(query): Query<super::media::DownloadQuery>,
+) -> Result<Response, ApiError> {
+    let get = state.node.post_attachment_url(id).await?;
+    super::media::redirect_to(&state, &get, &query)
 }
 
 /// `GET /posts/{id}`.

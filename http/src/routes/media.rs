@@ -115,6 +115,16 @@ pub(super) async fn download(
     Query(query): Query<DownloadQuery>,
 ) -> Result<Response, ApiError> {
     let get = state.node.attachment_url(user, id).await?;
+    redirect_to(&state, &get, &query)
+}
+
+/// A download URL as `GET /attachments/{id}` and `GET
+/// /posts/{id}/attachment` answer it: 302 to it, or the URL as JSON.
+pub(super) fn redirect_to(
+    state: &AppState,
+    get: &switchboard_storage::PresignedRequest,
+    query: &DownloadQuery,
+) -> Result<Response, ApiError> {
     let expires_in = state.node.limits().media.download_url_ttl.as_secs();
     if query.redirect == Some(false) {
         return Ok(axum::Json(json!({

@@ -81,7 +81,9 @@ pub fn router(state: AppState) -> Router {
             patch(messages::edit).delete(messages::delete),
         )
         .route("/posts", post(feed::create))
+        .route("/posts/attachments", post(feed::presign))
         .route("/posts/{id}", get(feed::get).delete(feed::delete))
+        .route("/posts/{id}/attachment", get(feed::attachment))
         .route("/posts/{id}/like", put(feed::like).delete(feed::unlike))
         .route(
             "/users/{id}/follow",

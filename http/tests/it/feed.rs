@@ -1,8 +1,9 @@
 //! The feed over HTTP on the embedded default: SQLite ranks it.
 
 use reqwest::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 use switchboard_actors::Limits;
+use uuid::Uuid;
 
 use crate::support::TestServer;
 
@@ -161,4 +162,82 @@ async fn a_follow_past_the_limit_is_refused() {
         };
         assert_eq!(status, expected, "{body}");
     }
+}
+
+#[tokio::test]
+async fn a_post_carries_an_upload_once_and_its_deletion_removes_the_object() {
+    let server = TestServer::start().await;
+    let (author, reader) = (server.user(), server.user());
+    let a = Api::new(&server, author.id);
+    let png = bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n a summit at dawn");
+    let request =
+        json!({"content_type": "image/png", "size_bytes": png.len(), "file_name": "summit.png"});
+    let (status, _, presigned) = a
+        .call(Method::POST, "/posts/attachments", Some(request))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{presigned}");
+    let presigned: switchboard_protocol::PresignedUpload =
+        serde_json::from_value(presigned).unwrap();
+    assert!(
+        presigned
+            .s3_key
+            .starts_with(&format!("posts/{}/", author.id))
+    );
+    let body = json!({"text": "look", "attachment_id": presigned.attachment_id});
+    let (status, _, refused) = a.call(Method::POST, "/posts", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CONFLICT, "not uploaded yet: {refused}");
+
+    author.client.upload(&presigned, png.clone()).await.unwrap();
+    let (status, _, theirs) = Api::new(&server, reader.id)
+        .call(Method::POST, "/posts", Some(body.clone()))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "someone else's upload: {theirs}"
+    );
+    let (status, _, post) = a.call(Method::POST, "/posts", Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{post}");
+    assert_eq!(post["attachment"]["s3_key"], presigned.s3_key.as_str());
+    assert_eq!(post["attachment"]["file_name"], "summit.png");
+    let (status, _, again) = a.call(Method::POST, "/posts", Some(body)).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an upload is posted once: {again}"
+    );
+
+    // Any signed-in user downloads it.
+    let id = post["id"].as_str().unwrap().to_owned();
+    let (status, link) = Api::new(&server, reader.id)
+        .get(&format!("/posts/{id}/attachment?redirect=false"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{link}");
+    let downloaded = reqwest::get(link["url"].as_str().unwrap())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(downloaded, png);
+    let (status, _) = a
+        .get(&format!("/posts/{}/attachment", Uuid::new_v4()))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Voice notes belong to conversations.
+    let voice = json!({"content_type": "audio/ogg", "size_bytes": 10});
+    let (status, _, _) = a
+        .call(Method::POST, "/posts/attachments", Some(voice))
+        .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // The post's deletion owes its object a deletion, which the deleter does.
+    let object = server.blob_path(&presigned.s3_key);
+    assert!(object.exists());
+    assert_eq!(
+        a.delete(&format!("/posts/{id}")).await,
+        StatusCode::NO_CONTENT
+    );
+    crate::support::eventually("the object is deleted", || !object.exists()).await;
 }

@@ -58,7 +58,9 @@ pub(crate) fn encode_attachment(
         .transpose()
 }
 
-fn decode_attachment(stored: Option<String>) -> Result<Option<Box<Attachment>>, StoreError> {
+pub(crate) fn decode_attachment(
+    stored: Option<String>,
+) -> Result<Option<Box<Attachment>>, StoreError> {
     stored
         .map(|json| {
             serde_json::from_str(&json)
@@ -326,7 +328,7 @@ pub(crate) fn decode_events(
 /// The columns [`post`] reads, in a form `concat!` accepts.
 macro_rules! post_columns {
     () => {
-        "id, author_id, text, created_at, like_count"
+        "id, author_id, text, created_at, like_count, attachment"
     };
 }
 pub(crate) use post_columns;
@@ -348,5 +350,47 @@ where
         text: row.try_get("text").map_err(db)?,
         created_at: row.try_get("created_at").map_err(db)?,
         like_count: u64::try_from(likes).unwrap_or(0),
+        attachment: decode_attachment(row.try_get("attachment").map_err(db)?)?.map(|a| *a),
+    })
+}
+
+/// The columns [`post_upload`] reads, in a form `concat!` accepts.
+macro_rules! post_upload_columns {
+    () => {
+        "id, author_id, s3_key, content_type, size_bytes, file_name, state, post_id, \
+         created_at, upload_expires_at"
+    };
+}
+pub(crate) use post_upload_columns;
+
+/// An upload from a row with the [`post_upload_columns`].
+pub(crate) fn post_upload<'r, R>(row: &'r R) -> Result<switchboard_storage::PostUpload, StoreError>
+where
+    R: Row,
+    &'static str: ColumnIndex<R>,
+    Uuid: Decode<'r, R::Database> + Type<R::Database>,
+    Option<Uuid>: Decode<'r, R::Database> + Type<R::Database>,
+    i64: Decode<'r, R::Database> + Type<R::Database>,
+    String: Decode<'r, R::Database> + Type<R::Database>,
+    Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let size: i64 = row.try_get("size_bytes").map_err(db)?;
+    let state: String = row.try_get("state").map_err(db)?;
+    Ok(switchboard_storage::PostUpload {
+        attachment: Attachment {
+            id: row.try_get("id").map_err(db)?,
+            s3_key: row.try_get("s3_key").map_err(db)?,
+            content_type: row.try_get("content_type").map_err(db)?,
+            size_bytes: u64::try_from(size).unwrap_or(0),
+            duration_ms: None,
+            file_name: row.try_get("file_name").map_err(db)?,
+        },
+        author_id: row.try_get("author_id").map_err(db)?,
+        state: AttachmentState::parse(&state)
+            .ok_or_else(|| StoreError::Backend(format!("unknown upload state {state:?}")))?,
+        post_id: row.try_get("post_id").map_err(db)?,
+        created_at: row.try_get("created_at").map_err(db)?,
+        upload_expires_at: row.try_get("upload_expires_at").map_err(db)?,
     })
 }

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use switchboard_protocol::Post;
+use switchboard_protocol::{Attachment, Post};
 use switchboard_storage::{
-    Clock, ENGAGEMENT_WINDOW, FeedQuery, FollowOutcome, NewPost, PostPosition, Rejection,
-    StoreError, SystemClock, rank,
+    AttachmentState, Clock, ENGAGEMENT_WINDOW, FeedQuery, FollowOutcome, NewPost, PostPosition,
+    PostUpload, Rejection, StoreError, SystemClock, rank,
 };
 use uuid::Uuid;
 
@@ -24,6 +24,7 @@ async fn post(b: &Backend, author: Uuid, text: &str, at: DateTime<Utc>) -> Post 
             author_id: author,
             text: text.into(),
             at,
+            attachment: None,
         })
         .await
         .unwrap()
@@ -84,12 +85,12 @@ pub(crate) async fn posts_follows_and_likes_keep_their_rules(b: Arc<Backend>) {
     ));
 
     assert!(matches!(
-        store.delete_post(theirs.id, me).await,
+        store.delete_post(theirs.id, me, at).await,
         Err(StoreError::Rejected(Rejection::NotPermitted))
     ));
-    store.delete_post(theirs.id, a).await.unwrap();
+    store.delete_post(theirs.id, a, at).await.unwrap();
     assert!(matches!(
-        store.delete_post(theirs.id, a).await,
+        store.delete_post(theirs.id, a, at).await,
         Err(StoreError::NotFound)
     ));
     assert!(store.post(theirs.id).await.unwrap().is_none());
@@ -234,4 +235,118 @@ pub(crate) async fn recent_pages_are_newest_first_without_gaps(b: Arc<Backend>) 
         seen.extend(page);
     }
     assert_eq!(ids(&seen), ids(&expected));
+}
+
+fn upload(author: Uuid, at: DateTime<Utc>) -> PostUpload {
+    let id = Uuid::now_v7();
+    PostUpload {
+        attachment: Attachment {
+            id,
+            s3_key: format!("posts/{author}/{id}"),
+            content_type: "image/png".into(),
+            size_bytes: 42,
+            duration_ms: None,
+            file_name: Some("summit.png".into()),
+        },
+        author_id: author,
+        state: AttachmentState::Pending,
+        post_id: None,
+        created_at: at,
+        upload_expires_at: at + TimeDelta::hours(1),
+    }
+}
+
+pub(crate) async fn an_upload_is_posted_once_and_goes_with_its_post(b: Arc<Backend>) {
+    let store = &b.feed;
+    let (me, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let at = now();
+    let mine = upload(me, at);
+    store.create_post_upload(mine.clone()).await.unwrap();
+    assert_eq!(
+        store.post_upload(mine.attachment.id).await.unwrap(),
+        Some(mine.clone())
+    );
+    let new = |author: Uuid| NewPost {
+        id: Uuid::now_v7(),
+        author_id: author,
+        text: "with a picture".into(),
+        at,
+        attachment: Some(mine.attachment.clone()),
+    };
+    assert!(
+        matches!(
+            store.create_post(new(other)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "someone else's upload"
+    );
+    let post = store.create_post(new(me)).await.unwrap();
+    assert_eq!(post.attachment.as_ref(), Some(&mine.attachment));
+    assert_eq!(
+        store.post(post.id).await.unwrap().unwrap().attachment,
+        Some(mine.attachment.clone())
+    );
+    assert!(
+        matches!(
+            store.create_post(new(me)).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "an upload is posted once"
+    );
+    let stored = store
+        .post_upload(mine.attachment.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (stored.state, stored.post_id),
+        (AttachmentState::Attached, Some(post.id))
+    );
+
+    // Deleting the post owes its object a deletion, once.
+    let owed = b.store.deletions_owed().await.unwrap();
+    store.delete_post(post.id, me, at).await.unwrap();
+    assert_eq!(b.store.deletions_owed().await.unwrap(), owed + 1);
+    let stored = store
+        .post_upload(mine.attachment.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.state, AttachmentState::Deleted);
+    let claimed = b
+        .store
+        .claim_deletions(at + TimeDelta::seconds(1), at + TimeDelta::minutes(1), 10)
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|d| d.s3_key == mine.attachment.s3_key));
+
+    // One never posted expires, owing its object a deletion too.
+    let left = upload(me, at - TimeDelta::hours(2));
+    let fresh = upload(me, at);
+    store.create_post_upload(left.clone()).await.unwrap();
+    store.create_post_upload(fresh.clone()).await.unwrap();
+    let expired = store
+        .expire_post_uploads(at - TimeDelta::hours(1), at, 10)
+        .await
+        .unwrap();
+    assert_eq!(expired, 1);
+    assert_eq!(
+        store
+            .post_upload(left.attachment.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        AttachmentState::Deleted
+    );
+    assert_eq!(
+        store
+            .post_upload(fresh.attachment.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        AttachmentState::Pending
+    );
+    assert_eq!(b.store.deletions_owed().await.unwrap(), owed + 2);
 }

@@ -89,4 +89,5 @@ contract!(feed as feed_store:
     posts_follows_and_likes_keep_their_rules,
     the_ranking_query_is_the_shared_score,
     recent_pages_are_newest_first_without_gaps,
+    an_upload_is_posted_once_and_goes_with_its_post,
 );

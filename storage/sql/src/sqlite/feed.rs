@@ -3,14 +3,15 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::AssertSqlSafe;
+use sqlx::{Sqlite, Transaction};
 use switchboard_protocol::Post;
 use switchboard_storage::{
-    ENGAGEMENT_WINDOW, FeedQuery, FeedStore, FollowOutcome, NewPost, PostPosition, Rejection,
-    StoreError,
+    DeletionReason, ENGAGEMENT_WINDOW, FeedQuery, FeedStore, FollowOutcome, NewPost, PostPosition,
+    PostUpload, Rejection, StoreError,
 };
 use uuid::Uuid;
 
-use super::SqliteStore;
+use super::{SqliteStore, audit_in};
 use crate::error::db;
 use crate::feed_sql::SQLITE;
 use crate::rows;
@@ -18,20 +19,44 @@ use crate::rows;
 #[async_trait]
 impl FeedStore for SqliteStore {
     async fn create_post(&self, post: NewPost) -> Result<Post, StoreError> {
-        sqlx::query("INSERT INTO posts (id, author_id, text, created_at) VALUES (?1, ?2, ?3, ?4)")
+        let mut tx = self.begin().await?;
+        if let Some(attachment) = &post.attachment {
+            let claimed = sqlx::query(
+                "UPDATE post_uploads SET state = 'attached', post_id = ?1 \
+                 WHERE id = ?2 AND author_id = ?3 AND state = 'pending'",
+            )
             .bind(post.id)
+            .bind(attachment.id)
             .bind(post.author_id)
-            .bind(&post.text)
-            .bind(post.at)
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(db)?;
+            if claimed.rows_affected() == 0 {
+                return Err(StoreError::Conflict(
+                    "the attachment is no longer pending".into(),
+                ));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO posts (id, author_id, text, created_at, attachment) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(post.id)
+        .bind(post.author_id)
+        .bind(&post.text)
+        .bind(post.at)
+        .bind(rows::encode_attachment(post.attachment.as_ref())?)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
         Ok(Post {
             id: post.id,
             author_id: post.author_id,
             text: post.text,
             created_at: post.at,
             like_count: 0,
+            attachment: post.attachment,
         })
     }
 
@@ -50,19 +75,32 @@ impl FeedStore for SqliteStore {
         .transpose()
     }
 
-    async fn delete_post(&self, id: Uuid, by: Uuid) -> Result<(), StoreError> {
+    async fn delete_post(&self, id: Uuid, by: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        let author: Option<Uuid> = sqlx::query_scalar("SELECT author_id FROM posts WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
-        match author {
+        let found: Option<(Uuid, Option<String>)> =
+            sqlx::query_as("SELECT author_id, attachment FROM posts WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+        let attachment = match found {
             None => return Err(StoreError::NotFound),
-            Some(author) if author != by => {
+            Some((author, _)) if author != by => {
                 return Err(StoreError::Rejected(Rejection::NotPermitted));
             }
-            Some(_) => {}
+            Some((_, attachment)) => rows::decode_attachment(attachment)?,
+        };
+        if let Some(attachment) = attachment {
+            let reason = DeletionReason::PostDeleted;
+            owe(
+                &mut tx,
+                attachment.id,
+                &attachment.s3_key,
+                Some(by),
+                reason,
+                at,
+            )
+            .await?;
         }
         for sql in [
             "DELETE FROM post_likes WHERE post_id = ?1",
@@ -75,6 +113,65 @@ impl FeedStore for SqliteStore {
                 .map_err(db)?;
         }
         tx.commit().await.map_err(db)
+    }
+
+    async fn create_post_upload(&self, upload: PostUpload) -> Result<(), StoreError> {
+        let a = &upload.attachment;
+        sqlx::query(
+            "INSERT INTO post_uploads (id, author_id, s3_key, content_type, size_bytes, file_name, \
+                 state, created_at, upload_expires_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8)",
+        )
+        .bind(a.id)
+        .bind(upload.author_id)
+        .bind(&a.s3_key)
+        .bind(&a.content_type)
+        .bind(rows::signed(a.size_bytes)?)
+        .bind(&a.file_name)
+        .bind(upload.created_at)
+        .bind(upload.upload_expires_at)
+        .execute(&self.writer)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn post_upload(&self, id: Uuid) -> Result<Option<PostUpload>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            rows::post_upload_columns!(),
+            " FROM post_uploads WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?
+        .as_ref()
+        .map(rows::post_upload)
+        .transpose()
+    }
+
+    async fn expire_post_uploads(
+        &self,
+        before: DateTime<Utc>,
+        at: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.begin().await?;
+        let expired: Vec<(Uuid, String)> = sqlx::query_as(
+            "SELECT id, s3_key FROM post_uploads WHERE state = 'pending' AND created_at < ?1 \
+             ORDER BY created_at LIMIT ?2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        for (id, key) in &expired {
+            owe(&mut tx, *id, key, None, DeletionReason::Unattached, at).await?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(u64::try_from(expired.len()).unwrap_or(u64::MAX))
     }
 
     async fn follow(
@@ -257,4 +354,32 @@ impl FeedStore for SqliteStore {
         let found = query.fetch_all(&self.reader).await.map_err(db)?;
         found.iter().map(rows::post).collect()
     }
+}
+
+/// Tombstones upload `id` inside `tx`, owes its object a deletion and
+/// audits it.
+async fn owe(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: Uuid,
+    s3_key: &str,
+    actor: Option<Uuid>,
+    reason: DeletionReason,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE post_uploads SET state = 'deleted' WHERE id = ?1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO blob_deletions (attachment_id, s3_key, due_at) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (attachment_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(s3_key)
+    .bind(at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    audit_in(&mut **tx, Some(id), s3_key, actor, reason, at).await
 }
