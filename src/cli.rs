@@ -303,7 +303,11 @@ pub(crate) async fn post(
 ) -> anyhow::Result<()> {
     let client = server.client();
     let post = match file {
-        None => client.create_post(text, None).await,
+        None => {
+            client
+                .create_post_retried(text, None, RetryPolicy::default())
+                .await
+        }
         Some(path) => {
             let upload = upload_of(path, content_type, false)?;
             client

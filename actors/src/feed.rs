@@ -24,7 +24,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{
-    Attachment, AttachmentKind, FeedPage, FeedSource, Post, PresignedUpload, UploadRequest,
+    Attachment, AttachmentKind, CreatePost, FeedPage, FeedSource, Post, PresignedUpload,
+    UploadRequest,
 };
 use switchboard_storage::AttachmentState;
 use switchboard_storage::{
@@ -615,21 +616,27 @@ impl Node {
             .await
     }
 
-    /// Posts `text` as `user`, with the upload `attachment_id` when given
-    /// (claimed in the post's transaction, once).
+    /// Posts `request.text` as `user`, with the upload `attachment_id` when
+    /// given (claimed in the post's transaction, once); `false` with the
+    /// stored post when its idempotency key stored it before.
     ///
     /// # Errors
     ///
     /// [`ActorError::Invalid`] for empty or too long text or an object not
     /// as presigned, `NotFound` for an upload not the caller's, `Conflict`
-    /// for one not uploaded yet or posted already.
+    /// for one not uploaded yet or posted already, or a key reused for
+    /// another post.
     pub async fn create_post(
         &self,
         user: Uuid,
-        text: String,
-        attachment_id: Option<Uuid>,
-    ) -> Result<Post, ActorError> {
+        request: CreatePost,
+    ) -> Result<(Post, bool), ActorError> {
         const MISSING: ActorError = ActorError::NotFound("attachment not found");
+        let CreatePost {
+            text,
+            attachment_id,
+            idempotency_key,
+        } = request;
         let feed = self.feed_part();
         let length = text.chars().count();
         if text.trim().is_empty() || length > feed.limits.text_len_max {
@@ -645,12 +652,11 @@ impl Node {
                 if upload.author_id != user || upload.state == AttachmentState::Deleted {
                     return Err(MISSING);
                 }
-                if upload.state == AttachmentState::Attached {
-                    return Err(ActorError::Conflict(
-                        "the attachment is posted already".into(),
-                    ));
+                // A posted one goes to the store unchecked: a retry with its
+                // key is answered the stored post, anything else refused.
+                if upload.state == AttachmentState::Pending {
+                    self.media()?.check_uploaded(&upload.attachment).await?;
                 }
-                self.media()?.check_uploaded(&upload.attachment).await?;
                 Some(upload.attachment)
             }
         };
@@ -660,6 +666,7 @@ impl Node {
             text,
             at: feed.clock.now(),
             attachment,
+            idempotency_key,
         };
         Ok(feed.store.create_post(post).await?)
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
-use switchboard_client::Client;
+use switchboard_client::{Client, RetryPolicy};
 use switchboard_storage_clickhouse::LocalServer;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -125,11 +125,12 @@ async fn populate(server: &Server, args: &Args) -> anyhow::Result<Vec<(Uuid, Cli
     let writes = authors
         .iter()
         .flat_map(|(_, author)| (0..args.posts).map(move |n| (author, n)));
-    let mut made =
-        futures_util::stream::iter(writes.map(|(author, n)| async move {
-            author.create_post(&format!("post {n}"), None).await
-        }))
-        .buffer_unordered(32);
+    let mut made = futures_util::stream::iter(writes.map(|(author, n)| async move {
+        author
+            .create_post_retried(&format!("post {n}"), None, RetryPolicy::default())
+            .await
+    }))
+    .buffer_unordered(32);
     while let Some(post) = made.next().await {
         posts.push(post?.id);
     }

@@ -5,25 +5,41 @@ use switchboard_protocol::{CreatePost, FeedPage, Post, PresignedUpload, UploadRe
 use uuid::Uuid;
 
 use crate::retry::retried;
-use crate::{Client, ClientError, RetryPolicy, Upload};
+use crate::{Client, ClientError, RetryPolicy, Upload, entropy};
 
 impl Client {
-    /// Posts `text`.
+    /// Posts `body`: the stored post (the same one for a repeated
+    /// idempotency key).
     ///
     /// # Errors
     ///
-    /// [`ClientError`]; `unprocessable` for empty or too long text.
-    pub async fn create_post(
+    /// [`ClientError`]; `unprocessable` for empty or too long text,
+    /// `conflict` for an upload not done or a key used for another post.
+    pub async fn create_post(&self, body: &CreatePost) -> Result<Post, ClientError> {
+        self.call(self.request(Method::POST, "/posts").json(body))
+            .await
+    }
+
+    /// Posts `text` (with the upload `attachment_id`), retried as `policy`
+    /// allows under one idempotency key, so it is posted once however
+    /// often an answer is lost.
+    ///
+    /// # Errors
+    ///
+    /// The last [`ClientError`] once a try fails permanently or the
+    /// attempts run out.
+    pub async fn create_post_retried(
         &self,
         text: &str,
         attachment_id: Option<Uuid>,
+        policy: RetryPolicy,
     ) -> Result<Post, ClientError> {
         let body = CreatePost {
             text: text.to_owned(),
             attachment_id,
+            idempotency_key: Some(entropy::new_key().to_string()),
         };
-        self.call(self.request(Method::POST, "/posts").json(&body))
-            .await
+        retried(policy, || self.create_post(&body)).await
     }
 
     /// An upload URL for an image or file to post.
@@ -60,12 +76,8 @@ impl Client {
         };
         let presigned = retried(policy, || self.presign_post_attachment(&request)).await?;
         retried(policy, || self.upload(&presigned, upload.bytes.clone())).await?;
-        // A post whose answer was lost is refused as posted already (409):
-        // a permanent failure, so it is never posted twice.
-        retried(policy, || {
-            self.create_post(text, Some(presigned.attachment_id))
-        })
-        .await
+        self.create_post_retried(text, Some(presigned.attachment_id), policy)
+            .await
     }
 
     /// Deletes one of the caller's posts.

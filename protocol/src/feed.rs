@@ -31,6 +31,10 @@ pub struct CreatePost {
     /// An upload from `POST /posts/attachments`, done, to post with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachment_id: Option<Uuid>,
+    /// Makes retries safe: a repeat with the same key answers the stored
+    /// post.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// Where a feed page came from.

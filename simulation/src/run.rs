@@ -24,8 +24,9 @@ use switchboard_actors::{
 };
 use switchboard_client::{Class, Failure, Place, RetryPolicy, Step, classify};
 use switchboard_protocol::{
-    AddMember, ConversationKind, CreateConversation, EditMessage, EditScheduled, Event, Message,
-    Role, ScheduleMessage, ScheduledStatus, SendAudio, SendMessage, ServerFrame, UploadRequest,
+    AddMember, ConversationKind, CreateConversation, CreatePost, EditMessage, EditScheduled, Event,
+    Message, Role, ScheduleMessage, ScheduledStatus, SendAudio, SendMessage, ServerFrame,
+    UploadRequest,
 };
 use switchboard_storage::{
     AttachmentState, Blobs, Bus, Clock, FeedStore, MemoryBlobs, MemoryStore, Store, TokioClock,
@@ -1592,7 +1593,12 @@ async fn feed(ctx: Arc<Ctx>) {
             };
             let answer = ctx
                 .call(slot, "post", |node| async move {
-                    node.create_post(id, format!("post {n}"), attachment).await
+                    let request = CreatePost {
+                        text: format!("post {n}"),
+                        attachment_id: attachment,
+                        idempotency_key: None,
+                    };
+                    node.create_post(id, request).await.map(|(post, _)| post)
                 })
                 .await;
             answered(&ctx, user, format!("post {n} via {slot}"), &answer);

@@ -68,6 +68,28 @@ pub struct NewPost {
     /// An uploaded attachment of the author's to claim in the post's
     /// transaction (`Conflict` when it is no longer pending).
     pub attachment: Option<Attachment>,
+    /// Unique per author; a repeat answers the stored post.
+    pub idempotency_key: Option<String>,
+}
+
+impl NewPost {
+    /// The answer when this post's key stored `existing`: the post, unless
+    /// the key is being reused for another one.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Conflict`] when the text or the attachment differ.
+    pub fn replay(&self, existing: Post) -> Result<(Post, bool), StoreError> {
+        let attachment = |a: Option<&Attachment>| a.map(|a| a.id);
+        if existing.text != self.text
+            || attachment(existing.attachment.as_ref()) != attachment(self.attachment.as_ref())
+        {
+            return Err(StoreError::Conflict(
+                "idempotency key already used for another post".into(),
+            ));
+        }
+        Ok((existing, false))
+    }
 }
 
 /// An upload a post may carry: a row from the moment its URL is issued.
@@ -122,8 +144,9 @@ pub struct PostPosition {
 /// whatever the page size or the number of people followed.
 #[async_trait]
 pub trait FeedStore: Send + Sync + Debug + 'static {
-    /// Writes a post.
-    async fn create_post(&self, post: NewPost) -> Result<Post, StoreError>;
+    /// Writes a post; `false` with the stored one when its idempotency key
+    /// stored it before.
+    async fn create_post(&self, post: NewPost) -> Result<(Post, bool), StoreError>;
 
     /// One post.
     async fn post(&self, id: Uuid) -> Result<Option<Post>, StoreError>;

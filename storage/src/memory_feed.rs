@@ -26,6 +26,8 @@ pub(crate) struct FeedState {
     follows: HashMap<Uuid, BTreeSet<Uuid>>,
     /// Uploads for posts, by id.
     uploads: BTreeMap<Uuid, PostUpload>,
+    /// Posts by `(author, idempotency key)`.
+    keys: HashMap<(Uuid, String), Uuid>,
 }
 
 impl FeedState {
@@ -62,8 +64,16 @@ fn index(n: u32) -> usize {
 
 #[async_trait]
 impl FeedStore for MemoryStore {
-    async fn create_post(&self, post: NewPost) -> Result<Post, StoreError> {
+    async fn create_post(&self, post: NewPost) -> Result<(Post, bool), StoreError> {
         let mut feed = self.feed();
+        if let Some(key) = &post.idempotency_key
+            && let Some(existing) = feed
+                .keys
+                .get(&(post.author_id, key.clone()))
+                .and_then(|id| feed.posts.get(id))
+        {
+            return post.replay(existing.clone());
+        }
         if let Some(attachment) = &post.attachment {
             let upload = feed
                 .uploads
@@ -75,6 +85,9 @@ impl FeedStore for MemoryStore {
             upload.state = AttachmentState::Attached;
             upload.post_id = Some(post.id);
         }
+        if let Some(key) = &post.idempotency_key {
+            feed.keys.insert((post.author_id, key.clone()), post.id);
+        }
         let post = Post {
             id: post.id,
             author_id: post.author_id,
@@ -84,7 +97,7 @@ impl FeedStore for MemoryStore {
             attachment: post.attachment,
         };
         feed.posts.insert(post.id, post.clone());
-        Ok(post)
+        Ok((post, true))
     }
 
     async fn post(&self, id: Uuid) -> Result<Option<Post>, StoreError> {

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use std::process::{Command, Stdio};
-use switchboard_client::Client;
+use switchboard_client::{Client, RetryPolicy};
 use uuid::Uuid;
 
 use crate::{BIN, Process, SECRET, free_port, token, wait_for_port};
@@ -55,7 +55,7 @@ async fn a_feed_request_costs_the_same_queries_at_any_size() {
         let author = client(*author);
         for n in 0..3 {
             author
-                .create_post(&format!("post {n}"), None)
+                .create_post_retried(&format!("post {n}"), None, RetryPolicy::default())
                 .await
                 .unwrap();
         }

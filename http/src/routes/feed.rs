@@ -10,17 +10,19 @@ use uuid::Uuid;
 use crate::extract::{AuthUser, Json, Path, Query};
 use crate::{ApiError, AppState};
 
-/// `POST /posts`: 201 with the post.
+/// `POST /posts`: 201 with the post; 200 with the same post, marked
+/// `Idempotent-Replayed: true`, when its idempotency key stored it before.
 pub(super) async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Json(body): Json<CreatePost>,
-) -> Result<(StatusCode, axum::Json<Post>), ApiError> {
-    let post = state
-        .node
-        .create_post(user, body.text, body.attachment_id)
-        .await?;
-    Ok((StatusCode::CREATED, axum::Json(post)))
+) -> Result<Response, ApiError> {
+    if let Some(key) = &body.idempotency_key {
+        crate::validate::idempotency_key(key, &state.limits)?;
+    }
+    Ok(super::created_or_replayed(
+        state.node.create_post(user, body).await?,
+    ))
 }
 
 /// `POST /posts/attachments`: 201 with a presigned upload of an image or

@@ -77,7 +77,24 @@ async fn the_embedded_feed_is_ranked_by_the_database() {
     );
     let (status, first) = a.post("first").await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
-    let (_, second) = a.post("second").await;
+    let keyed = json!({"text": "second", "idempotency_key": "k-1"});
+    let (status, _, second) = a.call(Method::POST, "/posts", Some(keyed.clone())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, headers, again) = a.call(Method::POST, "/posts", Some(keyed)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a repeated key answers the stored post"
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again["id"], second["id"]);
+    let reused = json!({"text": "other", "idempotency_key": "k-1"});
+    let (status, _, _) = a.call(Method::POST, "/posts", Some(reused)).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a key reused for another post"
+    );
     s.post("not followed").await;
     let follow = format!("/users/{}/follow", author.id);
     assert_eq!(t.put(&follow).await.0, StatusCode::NO_CONTENT);

@@ -25,9 +25,11 @@ async fn post(b: &Backend, author: Uuid, text: &str, at: DateTime<Utc>) -> Post 
             text: text.into(),
             at,
             attachment: None,
+            idempotency_key: None,
         })
         .await
         .unwrap()
+        .0
 }
 
 fn query(user: Uuid, since: DateTime<Utc>) -> FeedQuery {
@@ -272,6 +274,7 @@ pub(crate) async fn an_upload_is_posted_once_and_goes_with_its_post(b: Arc<Backe
         text: "with a picture".into(),
         at,
         attachment: Some(mine.attachment.clone()),
+        idempotency_key: None,
     };
     assert!(
         matches!(
@@ -280,7 +283,8 @@ pub(crate) async fn an_upload_is_posted_once_and_goes_with_its_post(b: Arc<Backe
         ),
         "someone else's upload"
     );
-    let post = store.create_post(new(me)).await.unwrap();
+    let (post, created) = store.create_post(new(me)).await.unwrap();
+    assert!(created);
     assert_eq!(post.attachment.as_ref(), Some(&mine.attachment));
     assert_eq!(
         store.post(post.id).await.unwrap().unwrap().attachment,
@@ -349,4 +353,34 @@ pub(crate) async fn an_upload_is_posted_once_and_goes_with_its_post(b: Arc<Backe
         AttachmentState::Pending
     );
     assert_eq!(b.store.deletions_owed().await.unwrap(), owed + 2);
+}
+
+pub(crate) async fn an_idempotency_key_posts_once(b: Arc<Backend>) {
+    let store = &b.feed;
+    let (me, other) = (Uuid::now_v7(), Uuid::now_v7());
+    let at = now();
+    let new = |author: Uuid, text: &str| NewPost {
+        id: Uuid::now_v7(),
+        author_id: author,
+        text: text.into(),
+        at,
+        attachment: None,
+        idempotency_key: Some("k1".into()),
+    };
+    let (first, created) = store.create_post(new(me, "hello")).await.unwrap();
+    assert!(created);
+    let (again, created) = store.create_post(new(me, "hello")).await.unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id, "a repeat answers the stored post");
+    assert!(
+        matches!(
+            store.create_post(new(me, "other")).await,
+            Err(StoreError::Conflict(_))
+        ),
+        "the key reused for another post"
+    );
+    let (theirs, created) = store.create_post(new(other, "hello")).await.unwrap();
+    assert!(created, "keys are per author");
+    assert_ne!(theirs.id, first.id);
+    assert_eq!(store.recent(me, None, 10).await.unwrap().len(), 1);
 }

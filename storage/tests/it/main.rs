@@ -90,4 +90,5 @@ contract!(feed as feed_store:
     the_ranking_query_is_the_shared_score,
     recent_pages_are_newest_first_without_gaps,
     an_upload_is_posted_once_and_goes_with_its_post,
+    an_idempotency_key_posts_once,
 );

@@ -8,7 +8,9 @@ CREATE TABLE posts (
     created_at TEXT NOT NULL,
     like_count INTEGER NOT NULL DEFAULT 0,
     -- The attachment as the post shows it: JSON.
-    attachment TEXT
+    attachment TEXT,
+    idempotency_key TEXT,
+    UNIQUE (author_id, idempotency_key)
 ) WITHOUT ROWID;
 
 CREATE INDEX posts_by_author ON posts (author_id, created_at, id);

@@ -18,8 +18,23 @@ use crate::rows;
 
 #[async_trait]
 impl FeedStore for SqliteStore {
-    async fn create_post(&self, post: NewPost) -> Result<Post, StoreError> {
+    async fn create_post(&self, post: NewPost) -> Result<(Post, bool), StoreError> {
         let mut tx = self.begin().await?;
+        if let Some(key) = &post.idempotency_key {
+            let stored = sqlx::query(concat!(
+                "SELECT ",
+                rows::post_columns!(),
+                " FROM posts WHERE author_id = ?1 AND idempotency_key = ?2"
+            ))
+            .bind(post.author_id)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            if let Some(row) = stored {
+                return post.replay(rows::post(&row)?);
+            }
+        }
         if let Some(attachment) = &post.attachment {
             let claimed = sqlx::query(
                 "UPDATE post_uploads SET state = 'attached', post_id = ?1 \
@@ -38,26 +53,28 @@ impl FeedStore for SqliteStore {
             }
         }
         sqlx::query(
-            "INSERT INTO posts (id, author_id, text, created_at, attachment) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO posts (id, author_id, text, created_at, attachment, idempotency_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )
         .bind(post.id)
         .bind(post.author_id)
         .bind(&post.text)
         .bind(post.at)
         .bind(rows::encode_attachment(post.attachment.as_ref())?)
+        .bind(&post.idempotency_key)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        Ok(Post {
+        let stored = Post {
             id: post.id,
             author_id: post.author_id,
             text: post.text,
             created_at: post.at,
             like_count: 0,
             attachment: post.attachment,
-        })
+        };
+        Ok((stored, true))
     }
 
     async fn post(&self, id: Uuid) -> Result<Option<Post>, StoreError> {
