@@ -460,6 +460,19 @@ async fn tombstone(
         .execute(&mut **tx)
         .await
         .map_err(db)?;
+    owe_deletion(tx, id, s3_key, actor, reason, at).await
+}
+
+/// Owes object `s3_key` (of attachment or post upload `id`) a deletion
+/// inside `tx` and audits it.
+pub(crate) async fn owe_deletion(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: Uuid,
+    s3_key: &str,
+    actor: Option<Uuid>,
+    reason: DeletionReason,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO blob_deletions (attachment_id, s3_key, due_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT (attachment_id) DO NOTHING",

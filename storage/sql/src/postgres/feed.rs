@@ -13,7 +13,7 @@ use switchboard_storage::{
 };
 use uuid::Uuid;
 
-use super::{PostgresStore, audit_in};
+use super::{PostgresStore, owe_deletion};
 use crate::error::db;
 use crate::feed_sql::POSTGRES;
 use crate::rows;
@@ -393,15 +393,5 @@ async fn owe(
         .execute(&mut **tx)
         .await
         .map_err(db)?;
-    sqlx::query(
-        "INSERT INTO blob_deletions (attachment_id, s3_key, due_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (attachment_id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(s3_key)
-    .bind(at)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
-    audit_in(&mut **tx, Some(id), s3_key, actor, reason, at).await
+    owe_deletion(tx, id, s3_key, actor, reason, at).await
 }
