@@ -127,6 +127,27 @@ pub(crate) struct ConfigArgs {
     /// Seconds a ranked feed page stays cached for the fallback [default: 300].
     #[arg(long, env = "SWITCHBOARD_FEED_CACHE_TTL_SECS")]
     feed_cache_ttl_secs: Option<u64>,
+    /// Mutations (POST, PUT, PATCH, DELETE) one user may make per second, refilled steadily [default: 50].
+    #[arg(long, env = "SWITCHBOARD_RATE_USER_PER_SEC")]
+    rate_user_per_sec: Option<u32>,
+    /// Mutations one user may make at once before the per-second rate applies [default: 200].
+    #[arg(long, env = "SWITCHBOARD_RATE_USER_BURST")]
+    rate_user_burst: Option<u32>,
+    /// Mutations one client address may make per second [default: 500].
+    #[arg(long, env = "SWITCHBOARD_RATE_IP_PER_SEC")]
+    rate_ip_per_sec: Option<u32>,
+    /// Mutations one client address may make at once [default: 2000].
+    #[arg(long, env = "SWITCHBOARD_RATE_IP_BURST")]
+    rate_ip_burst: Option<u32>,
+    /// Seconds a request may take before it is answered 503 [default: 30].
+    #[arg(long, env = "SWITCHBOARD_REQUEST_TIMEOUT_SECS")]
+    request_timeout_secs: Option<u64>,
+    /// Requests handled at once; more are answered 503 [default: 2048].
+    #[arg(long, env = "SWITCHBOARD_REQUESTS_IN_FLIGHT_MAX")]
+    requests_in_flight_max: Option<usize>,
+    /// TCP connections open at once; past it the listener waits [default: 60000].
+    #[arg(long, env = "SWITCHBOARD_TCP_CONNECTIONS_MAX")]
+    tcp_connections_max: Option<usize>,
 }
 
 /// The config file: the same settings, all optional.
@@ -166,6 +187,13 @@ struct FileConfig {
     clickhouse_url: Option<String>,
     feed_rank_deadline_ms: Option<u64>,
     feed_cache_ttl_secs: Option<u64>,
+    rate_user_per_sec: Option<u32>,
+    rate_user_burst: Option<u32>,
+    rate_ip_per_sec: Option<u32>,
+    rate_ip_burst: Option<u32>,
+    request_timeout_secs: Option<u64>,
+    requests_in_flight_max: Option<usize>,
+    tcp_connections_max: Option<usize>,
 }
 
 /// Where voice notes and attachments live.
@@ -227,6 +255,13 @@ pub(crate) struct Settings {
     pub(crate) clickhouse_url: Option<String>,
     pub(crate) feed_rank_deadline: Duration,
     pub(crate) feed_cache_ttl: Duration,
+    pub(crate) rate_user_per_sec: u32,
+    pub(crate) rate_user_burst: u32,
+    pub(crate) rate_ip_per_sec: u32,
+    pub(crate) rate_ip_burst: u32,
+    pub(crate) request_timeout_secs: u64,
+    pub(crate) requests_in_flight_max: usize,
+    pub(crate) tcp_connections_max: usize,
 }
 
 impl Settings {
@@ -357,6 +392,41 @@ impl Settings {
                 args.feed_cache_ttl_secs.or(file.feed_cache_ttl_secs),
                 300,
             )?),
+            rate_user_per_sec: positive(
+                "rate_user_per_sec",
+                args.rate_user_per_sec.or(file.rate_user_per_sec),
+                50,
+            )?,
+            rate_user_burst: positive(
+                "rate_user_burst",
+                args.rate_user_burst.or(file.rate_user_burst),
+                200,
+            )?,
+            rate_ip_per_sec: positive(
+                "rate_ip_per_sec",
+                args.rate_ip_per_sec.or(file.rate_ip_per_sec),
+                500,
+            )?,
+            rate_ip_burst: positive(
+                "rate_ip_burst",
+                args.rate_ip_burst.or(file.rate_ip_burst),
+                2000,
+            )?,
+            request_timeout_secs: positive(
+                "request_timeout_secs",
+                args.request_timeout_secs.or(file.request_timeout_secs),
+                30,
+            )?,
+            requests_in_flight_max: positive(
+                "requests_in_flight_max",
+                args.requests_in_flight_max.or(file.requests_in_flight_max),
+                2048,
+            )?,
+            tcp_connections_max: positive(
+                "tcp_connections_max",
+                args.tcp_connections_max.or(file.tcp_connections_max),
+                60000,
+            )?,
         })
     }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_actors::{Dependencies, Limits, Node, Supervisor};
-use switchboard_http::{AppState, Auth, HttpLimits};
+use switchboard_http::{AppState, Auth, EdgeLimits, HttpLimits, Rate};
 use switchboard_storage::{
     Analytics, BlobServer, Blobs, Bus, Clock, FeedCache, FeedStore, OsRandom, Store, SystemClock,
 };
@@ -398,6 +398,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         HttpLimits {
             sse_heartbeat_interval: settings.sse_heartbeat,
             connections_per_ip_max: settings.connections_per_ip_max,
+            edge: EdgeLimits {
+                per_user: Rate {
+                    per_sec: settings.rate_user_per_sec,
+                    burst: settings.rate_user_burst,
+                },
+                per_ip: Rate {
+                    per_sec: settings.rate_ip_per_sec,
+                    burst: settings.rate_ip_burst,
+                },
+                request_timeout: Duration::from_secs(settings.request_timeout_secs),
+                in_flight_max: settings.requests_in_flight_max,
+                tcp_connections_max: settings.tcp_connections_max,
+                ..EdgeLimits::default()
+            },
             ..HttpLimits::default()
         },
     )

@@ -420,6 +420,12 @@ impl Node {
         &self.shared.metrics
     }
 
+    /// The node's clock.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
     /// The node's limits.
     #[must_use]
     pub fn limits(&self) -> &Limits {

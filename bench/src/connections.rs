@@ -76,18 +76,9 @@ impl Phase {
 }
 
 pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Result<()> {
-    let server = Server::start(
-        binary,
-        &[
-            "--session-grace-secs",
-            "1",
-            "--connections-max",
-            "100000",
-            "--connections-per-ip-max",
-            "100000",
-        ],
-    )
-    .await?;
+    let mut flags = crate::server::OPEN_LIMITS.to_vec();
+    flags.extend(["--session-grace-secs", "1"]);
+    let server = Server::start(binary, &flags).await?;
     let sse_http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;

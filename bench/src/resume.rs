@@ -28,16 +28,14 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Result<()> {
     let buffer = (args.events * 2).to_string();
-    let server = Server::start(
-        binary,
-        &[
-            "--session-buffer-events",
-            &buffer,
-            "--session-buffer-bytes",
-            "268435456",
-        ],
-    )
-    .await?;
+    let mut flags = crate::server::OPEN_LIMITS.to_vec();
+    flags.extend([
+        "--session-buffer-events",
+        &buffer,
+        "--session-buffer-bytes",
+        "268435456",
+    ]);
+    let server = Server::start(binary, &flags).await?;
     let (_, alice_token) = server.user();
     let (bob, bob_token) = server.user();
     let alice = Client::new(&server.base, &alice_token);

@@ -33,12 +33,23 @@ enum Tokens {
     UserId,
 }
 
-/// Flags that lift the connection limits a benchmark would otherwise hit
-/// (they all connect from one address).
-pub(crate) const OPEN_LIMITS: [&str; 4] = [
+/// Flags that lift the connection and rate limits a benchmark would
+/// otherwise hit (its clients all connect from one address and send flat
+/// out); the limits are still checked on every request.
+pub(crate) const OPEN_LIMITS: [&str; 14] = [
     "--connections-max",
     "100000",
     "--connections-per-ip-max",
+    "100000",
+    "--rate-user-per-sec",
+    "1000000",
+    "--rate-user-burst",
+    "1000000",
+    "--rate-ip-per-sec",
+    "1000000",
+    "--rate-ip-burst",
+    "1000000",
+    "--requests-in-flight-max",
     "100000",
 ];
 

@@ -26,6 +26,22 @@ impl ApiError {
         }
     }
 
+    /// 503 with `Retry-After: seconds`.
+    pub(crate) fn unavailable(message: impl Into<String>, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(ErrorCode::Unavailable, message)
+        }
+    }
+
+    /// 429 with `Retry-After: seconds`.
+    pub(crate) fn rate_limited(message: impl Into<String>, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(ErrorCode::RateLimited, message)
+        }
+    }
+
     pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthorized, message)
     }

@@ -76,7 +76,9 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        authenticate(state, token).map(Self)
+        let user = authenticate(state, token)?;
+        state.edge.user(&parts.method, user)?;
+        Ok(Self(user))
     }
 }
 

@@ -8,6 +8,7 @@
 //! in `switchboard-actors`.
 
 mod auth;
+mod edge;
 mod error;
 mod extract;
 mod metrics;
@@ -21,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use auth::{Auth, AuthError};
+pub use edge::{EdgeLimits, Rate};
 pub use error::ApiError;
 pub use routes::router;
 pub use serve::{PeerAddr, serve};
@@ -69,6 +71,9 @@ pub struct HttpLimits {
     /// How long a write may make no progress before the connection is
     /// dropped: reaps peers that are there but stopped reading.
     pub write_stall_max: Duration,
+    /// Rate limits, the request deadline, requests in flight and TCP
+    /// connections.
+    pub edge: EdgeLimits,
 }
 
 impl Default for HttpLimits {
@@ -91,6 +96,7 @@ impl Default for HttpLimits {
             close_write_timeout: Duration::from_secs(5),
             tcp_user_timeout: Duration::from_secs(60),
             write_stall_max: Duration::from_secs(30),
+            edge: EdgeLimits::default(),
         }
     }
 }
@@ -120,6 +126,8 @@ pub struct AppState {
     metrics: metrics::HttpMetrics,
     /// Live connections by client address.
     peers: Arc<peers::Peers>,
+    /// Rate limits and load shedding.
+    edge: Arc<edge::Edge>,
     /// The header a trusted proxy puts the client's address in, if the
     /// node sits behind one.
     client_ip_header: Option<axum::http::HeaderName>,
@@ -131,8 +139,14 @@ impl AppState {
     pub fn new(node: Node, store: Arc<dyn Store>, auth: Auth, limits: HttpLimits) -> Self {
         let metrics = metrics::HttpMetrics::register(node.metrics().registry());
         let peers = Arc::new(peers::Peers::new(limits.connections_per_ip_max));
+        let edge = Arc::new(edge::Edge::new(
+            limits.edge,
+            Arc::clone(node.clock()),
+            node.metrics().registry(),
+        ));
         Self {
             peers,
+            edge,
             client_ip_header: None,
             node,
             store,

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,9 +14,11 @@ use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
 use crate::AppState;
+use crate::edge::EdgeMetrics;
 
 /// The client's address, as the per-address limit sees it.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +31,22 @@ struct Accept {
     listener: TcpListener,
     write_stall_max: Duration,
     tcp_user_timeout: Duration,
+    /// One per open connection, at most `tcp_connections_max`.
+    slots: Arc<Semaphore>,
+    metrics: EdgeMetrics,
+}
+
+/// A connection's place under the cap, given back when it closes.
+#[derive(Debug)]
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: prometheus::IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 impl Listener for Accept {
@@ -36,14 +55,31 @@ impl Listener for Accept {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
+            // At the cap, stop accepting until a connection closes: the
+            // kernel's backlog holds the next ones meanwhile.
+            let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    self.metrics.tcp_accept_paused_total.inc();
+                    match Arc::clone(&self.slots).acquire_owned().await {
+                        Ok(permit) => permit,
+                        Err(_) => std::future::pending().await,
+                    }
+                }
+            };
             match self.listener.accept().await {
                 Ok((tcp, address)) => {
                     configure(&tcp, self.tcp_user_timeout);
+                    self.metrics.tcp_connections_open.inc();
                     return (
                         StallGuard {
                             inner: tcp,
                             stall_max: self.write_stall_max,
                             stalled: None,
+                            _slot: Slot {
+                                _permit: permit,
+                                open: self.metrics.tcp_connections_open.clone(),
+                            },
                         },
                         address,
                     );
@@ -96,6 +132,8 @@ pub(crate) struct StallGuard {
     stall_max: Duration,
     /// Running while a write is blocked.
     stalled: Option<Pin<Box<Sleep>>>,
+    /// Its place under the connection cap.
+    _slot: Slot,
 }
 
 impl StallGuard {
@@ -180,6 +218,8 @@ pub async fn serve(
         listener,
         write_stall_max: state.limits.write_stall_max,
         tcp_user_timeout: state.limits.tcp_user_timeout,
+        slots: Arc::new(Semaphore::new(state.limits.edge.tcp_connections_max.max(1))),
+        metrics: state.edge.metrics.clone(),
     };
     let router = crate::router(state.clone());
     let (began, draining) = tokio::sync::oneshot::channel::<()>();

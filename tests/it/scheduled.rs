@@ -39,6 +39,14 @@ fn server_with(port: u16, data: &Path, database: Option<&str>, args: &[&str]) ->
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--jwt-secret", SECRET, "--log", "warn"])
         .args(["--scheduled-per-user-max", "100000"])
+        // One user schedules the whole burst at once.
+        .args([
+            "--rate-user-per-sec",
+            "100000",
+            "--rate-user-burst",
+            "100000",
+        ])
+        .args(["--rate-ip-per-sec", "100000", "--rate-ip-burst", "100000"])
         .arg("--data-dir")
         .arg(data)
         .args(args)

@@ -24,7 +24,7 @@ pub(super) fn admit_peer(
     parts: &Parts,
     transport: Transport,
 ) -> Result<Option<PeerTicket>, ApiError> {
-    let Some(address) = client_address(state, parts) else {
+    let Some(address) = client_address(state, &parts.headers, &parts.extensions) else {
         return Ok(None);
     };
     state.peers.admit(address).map(Some).inspect_err(|_| {
@@ -35,17 +35,22 @@ pub(super) fn admit_peer(
     })
 }
 
-fn client_address(state: &AppState, parts: &Parts) -> Option<IpAddr> {
+/// The client's address: the trusted proxy's header's last entry when one
+/// is configured, else the peer's.
+pub(crate) fn client_address(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+) -> Option<IpAddr> {
     let forwarded = state
         .client_ip_header
         .as_ref()
-        .and_then(|name| parts.headers.get_all(name).iter().next_back())
+        .and_then(|name| headers.get_all(name).iter().next_back())
         .and_then(|value| value.to_str().ok())
         .and_then(|list| list.rsplit(',').next())
         .and_then(|last| last.trim().parse::<IpAddr>().ok());
     forwarded.or_else(|| {
-        parts
-            .extensions
+        extensions
             .get::<ConnectInfo<PeerAddr>>()
             .map(|ConnectInfo(PeerAddr(address))| address.ip())
     })

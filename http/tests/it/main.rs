@@ -9,6 +9,7 @@ mod authz;
 mod clickhouse;
 #[cfg(feature = "redis-tests")]
 mod cluster;
+mod edge;
 mod errors;
 mod feed;
 mod idempotency;
