@@ -127,6 +127,10 @@ pub(crate) struct ConfigArgs {
     /// Seconds a ranked feed page stays cached for the fallback [default: 300].
     #[arg(long, env = "SWITCHBOARD_FEED_CACHE_TTL_SECS")]
     feed_cache_ttl_secs: Option<u64>,
+    /// Whether the per-user and per-address rate limits apply (`false`
+    /// where a gateway in front limits rates, and for benchmarks) [default: true].
+    #[arg(long, env = "SWITCHBOARD_RATE_LIMITS")]
+    rate_limits: Option<bool>,
     /// Mutations (POST, PUT, PATCH, DELETE) one user may make per second, refilled steadily [default: 50].
     #[arg(long, env = "SWITCHBOARD_RATE_USER_PER_SEC")]
     rate_user_per_sec: Option<u32>,
@@ -187,6 +191,7 @@ struct FileConfig {
     clickhouse_url: Option<String>,
     feed_rank_deadline_ms: Option<u64>,
     feed_cache_ttl_secs: Option<u64>,
+    rate_limits: Option<bool>,
     rate_user_per_sec: Option<u32>,
     rate_user_burst: Option<u32>,
     rate_ip_per_sec: Option<u32>,
@@ -256,6 +261,7 @@ pub(crate) struct Settings {
     pub(crate) feed_rank_deadline: Duration,
     pub(crate) feed_cache_ttl: Duration,
     pub(crate) rate_user_per_sec: u32,
+    pub(crate) rate_limits: bool,
     pub(crate) rate_user_burst: u32,
     pub(crate) rate_ip_per_sec: u32,
     pub(crate) rate_ip_burst: u32,
@@ -392,6 +398,7 @@ impl Settings {
                 args.feed_cache_ttl_secs.or(file.feed_cache_ttl_secs),
                 300,
             )?),
+            rate_limits: args.rate_limits.or(file.rate_limits).unwrap_or(true),
             rate_user_per_sec: positive(
                 "rate_user_per_sec",
                 args.rate_user_per_sec.or(file.rate_user_per_sec),

@@ -399,6 +399,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             sse_heartbeat_interval: settings.sse_heartbeat,
             connections_per_ip_max: settings.connections_per_ip_max,
             edge: EdgeLimits {
+                rate_limits: settings.rate_limits,
                 per_user: Rate {
                     per_sec: settings.rate_user_per_sec,
                     burst: settings.rate_user_burst,

@@ -53,6 +53,9 @@ pub(crate) struct Args {
 #[derive(Debug)]
 struct Run {
     database: &'static str,
+    /// Flat out with the rate limits turned off (SQLite only): the cost of
+    /// checking them is `max` against this.
+    limits_off: Option<Phase>,
     max: Phase,
     half: Phase,
     ceiling_rows_per_sec: f64,
@@ -79,12 +82,20 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
     };
     let mut runs = Vec::new();
     {
+        let limits_off = {
+            let mut flags = OPEN_LIMITS.to_vec();
+            flags.extend(["--rate-limits", "false"]);
+            let server = Server::start(binary, &flags).await?;
+            let senders = senders(&server, args).await?;
+            fanout::send_phase(&senders, &[server.pid()], None, args.secs).await?
+        };
         let server = Server::start(binary, &OPEN_LIMITS).await?;
         let (max, half) = measure(&server, args).await?;
         let dir = tempfile::tempdir()?;
         let ceiling = bare_sqlite(&dir.path().join("bare.db"), args).await?;
         runs.push(Run {
             database: "sqlite",
+            limits_off: Some(limits_off),
             max,
             half,
             ceiling_rows_per_sec: ceiling,
@@ -103,6 +114,7 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
             let ceiling = bare_postgres(&database.url, args).await?;
             anyhow::Ok(Run {
                 database: "postgres",
+                limits_off: None,
                 max,
                 half,
                 ceiling_rows_per_sec: ceiling,
@@ -141,6 +153,10 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
                     "server_rss_bytes": r.server_rss_bytes,
                     "server_cpu_cores": round(r.max.server_cores),
                     "bench_cpu_cores": round(r.max.bench_cores),
+                    "rate_limits_off": r.limits_off.as_ref().map(|off| serde_json::json!({
+                        "sends_per_sec": round(off.sends_per_sec()),
+                        "ratio_on_to_off": round(r.max.sends_per_sec() / off.sends_per_sec()),
+                    })),
                 })
             );
         } else {
@@ -166,6 +182,13 @@ pub(crate) async fn run(binary: &Path, args: &Args, json: bool) -> anyhow::Resul
                 args.batch,
                 r.ratio()
             );
+            if let Some(off) = &r.limits_off {
+                println!(
+                    "  rate limits off: {:>8.0} sends/s; limits on / off {:.3}",
+                    off.sends_per_sec(),
+                    r.max.sends_per_sec() / off.sends_per_sec()
+                );
+            }
             println!(
                 "  HTTP only: {:>8.0} sends/s (bare server, nothing stored; server {:.2} cores, bench {:.2}); ratio {:.3}",
                 http_only.sends_per_sec(),
