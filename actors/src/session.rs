@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use switchboard_protocol::{Control, Event, Hello, ResumeRefusal, Synced};
+use switchboard_storage::EVENTS_OF_MAX;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -75,9 +76,6 @@ impl Default for SessionLimits {
         }
     }
 }
-
-/// Events read from the store per query during a `sync`.
-const SYNC_PAGE_LEN: usize = 500;
 
 /// How a connection starts on a session.
 #[derive(Debug, Clone, Copy)]
@@ -532,6 +530,7 @@ impl SessionState {
             not_member.push(conversation);
         }
         let mut budget = self.limits.sync_events_max;
+        let mut listed = Vec::new();
         for (&conversation, &position) in &positions {
             if !mine.contains_key(&conversation) {
                 // The client drops it: from here only the user's join opens
@@ -548,33 +547,37 @@ impl SessionState {
             }
             self.departed.remove(&conversation);
             self.incomplete.remove(&conversation);
-            let mut after = position.max(0);
+            let after = position.max(0);
             self.sent.insert(conversation, after);
-            loop {
-                if budget == 0 {
-                    self.incomplete.insert(conversation);
-                    break;
+            listed.push((conversation, after));
+        }
+        // The listed conversations' events, a few hundred conversations per
+        // query, by conversation and seq, until the budget is spent: the
+        // conversation the budget ran out in, and those after it, wait for
+        // the client's next sync.
+        for chunk in listed.chunks(EVENTS_OF_MAX) {
+            let asked = budget;
+            let page = if asked == 0 {
+                Vec::new()
+            } else {
+                let limit = u32::try_from(asked).unwrap_or(u32::MAX);
+                store.events_of(chunk, limit).await?
+            };
+            let exhausted = page.len() >= asked;
+            let last = page.last().map(Event::conversation_id);
+            for event in page {
+                budget -= 1;
+                shared.metrics.sync_events_total.inc();
+                let event = EncodedEvent::new(event);
+                if let Some(cursor) = self.admit(&event) {
+                    self.send_waiting(myself, event_frame(cursor, &event)).await;
                 }
-                let asked = budget.min(SYNC_PAGE_LEN);
-                let page = store
-                    .events(
-                        conversation,
-                        after,
-                        u32::try_from(asked).unwrap_or(u32::MAX),
-                    )
-                    .await?;
-                let complete = page.len() < asked;
-                for event in page {
-                    after = event.seq();
-                    budget -= 1;
-                    shared.metrics.sync_events_total.inc();
-                    let event = EncodedEvent::new(event);
-                    if let Some(cursor) = self.admit(&event) {
-                        self.send_waiting(myself, event_frame(cursor, &event)).await;
+            }
+            if exhausted {
+                for (conversation, _) in chunk {
+                    if last.is_none_or(|last| *conversation >= last) {
+                        self.incomplete.insert(*conversation);
                     }
-                }
-                if complete {
-                    break;
                 }
             }
         }

@@ -199,6 +199,10 @@ impl Store for FaultyStore {
         read!(self, events(conversation_id, after_seq, limit))
     }
 
+    async fn events_of(&self, from: &[(Uuid, i64)], limit: u32) -> Result<Vec<Event>, StoreError> {
+        read!(self, events_of(from, limit))
+    }
+
     async fn create_attachment(
         &self,
         attachment: NewAttachment,

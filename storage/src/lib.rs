@@ -51,6 +51,6 @@ pub use scheduled::{
     check_pending, failed, not_pending, to_micros,
 };
 pub use store::{
-    Committed, CreateConversation, CreateOutcome, DeleteMessage, EditMessage, MessageRange,
-    NewMessage, SendOutcome, Store, send_each,
+    Committed, CreateConversation, CreateOutcome, DeleteMessage, EVENTS_OF_MAX, EditMessage,
+    MessageRange, NewMessage, SendOutcome, Store, send_each,
 };

@@ -350,6 +350,24 @@ pub trait Store: Send + Sync + Debug + 'static {
         limit: u32,
     ) -> Result<Vec<Event>, StoreError>;
 
+    /// The events of several conversations, each after its own seq, by
+    /// conversation id and then seq, at most `limit` in all: a sync's read,
+    /// one query for the SQL stores whatever the number of conversations
+    /// (callers pass at most [`EVENTS_OF_MAX`]).
+    async fn events_of(&self, from: &[(Uuid, i64)], limit: u32) -> Result<Vec<Event>, StoreError> {
+        let mut from = from.to_vec();
+        from.sort_unstable();
+        let mut found = Vec::new();
+        for (conversation, after) in from {
+            let left = limit.saturating_sub(u32::try_from(found.len()).unwrap_or(u32::MAX));
+            if left == 0 {
+                break;
+            }
+            found.extend(self.events(conversation, after, left).await?);
+        }
+        Ok(found)
+    }
+
     /// Writes the row of an upload URL about to be issued. The uploader
     /// must be a member of the conversation (`Rejected(NotMember)`).
     async fn create_attachment(
@@ -485,6 +503,9 @@ pub trait Store: Send + Sync + Debug + 'static {
     /// Entries pending in all.
     async fn scheduled_pending(&self) -> Result<u64, StoreError>;
 }
+
+/// The most conversations one [`Store::events_of`] is asked about.
+pub const EVENTS_OF_MAX: usize = 256;
 
 /// Sends `commands` one after the other through `store.send`: the default
 /// [`Store::send_batch`], for stores (and wrappers) that add nothing to it.

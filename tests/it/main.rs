@@ -4,10 +4,11 @@
 //!   stopped and started again (embedded SQLite).
 //! - `cluster` (feature `cluster-tests`): three processes sharing
 //!   PostgreSQL and a `redis-server` this test starts and stops.
-//! - `feed_queries`: the database queries of one feed request, counted
-//!   from sqlx's statement log at two page sizes and two graph sizes.
 //! - `logs`: what the node's log holds (no token at any level, request
 //!   ids, JSON lines, no colour off a terminal).
+//! - `queries`: the database queries of one feed request (at two page
+//!   sizes and two graph sizes) and of one sync of many conversations,
+//!   counted from sqlx's statement log.
 //! - `rolling` (feature `cluster-tests`): three nodes restarted one at a
 //!   time with SIGTERM behind a balancer, under load.
 //! - `scheduled`: scheduled messages across a stop, a SIGKILL and (with
@@ -19,8 +20,8 @@
 mod cli;
 #[cfg(feature = "cluster-tests")]
 mod cluster;
-mod feed_queries;
 mod logs;
+mod queries;
 #[cfg(feature = "cluster-tests")]
 mod rolling;
 mod scheduled;

@@ -1075,6 +1075,22 @@ impl Store for PostgresStore {
         rows::decode_events(&payloads)
     }
 
+    async fn events_of(&self, from: &[(Uuid, i64)], limit: u32) -> Result<Vec<Event>, StoreError> {
+        let (conversations, afters): (Vec<Uuid>, Vec<i64>) = from.iter().copied().unzip();
+        let payloads: Vec<String> = sqlx::query_scalar(
+            "SELECT e.payload FROM UNNEST($1::uuid[], $2::bigint[]) AS p (c, after) \
+             JOIN events e ON e.conversation_id = p.c AND e.seq > p.after \
+             ORDER BY e.conversation_id, e.seq LIMIT $3",
+        )
+        .bind(conversations)
+        .bind(afters)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows::decode_events(&payloads)
+    }
+
     async fn create_attachment(
         &self,
         attachment: NewAttachment,

@@ -1643,6 +1643,27 @@ impl Store for SqliteStore {
         rows::decode_events(&payloads)
     }
 
+    async fn events_of(&self, from: &[(Uuid, i64)], limit: u32) -> Result<Vec<Event>, StoreError> {
+        if from.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::<Sqlite>::new("WITH p (c, after) AS (");
+        query.push_values(from, |mut row, (conversation, after)| {
+            row.push_bind(*conversation).push_bind(*after);
+        });
+        query.push(
+            ") SELECT e.payload FROM p JOIN events e ON e.conversation_id = p.c AND e.seq > p.after \
+             ORDER BY e.conversation_id, e.seq LIMIT ",
+        );
+        query.push_bind(limit);
+        let payloads: Vec<String> = query
+            .build_query_scalar()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db)?;
+        rows::decode_events(&payloads)
+    }
+
     async fn create_attachment(
         &self,
         attachment: NewAttachment,

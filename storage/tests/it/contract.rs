@@ -607,6 +607,48 @@ pub(crate) async fn message_pages_follow_seq(b: Arc<Backend>) {
     );
 }
 
+/// Many conversations' events in one call: by conversation id, then seq,
+/// each after its own position, cut at the limit.
+pub(crate) async fn events_of_reads_many_conversations_at_once(b: Arc<Backend>) {
+    let store = &*b.store;
+    let owner = Uuid::new_v4();
+    let mut rooms = Vec::new();
+    for r in 0..4 {
+        let id = group(store, owner, &[]).await;
+        for i in 0..3 {
+            send(store, id, owner, &format!("r{r}m{i}")).await;
+        }
+        rooms.push(id);
+    }
+    // Each room's log: created, then three messages (seqs 1 to 4).
+    let from: Vec<(Uuid, i64)> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, i64::try_from(i % 3).unwrap()))
+        .collect();
+    let mut expected = Vec::new();
+    let mut sorted = from.clone();
+    sorted.sort_unstable();
+    for (room, after) in &sorted {
+        for event in store.events(*room, *after, 100).await.unwrap() {
+            expected.push((event.conversation_id(), event.seq()));
+        }
+    }
+    let from = &from;
+    let got = |limit| async move {
+        store
+            .events_of(from, limit)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.conversation_id(), e.seq()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(got(100).await, expected);
+    assert_eq!(got(5).await, expected[..5].to_vec(), "cut at the limit");
+    assert!(store.events_of(&[], 10).await.unwrap().is_empty());
+}
+
 /// Two nodes write without any actor between them: one removes a member
 /// while the other keeps editing as that member. The statements' own
 /// conditions must keep every edit before the removal.

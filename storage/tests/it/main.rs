@@ -73,6 +73,7 @@ contract!(contract as store:
     membership_changes_follow_the_rules,
     the_list_summarizes_in_one_query,
     message_pages_follow_seq,
+    events_of_reads_many_conversations_at_once,
     two_nodes_cannot_let_a_removed_member_edit,
     an_attachment_is_sent_once_and_goes_with_its_message,
     an_unsent_attachment_is_deleted_once,
