@@ -1,5 +1,7 @@
 //! End-to-end tests over real `switchboard` processes on loopback ports.
 //!
+//! - `browser` (feature `browser-tests`): a real Chromium's `EventSource`
+//!   through a dropped stream, resumed by `Last-Event-ID` alone.
 //! - `cli`: the client library and the CLI against a server that is
 //!   stopped and started again (embedded SQLite).
 //! - `cluster` (feature `cluster-tests`): three processes sharing
@@ -17,6 +19,8 @@
 // The tests drive processes from outside with real time and random ids.
 #![allow(clippy::disallowed_methods)]
 
+#[cfg(feature = "browser-tests")]
+mod browser;
 mod cli;
 #[cfg(feature = "cluster-tests")]
 mod cluster;
