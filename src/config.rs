@@ -45,6 +45,11 @@ pub(crate) struct ConfigArgs {
     /// by its keys are taken too; re-read when it changes [default: none].
     #[arg(long, env = "SWITCHBOARD_JWT_JWKS_FILE")]
     jwt_jwks_file: Option<PathBuf>,
+    /// URL of a JWKS (an identity provider's `jwks_uri`): RS256/ES256
+    /// tokens signed by its keys are taken too; fetched at start and every
+    /// minute [default: none].
+    #[arg(long, env = "SWITCHBOARD_JWT_JWKS_URL")]
+    jwt_jwks_url: Option<String>,
     /// Log filter, e.g. `info` or `switchboard=debug` [default: info].
     #[arg(long, env = "SWITCHBOARD_LOG")]
     log: Option<String>,
@@ -166,6 +171,7 @@ struct FileConfig {
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
     jwt_jwks_file: Option<PathBuf>,
+    jwt_jwks_url: Option<String>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     drain_timeout_secs: Option<u64>,
@@ -235,6 +241,7 @@ pub(crate) struct Settings {
     pub(crate) jwt_issuer: Option<String>,
     pub(crate) jwt_audience: Option<String>,
     pub(crate) jwt_jwks_file: Option<PathBuf>,
+    pub(crate) jwt_jwks_url: Option<String>,
     pub(crate) log: String,
     pub(crate) log_format: LogFormat,
     pub(crate) drain_timeout: Duration,
@@ -298,6 +305,7 @@ impl Settings {
             jwt_issuer: args.jwt_issuer.clone().or(file.jwt_issuer),
             jwt_audience: args.jwt_audience.clone().or(file.jwt_audience),
             jwt_jwks_file: args.jwt_jwks_file.clone().or(file.jwt_jwks_file),
+            jwt_jwks_url: args.jwt_jwks_url.clone().or(file.jwt_jwks_url),
             log: args
                 .log
                 .clone()

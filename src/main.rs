@@ -394,6 +394,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             .with_issuer(settings.jwt_issuer.as_deref())
             .with_audience(settings.jwt_audience.as_deref())
             .with_jwks_file(settings.jwt_jwks_file.clone())
+            .context("cannot use the key set")?
+            .with_jwks_url(settings.jwt_jwks_url.clone())
+            .await
             .context("cannot use the key set")?,
         HttpLimits {
             sse_heartbeat_interval: settings.sse_heartbeat,

@@ -1,6 +1,6 @@
 //! Bearer tokens: JWTs whose `sub` is the user id, HS256 with the node's
-//! secret, or RS256 and ES256 with the public keys of a JWKS file (an
-//! identity provider's key set).
+//! secret, or RS256 and ES256 with the public keys of a JWKS file or URL
+//! (an identity provider's key set).
 //!
 //! `exp` and `sub` are required; `iat` is optional (many identity providers
 //! set it, some don't). `iss` and `aud` are checked when configured and
@@ -13,6 +13,11 @@
 //! no usable key, is logged and the last good set kept. Only RSA keys (as
 //! RS256) and P-256 keys (as ES256) are taken from it: a symmetric key in
 //! a published set would let anyone who read it sign tokens.
+//!
+//! A key set URL is fetched at start (failing the start when it cannot be
+//! used), again every minute by the node's task `jwks_refresh`, and at
+//! once (at most once a second) when a token names a key the set lacks;
+//! a fetch that fails keeps the last good set.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -35,6 +40,9 @@ pub enum AuthError {
     /// The key set file cannot be used.
     #[error("key set {0}")]
     KeySet(String),
+    /// No key of the key set signed it (a new one may be fetched).
+    #[error("invalid token: no key for this token")]
+    UnknownKey,
 }
 
 /// What a token must say (`iss` and `aud` are checked by the validation).
@@ -99,9 +107,24 @@ const JWKS_RECHECK_UNKNOWN: Duration = Duration::from_secs(1);
 /// The largest key set file read.
 const JWKS_LEN_MAX: u64 = 1024 * 1024;
 
-/// A JWKS file's usable keys, reloaded when the file changes.
+/// How often a key set URL is fetched again.
+pub const JWKS_URL_REFETCH: Duration = Duration::from_secs(60);
+
+/// Where a key set comes from.
+enum Source {
+    /// A file, re-read when it changes.
+    File(PathBuf),
+    /// A URL, fetched again now and then; one fetch at a time.
+    Url {
+        url: String,
+        http: reqwest::Client,
+        fetching: tokio::sync::Mutex<()>,
+    },
+}
+
+/// A key set's usable keys, from a file or a URL.
 struct Jwks {
-    path: PathBuf,
+    source: Source,
     state: Mutex<JwksState>,
 }
 
@@ -127,8 +150,14 @@ fn read_jwks(path: &Path) -> Result<(Option<SystemTime>, Vec<PublicKey>), String
         ));
     }
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let keys = parse_jwks(&text, &path.display().to_string())?;
+    Ok((meta.modified().ok(), keys))
+}
+
+/// The usable keys of the key set `text` (from `origin`, for errors).
+fn parse_jwks(text: &str, origin: &str) -> Result<Vec<PublicKey>, String> {
     let set: JwkSet =
-        serde_json::from_str(&text).map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?;
+        serde_json::from_str(text).map_err(|e| format!("{origin}: not a JWKS: {e}"))?;
     let keys: Vec<PublicKey> = set
         .keys
         .iter()
@@ -158,9 +187,29 @@ fn read_jwks(path: &Path) -> Result<(Option<SystemTime>, Vec<PublicKey>), String
         })
         .collect();
     if keys.is_empty() {
-        return Err(format!("{}: no RS256 or ES256 key", path.display()));
+        return Err(format!("{origin}: no RS256 or ES256 key"));
     }
-    Ok((meta.modified().ok(), keys))
+    Ok(keys)
+}
+
+/// The key set at `url`, at most `JWKS_LEN_MAX` bytes.
+async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Vec<PublicKey>, String> {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: answered {}", response.status()));
+    }
+    if response.content_length().is_some_and(|n| n > JWKS_LEN_MAX) {
+        return Err(format!("{url}: larger than {JWKS_LEN_MAX} bytes"));
+    }
+    let body = response.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    if u64::try_from(body.len()).unwrap_or(u64::MAX) > JWKS_LEN_MAX {
+        return Err(format!("{url}: larger than {JWKS_LEN_MAX} bytes"));
+    }
+    parse_jwks(&String::from_utf8_lossy(&body), url)
 }
 
 // The key set's file changes in real time, as tokens expire in it.
@@ -169,7 +218,7 @@ impl Jwks {
     fn load(path: PathBuf) -> Result<Self, AuthError> {
         let (modified, keys) = read_jwks(&path).map_err(AuthError::KeySet)?;
         Ok(Self {
-            path,
+            source: Source::File(path),
             state: Mutex::new(JwksState {
                 keys,
                 modified,
@@ -178,22 +227,78 @@ impl Jwks {
         })
     }
 
+    async fn fetch(url: String) -> Result<Self, AuthError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| AuthError::KeySet(format!("{url}: {e}")))?;
+        let keys = fetch_jwks(&http, &url).await.map_err(AuthError::KeySet)?;
+        Ok(Self {
+            source: Source::Url {
+                url,
+                http,
+                fetching: tokio::sync::Mutex::new(()),
+            },
+            state: Mutex::new(JwksState {
+                keys,
+                modified: None,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, JwksState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Fetches a key set URL again if `since` has passed since the last
+    /// fetch; a failed fetch keeps the keys there were. Nothing for a file.
+    async fn refetch(&self, since: Duration) {
+        let Source::Url {
+            url,
+            http,
+            fetching,
+        } = &self.source
+        else {
+            return;
+        };
+        let _one = fetching.lock().await;
+        if self.state().checked.elapsed() < since {
+            return;
+        }
+        let fetched = fetch_jwks(http, url).await;
+        let mut state = self.state();
+        state.checked = Instant::now();
+        match fetched {
+            Ok(keys) => {
+                tracing::debug!(%url, keys = keys.len(), "key set fetched");
+                state.keys = keys;
+            }
+            Err(error) => tracing::warn!(%error, "key set not fetched; the last good one stays"),
+        }
+    }
+
     /// Reads the file again if it changed and `since` has passed since the
-    /// last look; a bad file keeps the keys there were.
+    /// last look; a bad file keeps the keys there were. A URL is fetched
+    /// by [`Jwks::refetch`], never here.
     fn refresh(&self, state: &mut JwksState, since: Duration) {
+        let Source::File(path) = &self.source else {
+            return;
+        };
         if state.checked.elapsed() < since {
             return;
         }
         state.checked = Instant::now();
-        let modified = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .ok();
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         if modified.is_some() && modified == state.modified {
             return;
         }
-        match read_jwks(&self.path) {
+        match read_jwks(path) {
             Ok((modified, keys)) => {
-                tracing::info!(path = %self.path.display(), keys = keys.len(), "key set reloaded");
+                tracing::info!(path = %path.display(), keys = keys.len(), "key set reloaded");
                 state.keys = keys;
                 state.modified = modified;
             }
@@ -205,10 +310,7 @@ impl Jwks {
 
     /// The key a token with this header is checked with.
     fn key(&self, header: &Header) -> Option<DecodingKey> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut state = self.state();
         self.refresh(&mut state, JWKS_RECHECK);
         let find = |state: &JwksState| {
             let mut candidates = state.keys.iter().filter(|k| k.algorithm == header.alg);
@@ -276,6 +378,59 @@ impl Auth {
         Ok(self)
     }
 
+    /// Also takes RS256 and ES256 tokens signed by the keys of the JWKS at
+    /// `url` (`https://`, or `http://` inside a cluster), fetched now and
+    /// every [`JWKS_URL_REFETCH`] by [`Auth::refetch_keys`].
+    ///
+    /// # Errors
+    ///
+    /// [`AuthError::KeySet`] when the URL does not answer a key set with an
+    /// RS256 or ES256 key.
+    pub async fn with_jwks_url(mut self, url: Option<String>) -> Result<Self, AuthError> {
+        if let Some(url) = url {
+            if self.jwks.is_some() {
+                return Err(AuthError::KeySet(
+                    "given as a file and as a URL: give one".into(),
+                ));
+            }
+            self.jwks = Some(Jwks::fetch(url).await?);
+        }
+        Ok(self)
+    }
+
+    /// Whether the key set comes from a URL, to be fetched again now and
+    /// then.
+    #[must_use]
+    pub fn fetches_keys(&self) -> bool {
+        matches!(
+            self.jwks.as_ref().map(|j| &j.source),
+            Some(Source::Url { .. })
+        )
+    }
+
+    /// Fetches the key set URL again unless it was fetched within `since`.
+    pub async fn refetch_keys(&self, since: Duration) {
+        if let Some(jwks) = &self.jwks {
+            jwks.refetch(since).await;
+        }
+    }
+
+    /// [`Auth::verify`], fetching the key set again first (at most once a
+    /// second) when the token names a key it lacks.
+    ///
+    /// # Errors
+    ///
+    /// As [`Auth::verify`].
+    pub async fn verify_fetching(&self, token: &str) -> Result<Uuid, AuthError> {
+        match self.verify(token) {
+            Err(AuthError::UnknownKey) if self.fetches_keys() => {
+                self.refetch_keys(JWKS_RECHECK_UNKNOWN).await;
+                self.verify(token)
+            }
+            other => other,
+        }
+    }
+
     /// Requires `iss` to be `issuer`.
     #[must_use]
     pub fn with_issuer(mut self, issuer: Option<&str>) -> Self {
@@ -334,7 +489,7 @@ impl Auth {
                     .jwks
                     .as_ref()
                     .and_then(|jwks| jwks.key(&header))
-                    .ok_or_else(|| AuthError::Invalid("no key for this token".into()))?;
+                    .ok_or(AuthError::UnknownKey)?;
                 let checks = if header.alg == Algorithm::RS256 {
                     &self.rs256
                 } else {
@@ -513,6 +668,85 @@ mod tests {
 
     /// A modification time clearly after the last one, whatever the file
     /// system's resolution.
+    /// A key set server: answers every GET with `served`'s status and body.
+    async fn jwks_server(
+        served: std::sync::Arc<Mutex<(u16, String)>>,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        use axum::response::IntoResponse;
+        let app = axum::Router::new().route(
+            "/jwks",
+            axum::routing::get(move || {
+                let served = std::sync::Arc::clone(&served);
+                async move {
+                    let (status, body) = served.lock().unwrap().clone();
+                    (
+                        axum::http::StatusCode::from_u16(status).unwrap(),
+                        [("content-type", "application/json")],
+                        body,
+                    )
+                        .into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        (url, server)
+    }
+
+    #[tokio::test]
+    async fn a_key_set_url_is_fetched_at_start_again_for_a_new_key_and_kept_when_it_fails() {
+        let body = |name: &str| std::fs::read_to_string(keys(name)).unwrap();
+        let served = std::sync::Arc::new(Mutex::new((200, body("jwks.json"))));
+        let (url, server) = jwks_server(std::sync::Arc::clone(&served)).await;
+        let auth = Auth::new(SECRET)
+            .with_jwks_url(Some(url.clone()))
+            .await
+            .unwrap();
+        assert!(auth.fetches_keys());
+        let user = Uuid::new_v4();
+        let token = provider_signed(Algorithm::RS256, "rs256.der", Some("rsa-1"), user);
+        assert_eq!(auth.verify_fetching(&token).await.unwrap(), user);
+        let es = provider_signed(Algorithm::ES256, "es256.der", Some("ec-1"), user);
+        assert_eq!(auth.verify_fetching(&es).await.unwrap(), user);
+
+        // The provider rotates: a token with the new kid has the set fetched
+        // again (at most once a second) and is taken.
+        let rotated = provider_signed(Algorithm::RS256, "other-rs256.der", Some("rsa-2"), user);
+        served.lock().unwrap().1 = body("jwks-rotated.json");
+        std::thread::sleep(JWKS_RECHECK_UNKNOWN);
+        assert_eq!(auth.verify_fetching(&rotated).await.unwrap(), user);
+
+        // The provider fails: the last good set stays.
+        *served.lock().unwrap() = (500, "down".into());
+        std::thread::sleep(JWKS_RECHECK_UNKNOWN);
+        auth.refetch_keys(Duration::ZERO).await;
+        assert_eq!(auth.verify_fetching(&rotated).await.unwrap(), user);
+        let unknown = provider_signed(Algorithm::RS256, "other-rs256.der", Some("rsa-9"), user);
+        assert!(matches!(
+            auth.verify_fetching(&unknown).await,
+            Err(AuthError::UnknownKey)
+        ));
+        server.abort();
+
+        // A URL that does not answer a usable set fails the start.
+        for bad in [url.clone(), "http://127.0.0.1:9/jwks".to_owned()] {
+            assert!(matches!(
+                Auth::new(SECRET).with_jwks_url(Some(bad)).await,
+                Err(AuthError::KeySet(_))
+            ));
+        }
+        // A file and a URL at once is refused.
+        let both = Auth::new(SECRET)
+            .with_jwks_file(Some(keys("jwks.json")))
+            .unwrap()
+            .with_jwks_url(Some(url))
+            .await;
+        assert!(matches!(both, Err(AuthError::KeySet(_))));
+    }
+
     fn bump_modified(path: &Path) {
         let file = std::fs::File::options().write(true).open(path).unwrap();
         file.set_modified(SystemTime::now() + Duration::from_secs(5))

@@ -76,7 +76,7 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or_else(|| ApiError::unauthorized("missing bearer token"))?;
-        let user = authenticate(state, token)?;
+        let user = authenticate(state, token).await?;
         state.edge.user(&parts.method, user)?;
         Ok(Self(user))
     }
@@ -91,8 +91,8 @@ pub(crate) fn bearer(parts: &Parts) -> Option<&str> {
         .then_some(token.trim())
 }
 
-pub(crate) fn authenticate(state: &AppState, token: &str) -> Result<Uuid, ApiError> {
-    state.auth.verify(token).map_err(|error| {
+pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<Uuid, ApiError> {
+    state.auth.verify_fetching(token).await.map_err(|error| {
         tracing::debug!(%error, "token refused");
         ApiError::unauthorized("invalid or expired token")
     })

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use auth::{Auth, AuthError};
+pub use auth::{Auth, AuthError, JWKS_URL_REFETCH};
 pub use edge::{EdgeLimits, Rate};
 pub use error::ApiError;
 pub use routes::router;
@@ -133,6 +133,22 @@ pub struct AppState {
     client_ip_header: Option<axum::http::HeaderName>,
 }
 
+/// The task that fetches a key set URL again every minute.
+pub const JWKS_REFRESH: &str = "jwks_refresh";
+
+struct JwksRefresh(Arc<Auth>);
+
+impl switchboard_supervisors::Task for JwksRefresh {
+    async fn run(&mut self, context: &switchboard_supervisors::TaskContext) {
+        loop {
+            #[allow(clippy::disallowed_methods)] // The key set's clock is real time.
+            tokio::time::sleep(auth::JWKS_URL_REFETCH).await;
+            context.fault_point("fetch");
+            self.0.refetch_keys(auth::JWKS_URL_REFETCH).await;
+        }
+    }
+}
+
 impl AppState {
     /// Shared state for the router.
     #[must_use]
@@ -144,6 +160,14 @@ impl AppState {
             Arc::clone(node.clock()),
             node.metrics().registry(),
         ));
+        let auth = Arc::new(auth);
+        if auth.fetches_keys() {
+            node.supervisor().spawn(
+                JWKS_REFRESH,
+                switchboard_supervisors::RestartPolicy::default(),
+                JwksRefresh(Arc::clone(&auth)),
+            );
+        }
         Self {
             peers,
             edge,
@@ -153,7 +177,7 @@ impl AppState {
             bus: None,
             blobs: None,
             blob_server: None,
-            auth: Arc::new(auth),
+            auth,
             limits,
             draining: Arc::new(AtomicBool::new(false)),
             metrics,

@@ -59,7 +59,7 @@ pub(crate) fn client_address(
 /// The user of a live connection: from the bearer header, else from
 /// `access_token` (browsers cannot set headers on a WebSocket or an
 /// `EventSource`).
-pub(super) fn live_user(
+pub(super) async fn live_user(
     state: &AppState,
     parts: &Parts,
     access_token: Option<String>,
@@ -68,7 +68,7 @@ pub(super) fn live_user(
         .map(str::to_owned)
         .or(access_token)
         .ok_or_else(|| ApiError::unauthorized("missing bearer token or access_token"))?;
-    authenticate(state, &token)
+    authenticate(state, &token).await
 }
 
 /// Checks a client's device name: 1 to 64 visible ASCII characters.

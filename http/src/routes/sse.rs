@@ -57,7 +57,7 @@ pub(super) async fn subscribe(
     Query(query): Query<SseQuery>,
     parts: Parts,
 ) -> Result<Response, ApiError> {
-    let user = live_user(&state, &parts, query.access_token)?;
+    let user = live_user(&state, &parts, query.access_token).await?;
     let device = device_name(query.device)?;
     let last_event_id = match parts.headers.get("last-event-id") {
         Some(value) => Some(value.to_str().ok().and_then(event_id).ok_or_else(|| {

@@ -51,7 +51,7 @@ pub(super) async fn upgrade(
     parts: Parts,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let user = live_user(&state, &parts, query.access_token)?;
+    let user = live_user(&state, &parts, query.access_token).await?;
     let device = device_name(query.device)?;
     let resume = match (query.session_id, query.cursor) {
         (Some(session_id), Some(cursor)) => Some(ResumeAt {
