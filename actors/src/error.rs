@@ -55,6 +55,10 @@ impl From<StoreError> for ActorError {
             StoreError::Rejected(_) => Self::Forbidden("not permitted"),
             StoreError::Conflict(message) => Self::Conflict(message),
             StoreError::Backend(message) => Self::Internal(message),
+            StoreError::Unavailable(message) => {
+                tracing::warn!(%message, "database unavailable");
+                Self::Unavailable("the database is unavailable: retry".into())
+            }
             StoreError::Interrupted => Self::Unavailable(
                 "the write was interrupted: retry it with the same idempotency key".into(),
             ),

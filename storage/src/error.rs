@@ -16,6 +16,11 @@ pub enum StoreError {
     /// The backend failed; the caller cannot know more than that.
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The backend cannot be reached or is shutting down (connection
+    /// refused or lost, no connection free in time, a database busy):
+    /// nothing was done, and a retry may succeed.
+    #[error("storage backend unavailable: {0}")]
+    Unavailable(String),
     /// The call was cut off before its outcome was known (the store's
     /// writer restarted under it): it may or may not have taken effect, and
     /// a retry with the same idempotency key is safe.
