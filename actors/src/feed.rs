@@ -336,8 +336,9 @@ pub(crate) struct Feed {
     clock: Arc<dyn Clock>,
     rankers: Vec<WorkerHandle<Ranker>>,
     next_ranker: AtomicUsize,
-    with_analytics: bool,
-    /// For readiness.
+    /// The ranking breaker's dependency: [`CLICKHOUSE`] or [`FEED_SQL`].
+    dependency: &'static str,
+    /// With ClickHouse: what the rankers ask, and readiness pings.
     analytics: Option<Arc<dyn Analytics>>,
     cache: Arc<dyn FeedCache>,
     buffer: Option<Arc<Buffer>>,
@@ -413,7 +414,7 @@ impl Feed {
             clock: Arc::clone(clock),
             rankers,
             next_ranker: AtomicUsize::new(0),
-            with_analytics: analytics.is_some(),
+            dependency,
             analytics,
             cache,
             buffer,
@@ -473,7 +474,7 @@ impl Feed {
             candidates_max: self.limits.candidates_max,
         };
         let deadline = self.limits.rank_deadline;
-        if !self.with_analytics {
+        if self.analytics.is_none() {
             let call = RankCall::Sql {
                 query,
                 now,
@@ -823,9 +824,13 @@ impl Node {
                 feed.limits.page_len_max
             )));
         }
+        // A ranking holds `candidates_max` posts: an offset past them is no
+        // cursor this node made.
         let cursor = cursor
             .map(|text| {
-                Cursor::parse(text).ok_or_else(|| ActorError::Invalid("invalid cursor".into()))
+                Cursor::parse(text)
+                    .filter(|c| !matches!(c, Cursor::Ranked(o) if *o > feed.limits.candidates_max))
+                    .ok_or_else(|| ActorError::Invalid("invalid cursor".into()))
             })
             .transpose()?;
         let started = feed.clock.monotonic();
@@ -925,12 +930,7 @@ impl Node {
     #[must_use]
     pub fn feed_ranking(&self) -> (&'static str, &'static str) {
         let feed = self.feed_part();
-        let dependency = if feed.with_analytics {
-            CLICKHOUSE
-        } else {
-            FEED_SQL
-        };
-        (dependency, feed.breaker())
+        (feed.dependency, feed.breaker())
     }
 }
 

@@ -51,39 +51,47 @@ pub(super) async fn live(State(state): State<AppState>) -> impl IntoResponse {
 /// slows delivery to other nodes (the database still has every message);
 /// so is the blob store, which only media needs.
 pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let database = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, state.store.ping())
-        .await
-        .unwrap_or_else(|_| {
-            Err(switchboard_storage::StoreError::Backend(
-                "the database did not answer in time".into(),
-            ))
-        });
+    // Every dependency is asked at once, so the probe takes the slowest
+    // one's time (at most DEPENDENCY_PROBE_TIMEOUT), not their sum.
+    let (database, bus, blobs, analytics) = tokio::join!(
+        tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, state.store.ping()),
+        async {
+            let bus = state.bus.as_ref()?;
+            Some(tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, bus.ping()).await)
+        },
+        async {
+            let (blobs, _) = state.blobs.as_ref()?;
+            Some(tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, blobs.ping()).await)
+        },
+        tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, state.node.ping_analytics()),
+    );
+    let database = database.unwrap_or_else(|_| {
+        Err(switchboard_storage::StoreError::Backend(
+            "the database did not answer in time".into(),
+        ))
+    });
     let draining = state.is_draining();
     let supervisor = state.node.supervisor();
     let failed = supervisor.failed();
     let ready = database.is_ok() && !draining && failed.is_empty();
     let mut dependencies = serde_json::Map::new();
     dependencies.insert("database".into(), health(&database));
-    if let Some(bus) = &state.bus {
-        let ping = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, bus.ping())
-            .await
-            .unwrap_or_else(|_| {
-                Err(switchboard_storage::BusError::Unavailable(
-                    "ping timed out".into(),
-                ))
-            });
+    if let Some(ping) = bus {
+        let ping = ping.unwrap_or_else(|_| {
+            Err(switchboard_storage::BusError::Unavailable(
+                "ping timed out".into(),
+            ))
+        });
         let mut redis = health(&ping);
         redis["breakers"] = json!(state.node.breakers());
         dependencies.insert("redis".into(), redis);
     }
-    if let Some((blobs, kind)) = &state.blobs {
-        let ping = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, blobs.ping())
-            .await
-            .unwrap_or_else(|_| {
-                Err(switchboard_storage::BlobError::Unavailable(
-                    "ping timed out".into(),
-                ))
-            });
+    if let (Some(ping), Some((_, kind))) = (blobs, &state.blobs) {
+        let ping = ping.unwrap_or_else(|_| {
+            Err(switchboard_storage::BlobError::Unavailable(
+                "ping timed out".into(),
+            ))
+        });
         // Reported, never a reason to leave the load balancer: only media
         // depends on it.
         let mut entry = health(&ping);
@@ -94,13 +102,11 @@ pub(super) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     // Reported, never a reason to leave the load balancer: the feed falls
     // back to the cache and the database without it.
     let (ranking, breaker) = state.node.feed_ranking();
-    let analytics = tokio::time::timeout(DEPENDENCY_PROBE_TIMEOUT, state.node.ping_analytics())
-        .await
-        .unwrap_or_else(|_| {
-            Some(Err(switchboard_storage::AnalyticsError(
-                "ping timed out".into(),
-            )))
-        });
+    let analytics = analytics.unwrap_or_else(|_| {
+        Some(Err(switchboard_storage::AnalyticsError(
+            "ping timed out".into(),
+        )))
+    });
     if let Some(ping) = analytics {
         let mut entry = health(&ping);
         entry["breaker"] = json!(breaker);
